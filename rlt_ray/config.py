@@ -1,0 +1,315 @@
+"""The one config tree: OmegaConf structured dataclasses, YAML presets in configs/, dotted overrides, validated once.
+
+    cfg = load_config("configs/tiny_cpu.yaml", ["grpo.beta=0.02", "run.steps=5"])
+
+Unknown keys, wrong types and bad values raise ConfigError naming the full key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PRESET = REPO_ROOT / "configs" / "tiny_cpu.yaml"
+
+# Our own wording (the reference's prompts are not reproduced). {placeholders} are filled with the tag strings of
+# the configured style; any other text, braces included, is left alone.
+DEFAULT_TEACHER_SYSTEM_PROMPT = (
+    "You are a patient teacher. You are shown a question together with its correct solution. "
+    "First copy the solution between {solution_open} and {solution_close}. Then, between {explanation_open} and "
+    "{explanation_close}, write the reasoning a student would need to reach that solution on their own: "
+    "start from what the question gives, take one small step per paragraph, check each step, and never rely on "
+    "knowing the answer in advance."
+)
+DEFAULT_STUDENT_SYSTEM_PROMPT = (
+    "Answer the question in two parts. First reason step by step between {think_open} and {think_close}, "
+    "checking your work as you go. Then give the final, self-contained solution between {solution_open} and "
+    "{solution_close}."
+)
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "tiny-teacher"  # local folder, built-in name (rlt_ray.models) or hub id
+    student: str = "tiny-student"
+    reference: Optional[str] = None  # None: a copy of the teacher at start (then mixed up, grpo.ref_mixup_*)
+    tokenizer: Optional[str] = None  # None: the teacher's
+    dtype: str = "float32"  # weights of every model: float32 | bfloat16 | float16
+
+
+@dataclass
+class DataConfig:
+    # a local file/folder (.parquet, .jsonl, .json, .arrow, a saved HF dataset), a hub id, or
+    # reasoning_gym:<task> (gsm_symbolic, countdown, ...) generated offline with data.size and data.seed
+    source: str = "reasoning_gym:gsm_symbolic"
+    split: str = "train"
+    size: int = 256  # rows generated for reasoning_gym sources
+    max_rows: Optional[int] = None  # cap for file / hub sources
+    seed: int = 42  # generation seed and the shuffle seed of the RL order
+
+
+@dataclass
+class FormatConfig:
+    tag_style: str = "bespoke"  # bespoke: <|begin_of_X|>...<|end_of_X|>; r1: <X>...</X>
+    think_tag: str = "thought"  # the student's reasoning block
+    solution_tag: str = "solution"
+    explanation_tag: str = "explanation"  # the teacher's block
+    padding: str = "\n\n"  # inside every tag, and between the blocks
+    teacher_system_prompt: str = DEFAULT_TEACHER_SYSTEM_PROMPT
+    # used when a data row carries no system prompt of its own (Bespoke-Stratos rows do)
+    student_system_prompt: str = DEFAULT_STUDENT_SYSTEM_PROMPT
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    n: int = 4  # completions per question: the GRPO group size
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 128
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.45
+    kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    answer_log_prob_coeff: list[float] = field(default_factory=lambda: [1.0, 0.01])
+    log_prob_reductions: list[str] = field(default_factory=lambda: ["mean", "min"])
+    kl_penalty_coeff: list[float] = field(default_factory=lambda: [3.0, 0.03])
+    kl_reductions: list[str] = field(default_factory=lambda: ["mean", "max"])
+    normalize_log_prob_fn: str = "none"  # none | exp | exp_norm
+    normalize_kl_fn: str = "none"
+    clip_log_prob: float = 1e5  # log-probs clamped below at -clip
+    clip_kl: float = 1e5  # KL terms clamped above at +clip
+    kl_estimator: str = "k1"  # k1: log-ratio on the sampled token; k3: Schulman's r - 1 - log r (>= 0)
+    include_teacher_think_entropy: bool = True  # False: student NLL of the explanation instead of the log-ratio
+    not_matched_penalty: float = -1.0  # added when the explanation's closing tag is missing
+    nan_fill_log_prob: Optional[float] = None  # empty solution span; None: not_matched_penalty
+    nan_fill_kl: Optional[float] = None  # empty explanation; None: -not_matched_penalty (a penalty either way)
+    teacher_temperature: Optional[float] = None  # None: rollout.temperature (the reference's unbiasing)
+    student_temperature: float = 0.7
+    teacher_logprobs_from: str = "rollout"  # rollout (vLLM processed log-probs) | learner (an HF forward)
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.04  # k3 KL to the reference model
+    loss_aggregation: str = "sequence_mean"  # sequence_mean (reference) | token_mean (DAPO-style)
+    advantage_eps: float = 1e-4
+    clip_eps: Optional[float] = None  # None: one update per batch, ratio == 1 (reference); else PPO clipping
+    updates_per_batch: int = 1
+    policy_temperature: Optional[float] = None  # None: rollout.temperature (logits / T in the loss, as the reference)
+    ref_mixup_alpha: float = 0.9  # ref <- alpha * policy + (1 - alpha) * ref ...
+    ref_mixup_every: int = 32  # ... every N optimizer steps; 0 turns it off
+
+
+@dataclass
+class LearnerConfig:
+    zero_stage: int = 2
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
+    lr: float = 1e-6
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 1  # sequences per rank per forward/backward
+    gradient_checkpointing: bool = False
+    offload_optimizer: bool = False
+
+
+@dataclass
+class ResourcesConfig:
+    device: str = "cpu"  # cpu | cuda
+    backend: str = "gloo"  # gloo | nccl (the collective backend of the learner group and the weight sync)
+    learner_ranks: int = 2
+    scorer_workers: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0  # with device=cuda: 1 per learner rank / rollout worker / scorer
+    weight_sync: str = "object_store"  # object_store | collective
+
+
+@dataclass
+class RunConfig:
+    steps: int = 3
+    questions_per_step: int = 2  # completions per step = questions_per_step * rollout.n
+    seed: int = 42
+    output_dir: str = "runs/latest"
+    checkpoint_every: int = 0  # 0: only at the end
+    resume_from: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    jsonl: bool = True
+    ray_metrics: bool = True
+    completions_fraction: float = 0.1  # share of completions written to the run's samples file
+
+
+@dataclass
+class RLTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+REDUCTIONS = ("mean", "sum", "min", "max", "median", "first_quartile", "last_quartile")
+NORMALIZERS = ("none", "exp", "exp_norm")
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "format.tag_style": ("bespoke", "r1"),
+    "reward.normalize_log_prob_fn": NORMALIZERS,
+    "reward.normalize_kl_fn": NORMALIZERS,
+    "reward.kl_estimator": ("k1", "k3"),
+    "reward.teacher_logprobs_from": ("rollout", "learner"),
+    "grpo.loss_aggregation": ("sequence_mean", "token_mean"),
+    "learner.dtype": ("float32", "bfloat16", "float16"),
+    "learner.lr_schedule": ("constant", "cosine"),
+    "learner.zero_stage": (0, 1, 2, 3),
+    "resources.device": ("cpu", "cuda"),
+    "resources.backend": ("gloo", "nccl"),
+    "resources.weight_sync": ("object_store", "collective"),
+}
+POSITIVE = (
+    "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
+    "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
+    "resources.scorer_workers", "run.questions_per_step", "grpo.updates_per_batch", "data.size",
+    "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib",
+)
+NON_NEGATIVE = (
+    "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
+    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
+    "resources.cpus_per_actor", "resources.gpus_per_actor", "reward.clip_log_prob", "reward.clip_kl",
+)
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span several keys or values; every message names the key(s)."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {list(allowed)}")
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"config key '{key}': must be a finite number >= 0, got {value!r}")
+    for coeff, reds in (
+        ("reward.answer_log_prob_coeff", "reward.log_prob_reductions"),
+        ("reward.kl_penalty_coeff", "reward.kl_reductions"),
+    ):
+        if len(_get(cfg, coeff)) != len(_get(cfg, reds)):
+            raise ConfigError(f"config keys '{coeff}' and '{reds}' must have the same length")
+        for red in _get(cfg, reds):
+            if red not in REDUCTIONS:
+                raise ConfigError(f"config key '{reds}': {red!r} is not one of {list(REDUCTIONS)}")
+    if cfg.rollout.n < 2:
+        raise ConfigError("config key 'rollout.n': GRPO needs at least 2 completions per question")
+    for key in ("reward.teacher_temperature", "grpo.policy_temperature"):
+        if _get(cfg, key) is not None and not _get(cfg, key) > 0:
+            raise ConfigError(f"config key '{key}': must be > 0 or null")
+    if not 0.0 <= cfg.grpo.ref_mixup_alpha <= 1.0:
+        raise ConfigError("config key 'grpo.ref_mixup_alpha': must be in [0, 1]")
+    if cfg.grpo.clip_eps is None and cfg.grpo.updates_per_batch != 1:
+        raise ConfigError("config key 'grpo.updates_per_batch': more than one update per batch needs grpo.clip_eps")
+    if len(cfg.learner.adam_betas) != 2:
+        raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
+    if cfg.resources.backend == "nccl" and cfg.resources.device != "cuda":
+        raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
+    if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
+        raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
+    if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
+        raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
+    tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
+    if len(set(tags)) != 3 or not all(tags):
+        raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")
+
+
+def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    return ConfigError(f"config key '{key}' ({where}): {msg}")
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema ← preset YAML ← dotted overrides, then validate(). Returns a read-only DictConfig."""
+    cfg = OmegaConf.structured(RLTConfig)
+    layers: list[tuple[str, DictConfig]] = []
+    if preset is not None:
+        path = Path(preset)
+        if not path.exists() and (REPO_ROOT / "configs" / f"{preset}.yaml").exists():
+            path = REPO_ROOT / "configs" / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"config preset {str(preset)!r} does not exist")
+        try:
+            layers.append((str(path), OmegaConf.load(path)))
+        except Exception as exc:
+            raise ConfigError(f"config preset {path}: not valid YAML: {exc}") from exc
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. grpo.beta=0.02")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for where, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as exc:
+            raise _wrap(exc, where) from exc
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise _wrap(exc, "resolving") from exc
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def split_argv(argv: list[str]) -> tuple[Optional[str], list[str]]:
+    """`[--config PRESET] key=value ...` → (preset, overrides). The default preset is configs/tiny_cpu.yaml."""
+    preset: Optional[str] = str(DEFAULT_PRESET)
+    overrides = []
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--config", "-c"):
+            preset = next(it, None)
+            if preset is None:
+                raise ConfigError("--config needs a preset path or name")
+        elif arg.startswith("--config="):
+            preset = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    return preset, overrides
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,227 @@
+"""The RLT texts and the character spans inside them (METHOD.md §2).
+
+Every builder returns the text AND the character spans of the parts later code scores or trains on, so nothing
+downstream searches for token sub-lists (the reference's §8.9-8.10 traps). Spans are half-open [start, end).
+
+Vocabulary used throughout:
+- ``explanation``: the text the teacher writes between ``<open explanation tag><padding>`` and the closing tag.
+  For a ground-truth trace T it is ``T + padding`` (the teacher learns to pad before closing, as Bespoke does).
+- teacher ``prompt``: system, question, then an open assistant turn holding the solution block and ending with
+  ``<open explanation tag><padding>``. Its continuation is ``explanation + close tag + end-of-turn``.
+- student chat: system (the row's own, else config), question, assistant = ``<open think><padding>`` +
+  explanation + ``<close think><padding><open solution><padding>`` + solution + ``<padding><close solution>``.
+  For a ground-truth trace this is byte-identical to a Bespoke-Stratos assistant turn.
+
+Fixes against the reference: both tag styles are wired everywhere (§8.3); rows without padding work (§8.2); the
+divider is never searched for in text that the question or solution could contain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Row:
+    """One question/solution pair. Text is stored bare: no tags, no padding."""
+
+    question: str
+    solution: str
+    reasoning_trace: Optional[str] = None
+    system: Optional[str] = None  # the row's own student system prompt (Bespoke-Stratos rows carry one)
+    answer: Optional[str] = None  # the bare final answer, when the source has one (evaluation)
+    id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Formatted:
+    text: str
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def part(self, name: str) -> str:
+        a, b = self.spans[name]
+        return self.text[a:b]
+
+
+class FormatError(ValueError):
+    pass
+
+
+def tag_pair(style: str, name: str) -> tuple[str, str]:
+    if style == "bespoke":
+        return f"<|begin_of_{name}|>", f"<|end_of_{name}|>"
+    if style == "r1":
+        return f"<{name}>", f"</{name}>"
+    raise FormatError(f"unknown tag style {style!r} (bespoke | r1)")
+
+
+class RLTFormat:
+    """Builds the teacher and student texts for one tokenizer's chat template.
+
+    ``cfg`` is the ``format`` section of the config (or any object with the same attributes).
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.pad = cfg.padding
+        self.think = tag_pair(cfg.tag_style, cfg.think_tag)
+        self.solution = tag_pair(cfg.tag_style, cfg.solution_tag)
+        self.explanation = tag_pair(cfg.tag_style, cfg.explanation_tag)
+        self.eos_text = tokenizer.eos_token or ""
+
+    # ------------------------------------------------------------------ prompts
+    def _fill(self, prompt: str) -> str:
+        subs = {
+            "{think_open}": self.think[0], "{think_close}": self.think[1],
+            "{solution_open}": self.solution[0], "{solution_close}": self.solution[1],
+            "{explanation_open}": self.explanation[0], "{explanation_close}": self.explanation[1],
+        }
+        for key, value in subs.items():
+            prompt = prompt.replace(key, value)
+        return prompt
+
+    @property
+    def teacher_system_prompt(self) -> str:
+        return self._fill(self.cfg.teacher_system_prompt)
+
+    def student_system_prompt(self, row: Row) -> str:
+        return row.system if row.system else self._fill(self.cfg.student_system_prompt)
+
+    def explanation_from_trace(self, trace: str) -> str:
+        return trace + self.pad
+
+    # ------------------------------------------------------------------ rendering
+    def _render(self, messages: list[dict[str, str]]) -> tuple[str, int]:
+        """Render a complete chat; return (text, start of the last message's content in it)."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        content = messages[-1]["content"]
+        start = text.rfind(content)
+        if start < 0:
+            raise FormatError(
+                "the tokenizer's chat template changes the assistant message (it strips or rewrites it), so spans "
+                "cannot be placed; use a template that keeps message content verbatim"
+            )
+        return text, start
+
+    def _solution_block(self, solution: str) -> tuple[str, tuple[int, int]]:
+        block = self.solution[0] + self.pad
+        start = len(block)
+        block += solution
+        end = len(block)
+        return block + self.pad + self.solution[1], (start, end)
+
+    # ------------------------------------------------------------------ teacher
+    def teacher_sft(self, row: Row, explanation: Optional[str] = None) -> Formatted:
+        """The teacher's full text (SFT target). Spans:
+        ``prompt`` [0, explanation start): what RL generation continues from;
+        ``explanation``: the explanation text; ``target``: explanation + close tag + end-of-turn token (SFT loss);
+        ``solution``: the solution inside the teacher's own solution block."""
+        if explanation is None:
+            if row.reasoning_trace is None:
+                raise FormatError("teacher_sft needs an explanation or a row with a reasoning_trace")
+            explanation = self.explanation_from_trace(row.reasoning_trace)
+        sol_block, (s0, s1) = self._solution_block(row.solution)
+        head = sol_block + self.pad + self.explanation[0] + self.pad
+        assistant = head + explanation + self.explanation[1]
+        messages = [
+            {"role": "system", "content": self.teacher_system_prompt},
+            {"role": "user", "content": row.question},
+            {"role": "assistant", "content": assistant},
+        ]
+        text, c0 = self._render(messages)
+        e0 = c0 + len(head)
+        e1 = e0 + len(explanation)
+        end = c0 + len(assistant)
+        if self.eos_text and text.startswith(self.eos_text, end):
+            end += len(self.eos_text)
+        return Formatted(
+            text,
+            {"prompt": (0, e0), "explanation": (e0, e1), "target": (e0, end), "solution": (c0 + s0, c0 + s1)},
+        )
+
+    def teacher_prompt(self, row: Row) -> str:
+        """The RL prompt: an open assistant turn ending with ``<open explanation tag><padding>``."""
+        sft = self.teacher_sft(row, explanation="")
+        return sft.text[: sft.spans["prompt"][1]]
+
+    # ------------------------------------------------------------------ student
+    def student_assistant(self, row: Row, explanation: str) -> Formatted:
+        head = self.think[0] + self.pad
+        mid = self.think[1] + self.pad
+        sol_block, (s0, s1) = self._solution_block(row.solution)
+        text = head + explanation + mid + sol_block
+        e0 = len(head)
+        e1 = e0 + len(explanation)
+        off = e1 + len(mid)
+        return Formatted(text, {"explanation": (e0, e1), "solution": (off + s0, off + s1)})
+
+    def student_chat(self, row: Row, explanation: str) -> Formatted:
+        """The student's chat the reward scores. Spans ``explanation`` and ``solution`` (the solution content after
+        the explanation, never a copy the explanation may contain)."""
+        assistant = self.student_assistant(row, explanation)
+        messages = [
+            {"role": "system", "content": self.student_system_prompt(row)},
+            {"role": "user", "content": row.question},
+            {"role": "assistant", "content": assistant.text},
+        ]
+        text, c0 = self._render(messages)
+        spans = {k: (c0 + a, c0 + b) for k, (a, b) in assistant.spans.items()}
+        spans["assistant"] = (c0, c0 + len(assistant.text))
+        return Formatted(text, spans)
+
+    # ------------------------------------------------------------------ completions
+    def split_completion(self, completion: str) -> tuple[int, bool]:
+        """Where the explanation ends inside a generated completion, and whether its close tag was there.
+
+        The explanation is everything before the FIRST close tag (nested or repeated tags after it are ignored).
+        Without a close tag the whole completion is the explanation and the caller applies the penalty."""
+        pos = completion.find(self.explanation[1])
+        if pos < 0:
+            return len(completion), False
+        return pos, True
+
+    # ------------------------------------------------------------------ distillation
+    def distill_record(self, row: Row, explanation: str, **extra: Any) -> dict[str, Any]:
+        """A Bespoke-Stratos style row (system + conversations) built from a teacher explanation."""
+        assistant = self.student_assistant(row, explanation)
+        record = {
+            "system": self.student_system_prompt(row),
+            "conversations": [
+                {"from": "user", "value": row.question},
+                {"from": "assistant", "value": assistant.text},
+            ],
+            "question": row.question,
+            "solution": row.solution,
+            "explanation": explanation,
+        }
+        record.update(extra)
+        return record
+
+    def parse_assistant(self, value: str) -> tuple[Optional[str], str]:
+        """Split a Bespoke/R1-style assistant turn into (reasoning trace, solution), both bare."""
+        trace = _between(value, *self.think)
+        solution = _between(value, *self.solution)
+        if solution is None:
+            raise FormatError(
+                f"assistant turn has no {self.solution[0]}...{self.solution[1]} block (tag_style={self.cfg.tag_style})"
+            )
+        return (None if trace is None else self._strip_pad(trace)), self._strip_pad(solution)
+
+    def _strip_pad(self, text: str) -> str:
+        if self.pad and text.startswith(self.pad):
+            text = text[len(self.pad):]
+        if self.pad and text.endswith(self.pad):
+            text = text[: -len(self.pad)]
+        return text
+
+
+def _between(text: str, open_tag: str, close_tag: str) -> Optional[str]:
+    """The text between the first open tag and the first close tag after it (the reference's non-greedy match)."""
+    a = text.find(open_tag)
+    if a < 0:
+        return None
+    a += len(open_tag)
+    b = text.find(close_tag, a)
+    return None if b < 0 else text[a:b]

