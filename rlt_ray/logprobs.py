@@ -1,0 +1,115 @@
+"""Token log-probs of an HF causal LM on given sequences: one function for the learner, the student scorer and
+the reference model.
+
+- batched, right-padded; log p(ids[j] | ids[:j]) only at the positions asked for;
+- temperature-scaled: log_softmax(logits / T);
+- fp32 whatever the model's dtype (the reference runs log-softmax in bf16, §8.8): the vocabulary projection and
+  the log-softmax run in fp32;
+- never a full [batch, length, vocab] fp32 tensor: hidden states are gathered at the needed positions and
+  projected ``chunk_tokens`` at a time; with gradients on, each chunk is recomputed in backward (checkpointed),
+  so only the chunk's logits are ever alive.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: str | torch.device = "cpu"):
+    """Right-pad token lists → (input_ids [B, L], attention_mask [B, L])."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def ranges_to_mask(ranges: Sequence[tuple[int, int]], length: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """[(start, end)] per row → bool [B, length]."""
+    pos = torch.arange(length, device=device)
+    starts = torch.tensor([r[0] for r in ranges], device=device)[:, None]
+    ends = torch.tensor([r[1] for r in ranges], device=device)[:, None]
+    return (pos >= starts) & (pos < ends)
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, inv_temp: float):
+    logits = hidden.float() @ weight.float().t()
+    if bias is not None:
+        logits = logits + bias.float()
+    logits = logits * inv_temp
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target_mask: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
+    """fp32 [B, L]: log p_T(input_ids[b, j] | input_ids[b, :j]) where target_mask[b, j], 0 elsewhere.
+
+    target_mask[:, 0] must be False (the first token has no context)."""
+    if target_mask[:, 0].any():
+        raise ValueError("token_logprobs: position 0 has no context and cannot be a target")
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    rows, cols = target_mask.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return out
+    # Only run the trunk up to the last needed position of each batch.
+    length = int(cols.max()) + 1
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length]).last_hidden_state
+    picked = hidden[rows, cols - 1]  # the state before token j predicts token j
+    targets = input_ids[rows, cols]
+    head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    inv_temp = 1.0 / float(temperature)
+    pieces = []
+    for start in range(0, picked.shape[0], chunk_tokens):
+        h, t = picked[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_chunk_logprobs, h, weight, bias, t, inv_temp, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(h, weight, bias, t, inv_temp))
+    out = out.index_put((rows, cols), torch.cat(pieces))
+    return out
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    ranges: Sequence[tuple[int, int]],
+    pad_id: int,
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+    chunk_tokens: int = 1024,
+) -> list[torch.Tensor]:
+    """For each sequence, the fp32 log-probs of its tokens in [start, end) (a 1-D tensor of end - start)."""
+    ids, attn = pad_batch(sequences, pad_id, device)
+    mask = ranges_to_mask(ranges, ids.shape[1], device)
+    lp = token_logprobs(model, ids, attn, mask, temperature, chunk_tokens)
+    return [lp[i, a:b] for i, (a, b) in enumerate(ranges)]
+
+
+def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices into micro-batches of similar length whose padded size (rows x longest) stays within
+    ``max_tokens`` (one over-long sequence gets a batch of its own). Sorting by length keeps padding small."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and longest_if * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches

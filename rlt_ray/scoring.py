@@ -1,0 +1,75 @@
+"""From RewardSequences and models to reward parts: batched, sorted by length and packed into micro-batches.
+
+The student scorer actor and the best-of-N distillation call ``score_sequences``; the teacher's explanation
+log-probs come either from the rollout (vLLM processed log-probs, already at τ_T) or from ``teacher_logprobs``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from rlt_ray.logprobs import pack_by_length, pad_batch, token_logprobs
+from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
+from rlt_ray.spans import RewardSequence
+
+
+@torch.no_grad()
+def range_logprobs(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    ranges: Sequence[Sequence[tuple[int, int]]],
+    pad_id: int,
+    temperature: float,
+    max_batch_tokens: int = 8192,
+    device: str | torch.device = "cpu",
+) -> list[list[torch.Tensor]]:
+    """For each sequence i and each of its ranges (a, b): the fp32 log-probs of tokens a..b-1, one forward per
+    packed micro-batch (all ranges of a sequence in the same forward)."""
+    out: list[list[torch.Tensor]] = [[] for _ in sequences]
+    for batch in pack_by_length([len(s) for s in sequences], max_batch_tokens):
+        ids, attn = pad_batch([sequences[i] for i in batch], pad_id, device)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for row, i in enumerate(batch):
+            for a, b in ranges[i]:
+                mask[row, a:b] = True
+        lp = token_logprobs(model, ids, attn, mask, temperature).cpu()
+        for row, i in enumerate(batch):
+            out[i] = [lp[row, a:b] for a, b in ranges[i]]
+    return out
+
+
+def teacher_logprobs(model, seqs: Sequence[RewardSequence], pad_id: int, temperature: float, **kw) -> list[torch.Tensor]:
+    got = range_logprobs(model, [s.teacher_ids for s in seqs], [[s.teacher_explanation] for s in seqs], pad_id,
+                         temperature, **kw)
+    return [g[0] for g in got]
+
+
+def score_sequences(
+    student: torch.nn.Module,
+    seqs: Sequence[RewardSequence],
+    teacher_expl_lp: Sequence[torch.Tensor],
+    spec: RewardSpec,
+    pad_id: int,
+    student_temperature: float,
+    max_batch_tokens: int = 8192,
+    device: str | torch.device = "cpu",
+    student_lp: Optional[list[list[torch.Tensor]]] = None,
+) -> dict[str, torch.Tensor]:
+    """All reward parts ([B] fp32 each) for a batch of sequences, given the teacher's explanation log-probs."""
+    if student_lp is None:
+        student_lp = range_logprobs(
+            student, [s.student_ids for s in seqs], [[s.student_solution, s.student_explanation] for s in seqs],
+            pad_id, student_temperature, max_batch_tokens, device)
+    for s, t in zip(seqs, teacher_expl_lp, strict=True):
+        n = s.teacher_explanation[1] - s.teacher_explanation[0]
+        if t.numel() != n:
+            raise ValueError(f"teacher log-probs cover {t.numel()} explanation tokens, expected {n}")
+    sol, sol_mask = left_align([lp[0] for lp in student_lp])
+    st_expl, expl_mask = left_align([lp[1] for lp in student_lp])
+    te_expl, _ = left_align(list(teacher_expl_lp))
+    te_expl = te_expl[:, : st_expl.shape[1]] if te_expl.shape[1] > st_expl.shape[1] else torch.nn.functional.pad(
+        te_expl, (0, st_expl.shape[1] - te_expl.shape[1]))
+    matched = torch.tensor([s.matched for s in seqs])
+    return rlt_reward(spec, sol, sol_mask, te_expl, st_expl, expl_mask, matched)

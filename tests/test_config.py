@@ -1,0 +1,77 @@
+import pytest
+
+from rlt_ray.config import ConfigError, load_config, split_argv
+
+
+def test_tiny_preset_is_the_default_and_loads():
+    preset, overrides = split_argv(["grpo.beta=0.02"])
+    cfg = load_config(preset, overrides)
+    assert cfg.model.teacher == "tiny-teacher"
+    assert cfg.resources.device == "cpu" and cfg.resources.backend == "gloo"
+    assert cfg.grpo.beta == 0.02
+
+
+def test_paper_preset_has_the_papers_values():
+    cfg = load_config("configs/paper_7b.yaml")
+    assert cfg.model.teacher == "Qwen/Qwen2.5-7B-Instruct"
+    assert cfg.model.student == "bespokelabs/Bespoke-Stratos-7B"
+    assert cfg.data.source == "bespokelabs/Bespoke-Stratos-17k"
+    assert cfg.learner.lr == 1e-6 and cfg.learner.lr_schedule == "constant"
+    assert cfg.rollout.n == 64
+    assert cfg.run.questions_per_step * cfg.rollout.n == 1024
+    assert cfg.grpo.beta == 0.04
+    assert (cfg.grpo.ref_mixup_alpha, cfg.grpo.ref_mixup_every) == (0.9, 32)
+    assert list(cfg.reward.answer_log_prob_coeff) == [1.0, 0.01]
+    assert list(cfg.reward.log_prob_reductions) == ["mean", "min"]
+    assert list(cfg.reward.kl_penalty_coeff) == [3.0, 0.03]
+    assert list(cfg.reward.kl_reductions) == ["mean", "max"]
+    assert cfg.rollout.temperature == cfg.reward.teacher_temperature == cfg.reward.student_temperature == 0.7
+    assert cfg.grpo.policy_temperature == 0.7
+    assert cfg.rollout.max_prompt_tokens == cfg.rollout.max_new_tokens == 16384
+    assert cfg.run.steps == 125
+    assert cfg.learner.zero_stage == 3 and cfg.learner.dtype == "bfloat16"
+    assert cfg.resources.device == "cuda" and cfg.resources.backend == "nccl"
+    assert cfg.reward.not_matched_penalty == -1.0
+
+
+def test_preset_by_name():
+    assert load_config("paper_7b").run.steps == 125
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("grpo.betta=0.1", "grpo.betta"),  # unknown key
+        ("nosuchsection.x=1", "nosuchsection"),
+        ("grpo.beta=abc", "grpo.beta"),  # wrong type
+        ("run.steps=1.5", "run.steps"),
+        ("reward.kl_estimator=k2", "reward.kl_estimator"),  # not a choice
+        ("rollout.n=1", "rollout.n"),
+        ("learner.lr=-1", "learner.lr"),
+        ("reward.kl_penalty_coeff=[3.0]", "reward.kl_penalty_coeff"),  # length vs reductions
+        ("reward.kl_reductions=[mean,avg]", "reward.kl_reductions"),
+        ("resources.backend=nccl", "resources.backend"),  # nccl on cpu
+        ("grpo.updates_per_batch=2", "grpo.updates_per_batch"),  # needs clip_eps
+    ],
+)
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny_cpu.yaml", [override])
+    assert key in str(err.value)
+
+
+def test_bad_preset_and_override_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  beta: [1, 2]\n")
+    with pytest.raises(ConfigError, match="grpo.beta"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["grpo.beta"])
+
+
+def test_config_is_read_only():
+    cfg = load_config()
+    with pytest.raises(Exception):
+        cfg.grpo.beta = 1.0
