@@ -68,8 +68,6 @@ def score_sequences(
             raise ValueError(f"teacher log-probs cover {t.numel()} explanation tokens, expected {n}")
     sol, sol_mask = left_align([lp[0] for lp in student_lp])
     st_expl, expl_mask = left_align([lp[1] for lp in student_lp])
-    te_expl, _ = left_align(list(teacher_expl_lp))
-    te_expl = te_expl[:, : st_expl.shape[1]] if te_expl.shape[1] > st_expl.shape[1] else torch.nn.functional.pad(
-        te_expl, (0, st_expl.shape[1] - te_expl.shape[1]))
+    te_expl, _ = left_align(list(teacher_expl_lp))  # same widths: both sides hold the same explanation tokens
     matched = torch.tensor([s.matched for s in seqs])
     return rlt_reward(spec, sol, sol_mask, te_expl, st_expl, expl_mask, matched)
