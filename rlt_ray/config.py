@@ -238,6 +238,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("reward.teacher_temperature", "grpo.policy_temperature"):
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0 or null")
+    if (cfg.reward.teacher_logprobs_from == "rollout" and cfg.reward.teacher_temperature is not None
+            and cfg.reward.teacher_temperature != cfg.rollout.temperature):
+        raise ConfigError(
+            "config keys 'reward.teacher_temperature'/'rollout.temperature': teacher log-probs taken from the rollout "
+            "are at the sampling temperature; make them equal, or set reward.teacher_logprobs_from=learner"
+        )
     if not 0.0 <= cfg.grpo.ref_mixup_alpha <= 1.0:
         raise ConfigError("config key 'grpo.ref_mixup_alpha': must be in [0, 1]")
     if cfg.grpo.clip_eps is None and cfg.grpo.updates_per_batch != 1:
@@ -253,6 +259,19 @@ def validate(cfg: DictConfig) -> None:
     tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
     if len(set(tags)) != 3 or not all(tags):
         raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")
+
+
+def temperatures(cfg: DictConfig) -> dict[str, float]:
+    """The three scoring temperatures, with null resolved to the sampling temperature (the reference's
+    unbias_teacher_log_probs / unbias_log_probabilities): teacher (reward), student (reward), policy (GRPO loss)."""
+    sampling = float(cfg.rollout.temperature)
+    teacher = cfg.reward.teacher_temperature
+    policy = cfg.grpo.policy_temperature
+    return {
+        "teacher": sampling if teacher is None else float(teacher),
+        "student": float(cfg.reward.student_temperature),
+        "policy": sampling if policy is None else float(policy),
+    }
 
 
 def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:

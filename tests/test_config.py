@@ -1,6 +1,6 @@
 import pytest
 
-from rlt_ray.config import ConfigError, load_config, split_argv
+from rlt_ray.config import ConfigError, load_config, split_argv, temperatures
 
 
 def test_tiny_preset_is_the_default_and_loads():
@@ -52,6 +52,7 @@ def test_preset_by_name():
         ("reward.kl_reductions=[mean,avg]", "reward.kl_reductions"),
         ("resources.backend=nccl", "resources.backend"),  # nccl on cpu
         ("grpo.updates_per_batch=2", "grpo.updates_per_batch"),  # needs clip_eps
+        ("reward.teacher_temperature=1.0", "reward.teacher_temperature"),  # vLLM log-probs are at 0.7
     ],
 )
 def test_bad_config_names_the_key(override, key):
@@ -75,3 +76,11 @@ def test_config_is_read_only():
     cfg = load_config()
     with pytest.raises(Exception):
         cfg.grpo.beta = 1.0
+
+
+def test_temperatures_default_to_the_sampling_temperature():
+    cfg = load_config(None, ["rollout.temperature=0.9", "reward.student_temperature=0.5"])
+    assert temperatures(cfg) == {"teacher": 0.9, "student": 0.5, "policy": 0.9}
+    cfg = load_config(None, ["reward.teacher_logprobs_from=learner", "reward.teacher_temperature=1.0",
+                             "grpo.policy_temperature=1.0"])
+    assert temperatures(cfg) == {"teacher": 1.0, "student": 0.7, "policy": 1.0}
