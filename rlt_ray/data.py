@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from rlt_ray.config import FormatConfig
 from rlt_ray.formats import FormatError, RLTFormat, Row
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,6 @@ class DataError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class _TagsOnly:
-    """The format fields that parsing needs (no tokenizer)."""
-
-    tag_style: str = "bespoke"
-    think_tag: str = "thought"
-    solution_tag: str = "solution"
-    explanation_tag: str = "explanation"
-    padding: str = "\n\n"
-    teacher_system_prompt: str = ""
-    student_system_prompt: str = ""
-
-
 class _NoTokenizer:
     eos_token = None
 
@@ -50,7 +38,7 @@ def _parsers(fmt_cfg: Any) -> list[RLTFormat]:
     out = []
     if fmt_cfg is not None:
         out.append(RLTFormat(fmt_cfg, _NoTokenizer()))
-    out.append(RLTFormat(_TagsOnly(), _NoTokenizer()))
+    out.append(RLTFormat(FormatConfig(), _NoTokenizer()))  # the defaults are Bespoke-Stratos' tags
     return out
 
 
