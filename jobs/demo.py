@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     prompts = [teacher_tok(teacher_fmt.teacher_prompt(r), add_special_tokens=False)["input_ids"] for r in batch]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         sampling_params(cfg.rollout, n=cfg.rollout.n, seed=cfg.run.seed))
-    seqs, teacher_lp, rows_of = [], [], []
+    seqs, teacher_lp = [], []
     for row, prompt, out in zip(batch, prompts, outs):
         for comp in out.outputs:
             seq = build_reward_sequence(row, prompt, list(comp.token_ids), teacher_fmt, student_fmt)
@@ -63,7 +63,6 @@ def main(argv: list[str]) -> int:
             seqs.append(seq)
             # vLLM's processed log-probs are the teacher's at the sampling temperature (reward.teacher_logprobs_from)
             teacher_lp.append(torch.tensor(completion_logprobs(comp))[a - len(prompt): b - len(prompt)])
-            rows_of.append(row)
     student = load_causal_lm(cfg.model.student, cfg.model.dtype).eval()
     parts = score_sequences(student, seqs, teacher_lp, RewardSpec.from_config(cfg.reward), student_tok.pad_token_id,
                             cfg.reward.student_temperature)

@@ -82,22 +82,6 @@ def token_logprobs(
     return out
 
 
-def sequence_logprobs(
-    model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    ranges: Sequence[tuple[int, int]],
-    pad_id: int,
-    temperature: float = 1.0,
-    device: str | torch.device = "cpu",
-    chunk_tokens: int = 1024,
-) -> list[torch.Tensor]:
-    """For each sequence, the fp32 log-probs of its tokens in [start, end) (a 1-D tensor of end - start)."""
-    ids, attn = pad_batch(sequences, pad_id, device)
-    mask = ranges_to_mask(ranges, ids.shape[1], device)
-    lp = token_logprobs(model, ids, attn, mask, temperature, chunk_tokens)
-    return [lp[i, a:b] for i, (a, b) in enumerate(ranges)]
-
-
 def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group indices into micro-batches of similar length whose padded size (rows x longest) stays within
     ``max_tokens`` (one over-long sequence gets a batch of its own). Sorting by length keeps padding small."""

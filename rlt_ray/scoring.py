@@ -6,7 +6,7 @@ log-probs come either from the rollout (vLLM processed log-probs, already at τ_
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -55,13 +55,11 @@ def score_sequences(
     student_temperature: float,
     max_batch_tokens: int = 8192,
     device: str | torch.device = "cpu",
-    student_lp: Optional[list[list[torch.Tensor]]] = None,
 ) -> dict[str, torch.Tensor]:
     """All reward parts ([B] fp32 each) for a batch of sequences, given the teacher's explanation log-probs."""
-    if student_lp is None:
-        student_lp = range_logprobs(
-            student, [s.student_ids for s in seqs], [[s.student_solution, s.student_explanation] for s in seqs],
-            pad_id, student_temperature, max_batch_tokens, device)
+    student_lp = range_logprobs(
+        student, [s.student_ids for s in seqs], [[s.student_solution, s.student_explanation] for s in seqs],
+        pad_id, student_temperature, max_batch_tokens, device)
     for s, t in zip(seqs, teacher_expl_lp, strict=True):
         n = s.teacher_explanation[1] - s.teacher_explanation[0]
         if t.numel() != n:

@@ -10,7 +10,7 @@ def main(model_name: str) -> None:
     from rlt_ray.config import load_config
     from rlt_ray.engine import build_llm, completion_logprobs, sampling_params
     from rlt_ray.formats import RLTFormat, Row
-    from rlt_ray.logprobs import sequence_logprobs
+    from rlt_ray.scoring import range_logprobs
     from rlt_ray.models import load_causal_lm, load_tokenizer
 
     cfg = load_config(None, [f"model.teacher={model_name}", "rollout.max_new_tokens=24", "rollout.max_prompt_tokens=512"])
@@ -25,9 +25,8 @@ def main(model_name: str) -> None:
     for comp in out.outputs:
         vllm_lp = torch.tensor(completion_logprobs(comp))
         ids = prompt_ids + list(comp.token_ids)
-        with torch.no_grad():
-            (hf_lp,) = sequence_logprobs(hf, [ids], [(len(prompt_ids), len(ids))], tok.pad_token_id,
-                                         temperature=cfg.rollout.temperature)
+        ((hf_lp,),) = range_logprobs(hf, [ids], [[(len(prompt_ids), len(ids))]], tok.pad_token_id,
+                                     temperature=cfg.rollout.temperature)
         diffs.append(float((vllm_lp - hf_lp).abs().max()))
         texts.append(comp.text)
     print(json.dumps({"n": len(out.outputs), "tokens": [len(c.token_ids) for c in out.outputs],
