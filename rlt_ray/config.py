@@ -85,6 +85,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.45
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
+    # True: the engine runs inside the rollout actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): starts in
+    # seconds, decodes slower. False: vLLM's own engine-core process (the GPU default).
+    in_process: bool = False
 
 
 @dataclass
@@ -144,6 +147,8 @@ class ResourcesConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # with device=cuda: 1 per learner rank / rollout worker / scorer
     weight_sync: str = "object_store"  # object_store | collective
+    sync_bucket_mb: int = 256  # flat buckets of at most this size per weight sync
+    placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group
 
 
 @dataclass
@@ -198,7 +203,7 @@ CHOICES = {
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "grpo.updates_per_batch", "data.size",
+    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib",
 )
 NON_NEGATIVE = (
@@ -256,6 +261,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
     if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
         raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
+    batch = cfg.run.questions_per_step * cfg.rollout.n
+    per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
+    if batch % per_step:
+        raise ConfigError(
+            f"config keys 'run.questions_per_step' x 'rollout.n' = {batch} completions per step do not split into "
+            f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}: every rank needs the same number "
+            f"of whole micro-batches")
+    if cfg.rollout.num_workers > cfg.run.questions_per_step:
+        raise ConfigError(
+            f"config key 'rollout.num_workers': {cfg.rollout.num_workers} workers for "
+            f"{cfg.run.questions_per_step} questions per step would leave some idle (groups are not split)")
+    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_actor <= 0:
+        raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
+    if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
+        raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
     tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
     if len(set(tags)) != 3 or not all(tags):
         raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")
@@ -271,6 +291,56 @@ def temperatures(cfg: DictConfig) -> dict[str, float]:
         "teacher": sampling if teacher is None else float(teacher),
         "student": float(cfg.reward.student_temperature),
         "policy": sampling if policy is None else float(policy),
+    }
+
+
+def resource_needs(cfg: DictConfig) -> dict[str, float]:
+    """CPUs and GPUs the run's actors ask Ray for."""
+    r = cfg.resources
+    actors = r.learner_ranks + cfg.rollout.num_workers + r.scorer_workers
+    gpus = r.gpus_per_actor * (r.learner_ranks + cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size
+                               + r.scorer_workers)
+    return {"CPU": r.cpus_per_actor * actors, "GPU": gpus}
+
+
+def check_cluster(cfg: DictConfig, available: dict[str, float]) -> None:
+    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the run."""
+    r = cfg.resources
+    needs = resource_needs(cfg)
+    layout = (f"{r.learner_ranks} learner ranks + {cfg.rollout.num_workers} rollout workers "
+              f"(tensor parallel {cfg.rollout.tensor_parallel_size}) + {r.scorer_workers} scorers")
+    if needs["GPU"] > available.get("GPU", 0.0):
+        raise ConfigError(
+            f"config section 'resources': the run needs {needs['GPU']:g} GPUs ({layout}, "
+            f"resources.gpus_per_actor={r.gpus_per_actor:g}) but the Ray cluster has {available.get('GPU', 0.0):g}")
+    if needs["CPU"] > available.get("CPU", 0.0):
+        raise ConfigError(
+            f"config section 'resources': the run needs {needs['CPU']:g} CPUs ({layout}, "
+            f"resources.cpus_per_actor={r.cpus_per_actor:g}) but the Ray cluster has {available.get('CPU', 0.0):g}")
+
+
+def deepspeed_config(cfg: DictConfig, world: int) -> dict[str, Any]:
+    """The DeepSpeed config of the learner group. One optimizer step per RL batch: gradient accumulation over
+    every micro-batch of the rank's shard."""
+    lc = cfg.learner
+    batch = cfg.run.questions_per_step * cfg.rollout.n
+    gas = batch // (world * lc.micro_batch_size)
+    zero: dict[str, Any] = {"stage": int(lc.zero_stage)}
+    if lc.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": batch,
+        "train_micro_batch_size_per_gpu": int(lc.micro_batch_size),
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": float(lc.max_grad_norm),
+        "zero_optimization": zero,
+        "bf16": {"enabled": lc.dtype == "bfloat16"},
+        "fp16": {"enabled": lc.dtype == "float16"},
+        # torch.optim.AdamW as the client optimizer: no DeepSpeed op to compile, works with every stage
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
     }
 
 

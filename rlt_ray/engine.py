@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import torch
+
 from rlt_ray.models import resolve_model
 
 
@@ -62,3 +64,48 @@ def completion_logprobs(completion: Any) -> list[float]:
     for token_id, entry in zip(completion.token_ids, completion.logprobs or []):
         out.append(float(entry[token_id].logprob))
     return out
+
+
+class WeightUpdateExtension:
+    """Mixed into every vLLM worker (``worker_extension_cls="rlt_ray.engine.WeightUpdateExtension"``); reached
+    through ``llm.collective_rpc("rlt_...")``. Loads HF-named weights in place with the worker's own
+    ``reload_weights`` (``model.load_weights`` fails on CPU). The caller validates the layout first: a failed
+    reload leaves the engine dead."""
+
+    def rlt_device(self) -> str:
+        return str(next(self.model_runner.model.parameters()).device)
+
+    def rlt_load(self, layout, buckets) -> None:
+        """``buckets``: bytes (multi-process engines: RPC arguments are serialised) or uint8 tensors."""
+        from rlt_ray.weight_sync import unpack
+
+        named = []
+        for metas, data in zip(layout, buckets, strict=True):
+            flat = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            named.extend(unpack(metas, flat))
+        self._rlt_reload(named)
+
+    def rlt_join_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
+        from rlt_ray.weight_sync import open_group
+
+        # one group rank per tensor-parallel worker of this engine
+        self._rlt_group = open_group(backend, host, port, rank_offset + int(getattr(self, "rank", 0)), world,
+                                     timeout_s)
+
+    def rlt_receive(self, layout) -> None:
+        from rlt_ray.weight_sync import broadcast, bucket_nbytes, unpack
+
+        device = self.rlt_device()
+        named = []
+        for metas in layout:
+            flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
+            broadcast(self._rlt_group, flat)
+            named.extend(unpack(metas, flat))
+        self._rlt_reload(named)
+
+    def rlt_leave_group(self) -> None:
+        self._rlt_group = None
+
+    def _rlt_reload(self, named) -> None:
+        device = self.rlt_device()
+        self.reload_weights(weights_iterator=iter([(n, t.to(device)) for n, t in named]), is_checkpoint_format=True)

@@ -3,8 +3,9 @@ the reference model.
 
 - batched, right-padded; log p(ids[j] | ids[:j]) only at the positions asked for;
 - temperature-scaled: log_softmax(logits / T);
-- fp32 whatever the model's dtype (the reference runs log-softmax in bf16, §8.8): the vocabulary projection and
-  the log-softmax run in fp32;
+- fp32 log-softmax whatever the model's dtype (the reference runs it in bf16, §8.8); the projection is a call of
+  the model's own output-embedding module (so DeepSpeed ZeRO-3 gathers its weight as for any forward), upcast
+  to fp32 before the temperature and the log-softmax;
 - never a full [batch, length, vocab] fp32 tensor: hidden states are gathered at the needed positions and
   projected ``chunk_tokens`` at a time; with gradients on, each chunk is recomputed in backward (checkpointed),
   so only the chunk's logits are ever alive.
@@ -37,11 +38,8 @@ def ranges_to_mask(ranges: Sequence[tuple[int, int]], length: int, device: str |
     return (pos >= starts) & (pos < ends)
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, inv_temp: float):
-    logits = hidden.float() @ weight.float().t()
-    if bias is not None:
-        logits = logits + bias.float()
-    logits = logits * inv_temp
+def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, inv_temp: float):
+    logits = head(hidden).float() * inv_temp
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -69,15 +67,14 @@ def token_logprobs(
     picked = hidden[rows, cols - 1]  # the state before token j predicts token j
     targets = input_ids[rows, cols]
     head = model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
     inv_temp = 1.0 / float(temperature)
     pieces = []
     for start in range(0, picked.shape[0], chunk_tokens):
         h, t = picked[start:start + chunk_tokens], targets[start:start + chunk_tokens]
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logprobs, h, weight, bias, t, inv_temp, use_reentrant=False))
+            pieces.append(checkpoint(_chunk_logprobs, head, h, t, inv_temp, use_reentrant=False))
         else:
-            pieces.append(_chunk_logprobs(h, weight, bias, t, inv_temp))
+            pieces.append(_chunk_logprobs(head, h, t, inv_temp))
     out = out.index_put((rows, cols), torch.cat(pieces))
     return out
 

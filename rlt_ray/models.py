@@ -256,6 +256,18 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu
     return model.to(device)
 
 
+def parameter_spec(name_or_path: str, dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """HF parameter names → (shape, dtype) of a model, from its config alone (built on the meta device):
+    what a weight update for it must contain. Tied weights appear once, as in ``named_parameters``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {n: (tuple(p.shape), dtype) for n, p in model.named_parameters()}
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] != ["prepare"]:
         print("usage: python -m rlt_ray.models prepare [NAME ...]", file=sys.stderr)

@@ -1,0 +1,318 @@
+"""The learner: N Ray actors (one per rank) in a placement group, forming their own torch.distributed group
+(gloo on CPU, nccl on GPU) and one DeepSpeed engine (ZeRO stage and dtype from config).
+
+A rank owns the policy (DeepSpeed), the reference model and its mixup; it runs the GRPO loss over its shard of
+the step's batch with gradient accumulation (one optimizer step per batch), exports HF-named weights for the
+weight sync (under ZeRO-3 every rank joins the gather) and writes/reads checkpoints. ``LearnerGroup`` starts
+the ranks and fans calls out to all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+
+from actors import actor_options
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The HF causal LM behind one forward that returns token log-probs, so the DeepSpeed engine's forward
+    (and ZeRO-3's parameter gathering) wraps exactly what the loss needs."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, target_mask, temperature: float):
+        from rlt_ray.logprobs import token_logprobs
+
+        return token_logprobs(self.model, input_ids, attention_mask, target_mask, temperature)
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return f
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@ray.remote
+class LearnerRank:
+    def __init__(self, cfg: Any, rank: int, world: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.optimizer_steps = 0
+        self.sync_group = None
+
+    def free_address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        import deepspeed
+
+        from rlt_ray.config import deepspeed_config, temperatures
+        from rlt_ray.models import load_causal_lm, load_tokenizer
+
+        cfg, lc = self.cfg, self.cfg.learner
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        if cfg.resources.device == "cuda":
+            torch.cuda.set_device(0)  # Ray gives each rank its own GPU (CUDA_VISIBLE_DEVICES)
+            self.device = torch.device("cuda", 0)
+        else:
+            self.device = torch.device("cpu")
+        deepspeed.init_distributed(dist_backend=cfg.resources.backend, auto_mpi_discovery=False,
+                                   init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
+                                   world_size=self.world)
+        torch.manual_seed(cfg.run.seed + self.rank)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.temperatures = temperatures(cfg)
+        model = load_causal_lm(cfg.model.teacher, "float32")  # DeepSpeed casts to learner.dtype, keeps fp32 master
+        if lc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.adam_betas), eps=lc.adam_eps,
+                                      weight_decay=lc.weight_decay)
+        total = max(1, cfg.run.steps * cfg.grpo.updates_per_batch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(lc.lr_schedule, int(lc.warmup_ratio * total), total))
+        self.engine, _, _, _ = deepspeed.initialize(model=PolicyLogprobs(model), optimizer=optimizer,
+                                                    lr_scheduler=scheduler, config=deepspeed_config(cfg, self.world))
+        self.ref = load_causal_lm(cfg.model.reference or cfg.model.teacher, lc.dtype, str(self.device))
+        self.ref.eval().requires_grad_(False)
+        return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address()}
+
+    # -- parameters ---------------------------------------------------------------------------------------
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.engine.module.model
+
+    def _gathered(self, params: Sequence[torch.nn.Parameter]):
+        """Full parameters on every rank for the duration of the block (ZeRO-3 only; all ranks must enter)."""
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+        return nullcontext()
+
+    def weight_spec(self) -> dict:
+        dtype = self.cfg.model.dtype
+        return {n: (tuple(getattr(p, "ds_shape", p.shape)), dtype) for n, p in self.hf_model.named_parameters()}
+
+    def export_weights(self, layout: list) -> list | None:
+        """Object-store sync: rank 0 packs the buckets and puts each in the object store once."""
+        from rlt_ray.weight_sync import pack
+
+        with self._gathered(self.hf_model.parameters()):
+            if self.rank != 0:
+                return None
+            buckets = pack(dict(self.hf_model.named_parameters()), layout, "cpu")
+            return [ray.put(b.numpy()) for b in buckets]
+
+    def join_sync_group(self, backend: str, host: str, port: int, rank: int, world: int, timeout_s: float):
+        from rlt_ray.weight_sync import open_group
+
+        self.sync_group = open_group(backend, host, port, rank, world, timeout_s)
+
+    def broadcast_weights(self, layout: list) -> None:
+        """Collective sync: rank 0 broadcasts every bucket to the engines (gloo here, nccl on GPU)."""
+        from rlt_ray.weight_sync import broadcast, pack
+
+        with self._gathered(self.hf_model.parameters()):
+            if self.rank != 0:
+                return
+            device = self.device if self.cfg.resources.backend == "nccl" else "cpu"
+            for flat in pack(dict(self.hf_model.named_parameters()), layout, device):
+                broadcast(self.sync_group, flat)
+
+    def leave_sync_group(self) -> None:
+        self.sync_group = None
+
+    # -- the step -----------------------------------------------------------------------------------------
+
+    def completion_logprobs(self, rollout_refs: Sequence[ray.ObjectRef], temperature: float) -> dict[int, np.ndarray]:
+        """Policy log-probs of the completion tokens of this rank's shard (index over the whole step → array):
+        the teacher term of the reward when reward.teacher_logprobs_from=learner."""
+        from rlt_ray.batch import concat_rollouts, micro_batches, policy_tensors, rank_shard
+
+        batch = concat_rollouts(ray.get(list(rollout_refs)))
+        mine = rank_shard(len(batch["completion_ids"]), self.rank, self.world)
+        lengths = [len(c) for c in batch["completion_ids"]]
+        out = {}
+        self.engine.eval()
+        with torch.no_grad():
+            for idx in micro_batches(mine, lengths, self.cfg.learner.micro_batch_size):
+                ids, attn, mask, _ = policy_tensors(batch, idx, self.pad_id, self.device)
+                lp = self.engine(ids, attn, mask, float(temperature)).cpu()
+                for row, i in enumerate(idx):
+                    out[i] = lp[row][mask[row].cpu()].numpy()
+        self.engine.train()
+        return out
+
+    def train_step(self, rollout_refs: Sequence[ray.ObjectRef], scored_refs: Sequence[ray.ObjectRef]) -> dict[str, float]:
+        """GRPO on this rank's shard: advantages over the whole batch, gradient accumulation over micro-batches,
+        one optimizer step per pass (grpo.updates_per_batch passes), then the reference mixup when due."""
+        from rlt_ray.batch import concat_rollouts, loss_denominator, micro_batches, policy_tensors, rank_shard
+        from rlt_ray.grpo import group_advantages, policy_loss
+        from rlt_ray.logprobs import token_logprobs
+
+        t0 = time.perf_counter()
+        cfg, g = self.cfg, self.cfg.grpo
+        batch = concat_rollouts(ray.get(list(rollout_refs)))
+        rewards = torch.as_tensor(np.concatenate([s["total"] for s in ray.get(list(scored_refs))]))
+        advantages = group_advantages(rewards, batch["n"], g.advantage_eps)
+        lengths = [len(c) for c in batch["completion_ids"]]
+        mine = rank_shard(len(lengths), self.rank, self.world)
+        denominator = loss_denominator(g.loss_aggregation, lengths, self.world)
+        temperature = self.temperatures["policy"]
+        sums = {"loss": 0.0, "kl_sum": 0.0, "tokens": 0.0, "clip_fraction": 0.0, "micro_batches": 0}
+        grad_norms = []
+        for _ in range(g.updates_per_batch):
+            for idx in micro_batches(mine, lengths, cfg.learner.micro_batch_size):
+                ids, attn, mask, old = policy_tensors(batch, idx, self.pad_id, self.device)
+                logp = self.engine(ids, attn, mask, temperature)
+                ref_logp = None
+                if g.beta:
+                    with torch.no_grad():
+                        ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature)
+                loss, m = policy_loss(logp, mask, advantages[idx].to(self.device), ref_logp, g.beta,
+                                      g.loss_aggregation, old if g.clip_eps is not None else None, g.clip_eps,
+                                      denominator)
+                self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales
+                self.engine.step()  # steps the optimizer at the accumulation boundary only
+                sums["loss"] += float(loss.detach())
+                sums["kl_sum"] += m.get("kl_sum", 0.0)
+                sums["tokens"] += m["tokens"]
+                sums["clip_fraction"] += m.get("clip_fraction", 0.0) * m["tokens"]
+                sums["micro_batches"] += 1
+            self.optimizer_steps += 1
+            norm = self.engine.get_global_grad_norm()
+            grad_norms.append(float(norm) if norm is not None else float("nan"))
+            if g.ref_mixup_every and self.optimizer_steps % g.ref_mixup_every == 0:
+                self._mixup()
+        return {
+            "loss": sums["loss"] / g.updates_per_batch,  # this rank's part; the group mean is the batch loss
+            "kl": sums["kl_sum"] / max(1.0, sums["tokens"]),
+            "clip_fraction": sums["clip_fraction"] / max(1.0, sums["tokens"]),
+            "tokens": sums["tokens"],
+            "grad_norm": grad_norms[-1],
+            "lr": float(self.engine.get_lr()[0]),
+            "optimizer_steps": self.optimizer_steps,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def _mixup(self) -> None:
+        policy = dict(self.hf_model.named_parameters())
+        ref = dict(self.ref.named_parameters())
+        if policy.keys() != ref.keys():
+            raise RuntimeError("reference and policy models have different parameter names; cannot mix them up")
+        from rlt_ray.grpo import mixup_
+
+        with self._gathered(policy.values()):
+            mixup_([ref[n] for n in policy], [policy[n] for n in policy], self.cfg.grpo.ref_mixup_alpha)
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every rank writes its DeepSpeed shard and RNG state; rank 0 the HF teacher and the reference."""
+        from safetensors.torch import save_file
+
+        from rlt_ray.weight_sync import DTYPES
+
+        ckpt = Path(path)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state",
+                                    client_state={"optimizer_steps": self.optimizer_steps})
+        torch.save({"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
+                   ckpt / f"rng_rank{self.rank}.pt")
+        dtype = DTYPES[self.cfg.model.dtype]
+        with self._gathered(self.hf_model.parameters()):
+            if self.rank == 0:
+                state = {k: v.detach().to("cpu", dtype).clone() for k, v in self.hf_model.state_dict().items()}
+                self.hf_model.save_pretrained(ckpt / "hf", state_dict=state)
+                self.tokenizer.save_pretrained(ckpt / "hf")
+        if self.rank == 0:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.ref.state_dict().items()},
+                      str(ckpt / "reference.safetensors"))
+        torch.distributed.barrier()
+
+    def load_checkpoint(self, path: str) -> int:
+        from safetensors.torch import load_file
+
+        ckpt = Path(path)
+        _, client = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state")
+        self.optimizer_steps = int((client or {}).get("optimizer_steps", 0))
+        ref_state = load_file(str(ckpt / "reference.safetensors"), device=str(self.device))
+        self.ref.load_state_dict(ref_state, strict=True)
+        rng = torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
+        return self.optimizer_steps
+
+
+class LearnerGroup:
+    """Starts ``resources.learner_ranks`` LearnerRank actors in one placement group and calls them together."""
+
+    def __init__(self, cfg: Any):
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        r = cfg.resources
+        self.world = int(r.learner_ranks)
+        bundle = {"CPU": float(r.cpus_per_actor)}
+        if r.gpus_per_actor:
+            bundle["GPU"] = float(r.gpus_per_actor)
+        self.pg = placement_group([dict(bundle) for _ in range(self.world)], strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=float(r.placement_timeout_s))
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise RuntimeError(
+                f"config section 'resources': could not place {self.world} learner ranks of {bundle} within "
+                f"{r.placement_timeout_s:g}s (cluster: {ray.cluster_resources()}); lower resources.learner_ranks "
+                f"or resources.*_per_actor, or add nodes") from None
+        self.ranks = [
+            LearnerRank.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                **actor_options(cfg)).remote(cfg, i, self.world)
+            for i in range(self.world)
+        ]
+        host, port = ray.get(self.rank0.free_address.remote())
+        self.info = ray.get([rank.setup.remote(host, port) for rank in self.ranks])
+
+    @property
+    def rank0(self):
+        return self.ranks[0]
+
+    def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        return [getattr(rank, method).remote(*args, **kwargs) for rank in self.ranks]
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for rank in self.ranks:
+            ray.kill(rank)
+        remove_placement_group(self.pg)

@@ -1,0 +1,82 @@
+"""Per-step metrics: one dict of scalars, written to a JSONL file, TensorBoard and Ray's metrics endpoint.
+
+Ray metrics are gauges named ``rlt_<key>`` (Prometheus shows them as ``ray_rlt_<key>``) tagged with the run name,
+so the Ray dashboard's Grafana and any Prometheus scraping the cluster see reward, lengths, stage times and the
+weights version while the run lives (a gauge disappears when its process exits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def summarize(name: str, values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {}
+    return {f"{name}_mean": float(v.mean()), f"{name}_std": float(v.std()), f"{name}_min": float(v.min()),
+            f"{name}_max": float(v.max())}
+
+
+def metric_name(key: str) -> str:
+    return "rlt_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+class RunLog:
+    def __init__(self, output_dir: str | Path, logging_cfg: Any, run_name: str):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_name = run_name
+        self.cfg = logging_cfg
+        self._jsonl = open(self.dir / "metrics.jsonl", "a") if logging_cfg.jsonl else None
+        self._samples = open(self.dir / "samples.jsonl", "a") if logging_cfg.completions_fraction > 0 else None
+        self._tb = None
+        if logging_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self._gauges: dict[str, Any] = {}
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+            self._jsonl.flush()
+        if self._tb:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self.cfg.ray_metrics:
+            self._ray_gauges(clean)
+
+    def samples(self, step: int, records: Sequence[dict[str, Any]]) -> None:
+        if not self._samples or not records:
+            return
+        keep = max(1, int(round(len(records) * self.cfg.completions_fraction)))
+        stride = max(1, len(records) // keep)
+        for rec in list(records)[::stride][:keep]:
+            self._samples.write(json.dumps({"step": step, **rec}) + "\n")
+        self._samples.flush()
+
+    def _ray_gauges(self, scalars: dict[str, float]) -> None:
+        from ray.util.metrics import Gauge
+
+        for k, v in scalars.items():
+            gauge = self._gauges.get(k)
+            if gauge is None:
+                gauge = self._gauges[k] = Gauge(metric_name(k), description=f"RLT {k}", tag_keys=("run",))
+            gauge.set(v, tags={"run": self.run_name})
+
+    def close(self) -> None:
+        for f in (self._jsonl, self._samples):
+            if f:
+                f.close()
+        if self._tb:
+            self._tb.close()

@@ -1,0 +1,223 @@
+"""Weight sync, learner → rollout engines: one call per worker per sync, tensors packed into a few flat buckets.
+
+The reference pushes one parameter per HTTP call; anchors report per-parameter RPCs, not bytes, dominating sync
+time at scale. Here a sync is:
+
+- ``pack``: the learner's HF-named tensors → a few flat uint8 buckets (any dtype, bf16 included) + a layout;
+- transport: ``ObjectStoreSync`` (one ``ray.put`` per bucket, one ``load_weights`` call per worker) or
+  ``CollectiveSync`` (a process group of learner rank 0 + every engine worker, gloo on CPU / nccl on GPU, one
+  broadcast per bucket);
+- ``check_layout`` against the engine's expected names, shapes and dtypes BEFORE any reload (a failed reload
+  leaves a vLLM engine dead), then ``unpack`` into views and reload in place.
+
+The interface is NeMo-RL's weight synchroniser: init / sync / is_stale / shutdown. Transports call the actors by
+method name (``export_weights``, ``broadcast_weights``, ``load_weights``, ...), so this module never imports them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterable, Sequence
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class WeightSyncError(RuntimeError):
+    """Names, shapes or dtypes of an update do not match the engine's model; nothing was loaded."""
+
+
+# One tensor inside a bucket: (name, dtype name, shape, byte offset, byte count). Plain tuples, so the layout
+# crosses vLLM's msgpack RPC and Ray unchanged.
+TensorMeta = tuple[str, str, tuple[int, ...], int, int]
+Spec = dict[str, tuple[tuple[int, ...], str]]  # name → (shape, dtype name)
+
+
+def spec_of(named: Iterable[tuple[str, torch.Tensor]], dtype: str | None = None) -> Spec:
+    return {n: (tuple(t.shape), dtype or DTYPE_NAMES[t.dtype]) for n, t in named}
+
+
+def layout_for(spec: Spec, bucket_bytes: int) -> list[list[TensorMeta]]:
+    """Deterministic bucket layout for a spec (the order of the spec); a tensor larger than a bucket gets one
+    of its own. Offsets are 8-byte aligned."""
+    buckets: list[list[TensorMeta]] = [[]]
+    used = 0
+    for name, (shape, dtype) in spec.items():
+        nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=DTYPES[dtype]).element_size()
+        if buckets[-1] and used + nbytes > bucket_bytes:
+            buckets.append([])
+            used = 0
+        buckets[-1].append((name, dtype, tuple(shape), used, nbytes))
+        used += (nbytes + 7) // 8 * 8
+    return [b for b in buckets if b]
+
+
+def bucket_nbytes(metas: Sequence[TensorMeta]) -> int:
+    return max(off + n for _, _, _, off, n in metas) if metas else 0
+
+
+def pack(named: dict[str, torch.Tensor], layout: list[list[TensorMeta]], device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Copy tensors into flat uint8 buckets following ``layout`` (one copy per tensor, cast to the layout dtype)."""
+    out = []
+    for metas in layout:
+        flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
+        for name, dtype, shape, off, nbytes in metas:
+            t = named[name].detach().to(device=device, dtype=DTYPES[dtype]).contiguous().reshape(-1)
+            flat[off:off + nbytes].copy_(t.view(torch.uint8))
+        out.append(flat)
+    return out
+
+
+def unpack(metas: Sequence[TensorMeta], flat: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Views into a flat uint8 bucket (no copy)."""
+    out = []
+    for name, dtype, shape, off, nbytes in metas:
+        out.append((name, flat[off:off + nbytes].view(DTYPES[dtype]).view(shape)))
+    return out
+
+
+def check_layout(expected: Spec, layout: Sequence[Sequence[TensorMeta]]) -> None:
+    """Refuse an update whose names, shapes or dtypes differ from the engine's model (all problems listed)."""
+    got = {name: (tuple(shape), dtype) for metas in layout for name, dtype, shape, _, _ in metas}
+    problems = []
+    missing = sorted(set(expected) - set(got))
+    unknown = sorted(set(got) - set(expected))
+    if missing:
+        problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unknown:
+        problems.append(f"unknown {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    for name in sorted(set(got) & set(expected)):
+        (es, ed), (gs, gd) = expected[name], got[name]
+        if tuple(es) != gs or ed != gd:
+            problems.append(f"{name}: expected {tuple(es)} {ed}, got {gs} {gd}")
+    if problems:
+        raise WeightSyncError("weight update does not match the rollout model: " + "; ".join(problems[:8]))
+
+
+def open_group(backend: str, host: str, port: int, rank: int, world: int, timeout_s: float = 600.0):
+    """A process group of its own (not torch's default group, which DeepSpeed and vLLM already use)."""
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world, rank == 0, timeout=timeout)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world, timeout)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world)
+    raise ValueError(f"unknown collective backend {backend!r}")
+
+
+def broadcast(group, tensor: torch.Tensor, root: int = 0) -> None:
+    import torch.distributed as dist
+
+    opts = dist.BroadcastOptions()
+    opts.rootRank = root
+    opts.rootTensor = 0
+    group.broadcast([tensor], opts).wait()
+
+
+@dataclass
+class SyncStats:
+    version: int
+    seconds: float
+    bytes: int
+    buckets: int
+    calls_per_worker: int
+
+
+class WeightSync:
+    """init() once; sync(version) whenever is_stale(learner version); shutdown() at the end."""
+
+    def __init__(self, learners: Any, workers: Sequence[Any], bucket_bytes: int):
+        self.learners = learners  # actors.learner.LearnerGroup: .call(method, ...) → refs of every rank
+        self.workers = list(workers)
+        self.bucket_bytes = int(bucket_bytes)
+        self.version = 0
+        self.layout: list[list[TensorMeta]] = []
+
+    def init(self) -> None:
+        import ray
+
+        learner_spec = ray.get(self.learners.rank0.weight_spec.remote())
+        self.layout = layout_for(learner_spec, self.bucket_bytes)
+        for worker_spec in ray.get([w.weight_spec.remote() for w in self.workers]):
+            check_layout(worker_spec, self.layout)  # fail at start, not at the first sync
+
+    def is_stale(self, learner_version: int) -> bool:
+        """True when the workers hold another version than the learner's."""
+        return learner_version != self.version
+
+    def sync(self, version: int) -> SyncStats:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+    def _stats(self, version: int, t0: float) -> SyncStats:
+        self.version = version
+        return SyncStats(version, time.perf_counter() - t0, sum(bucket_nbytes(m) for m in self.layout),
+                         len(self.layout), 1)
+
+
+class ObjectStoreSync(WeightSync):
+    """Learner rank 0 puts each bucket in the object store once; each worker gets one call with all the refs."""
+
+    def sync(self, version: int) -> SyncStats:
+        import ray
+
+        t0 = time.perf_counter()
+        # Every rank joins (ZeRO-3 gathers); rank 0 returns the bucket refs.
+        refs = ray.get(self.learners.call("export_weights", self.layout))[0]
+        ray.get([w.load_weights.remote(version, self.layout, refs) for w in self.workers])
+        return self._stats(version, t0)
+
+
+class CollectiveSync(WeightSync):
+    """Learner rank 0 broadcasts each bucket to every engine worker in a group of their own (gloo/nccl)."""
+
+    def __init__(self, learners: Any, workers: Sequence[Any], bucket_bytes: int, backend: str,
+                 ranks_per_worker: int = 1, timeout_s: float = 600.0):
+        super().__init__(learners, workers, bucket_bytes)
+        self.backend, self.ranks_per_worker, self.timeout_s = backend, ranks_per_worker, timeout_s
+
+    def init(self) -> None:
+        import ray
+
+        super().init()
+        host, port = ray.get(self.learners.rank0.free_address.remote())
+        world = 1 + self.ranks_per_worker * len(self.workers)
+        joins = [self.learners.rank0.join_sync_group.remote(self.backend, host, port, 0, world, self.timeout_s)]
+        joins += [w.join_sync_group.remote(self.backend, host, port, 1 + i * self.ranks_per_worker, world,
+                                           self.timeout_s) for i, w in enumerate(self.workers)]
+        ray.get(joins)
+
+    def sync(self, version: int) -> SyncStats:
+        import ray
+
+        t0 = time.perf_counter()
+        sends = self.learners.call("broadcast_weights", self.layout)
+        receives = [w.receive_weights.remote(version, self.layout) for w in self.workers]
+        ray.get(sends + receives)
+        return self._stats(version, t0)
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.get([self.learners.rank0.leave_sync_group.remote()] +
+                    [w.leave_sync_group.remote() for w in self.workers], timeout=30)
+        except Exception:  # shutting down: a dead actor has left already
+            pass
+
+
+def make_weight_sync(kind: str, learners: Any, workers: Sequence[Any], bucket_bytes: int, backend: str,
+                     ranks_per_worker: int = 1) -> WeightSync:
+    if kind == "object_store":
+        return ObjectStoreSync(learners, workers, bucket_bytes)
+    if kind == "collective":
+        return CollectiveSync(learners, workers, bucket_bytes, backend, ranks_per_worker)
+    raise ValueError(f"unknown weight sync {kind!r}")
