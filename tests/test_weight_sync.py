@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from rlt_ray.weight_sync import (WeightSyncError, bucket_nbytes, check_layout, layout_for, pack, spec_of, unpack)
+
+
+def _named():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "model.embed_tokens.weight": torch.randn(64, 16, generator=g),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(16, 16, generator=g),
+        "model.layers.0.self_attn.q_proj.bias": torch.randn(3, generator=g),  # odd size: alignment
+        "model.norm.weight": torch.randn(16, generator=g),
+        "lm_head.weight": torch.randn(64, 16, generator=g),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_pack_unpack_round_trip_in_few_buckets(dtype):
+    named = _named()
+    spec = spec_of(named.items(), dtype)
+    layout = layout_for(spec, bucket_bytes=4096)
+    assert 1 < len(layout) < len(named)  # bucketed: fewer buckets than tensors, more than one at this size
+    buckets = pack(named, layout)
+    assert [b.numel() for b in buckets] == [bucket_nbytes(m) for m in layout]
+    got = dict(kv for metas, flat in zip(layout, buckets) for kv in unpack(metas, flat))
+    assert got.keys() == named.keys()
+    for name, t in named.items():
+        assert got[name].dtype == getattr(torch, dtype) and got[name].shape == t.shape
+        assert torch.equal(got[name], t.to(getattr(torch, dtype)))
+
+
+def test_tensor_larger_than_a_bucket_gets_its_own():
+    named = _named()
+    layout = layout_for(spec_of(named.items()), bucket_bytes=16)
+    assert len(layout) == len(named)
+
+
+def test_check_layout_names_every_problem():
+    named = _named()
+    spec = spec_of(named.items(), "float32")
+    layout = layout_for(spec, 1 << 20)
+    check_layout(spec, layout)  # identical: accepted
+    wrong = dict(spec)
+    wrong["model.norm.weight"] = ((17,), "float32")
+    wrong["model.extra.weight"] = ((4,), "float32")
+    del wrong["lm_head.weight"]
+    with pytest.raises(WeightSyncError) as err:
+        check_layout(wrong, layout)
+    msg = str(err.value)
+    assert "missing ['model.extra.weight']" in msg
+    assert "unknown ['lm_head.weight']" in msg
+    assert "model.norm.weight: expected (17,) float32, got (16,) float32" in msg
+    with pytest.raises(WeightSyncError, match="bfloat16"):
+        check_layout(spec_of(named.items(), "bfloat16"), layout)
