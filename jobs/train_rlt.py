@@ -86,6 +86,14 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     return m
 
 
+def sample_records(rows, shards, scored, n: int) -> list[dict[str, Any]]:
+    records = []
+    for shard, part in zip(shards, scored):
+        for j, (explanation, reward) in enumerate(zip(part["explanations"], part["total"])):
+            records.append({"row": rows[int(shard[j // n])].id, "explanation": explanation, "reward": float(reward)})
+    return records
+
+
 def main(argv: list[str]) -> int:
     from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
     from rlt_ray.checkpoint import read_state, resolve_resume, step_dir, write_state
@@ -171,12 +179,9 @@ def main(argv: list[str]) -> int:
             metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
             metrics["weights_version"] = float(version)
             log.log(step, metrics)
-            log.samples(step, [{"row": rows[int(i)].id, "explanation": e, "reward": float(r)}
-                               for shard, s in zip(shards, scored)
-                               for j, (e, r) in enumerate(zip(s["explanations"], s["total"]))
-                               for i in [shard[j // cfg.rollout.n]]])
+            log.samples(step, sample_records(rows, shards, scored, cfg.rollout.n))
             print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "
-                  f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.4f}  "
+                  f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.3e}  "
                   f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s", flush=True)
 
             # 7. checkpoint: HF teacher + full training state; COMPLETE is written last

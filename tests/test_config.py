@@ -113,3 +113,17 @@ def test_cluster_check_names_the_shortfall():
     assert ds["train_batch_size"] == 16 * 64
     assert ds["gradient_accumulation_steps"] * 4 * ds["train_micro_batch_size_per_gpu"] == 1024
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+
+
+def test_cluster_yaml_is_a_valid_launcher_config_for_the_paper_preset():
+    import yaml
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    from rlt_ray.config import REPO_ROOT, check_cluster
+
+    launcher = yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
+    validate_config(fillout_defaults(launcher))  # Ray's own schema
+    node = launcher["available_node_types"][launcher["head_node_type"]]
+    assert node["node_config"]["InstanceType"] == "p5.48xlarge"  # 8x H100, 192 vCPUs
+    assert any("RLT_DEVICE=cuda" in c and "bootstrap.sh" in c for c in launcher["setup_commands"])
+    check_cluster(load_config("configs/paper_7b.yaml"), {"GPU": 8.0, "CPU": 192.0})

@@ -81,12 +81,18 @@ def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path):
 
     out = tmp_path / "z3"
     assert main([f"run.output_dir={out}", "run.steps=2", "learner.zero_stage=3", "resources.weight_sync=collective",
-                 "reward.teacher_logprobs_from=learner", "logging.tensorboard=false"]) == 0
+                 "reward.teacher_logprobs_from=learner", "grpo.ref_mixup_every=1", "logging.tensorboard=false"]) == 0
     metrics = _metrics(out)
     assert len(metrics) == 2 and all(math.isfinite(m["reward_mean"]) and math.isfinite(m["loss"]) for m in metrics)
     assert metrics[1]["sync_seconds"] > 0
-    before, after = _weights("tiny-teacher"), _weights(out / "checkpoints" / "step_000002" / "hf")
+    ckpt = out / "checkpoints" / "step_000002"
+    before, after = _weights("tiny-teacher"), _weights(ckpt / "hf")
     assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0
+    # The reference was mixed up after each step (ZeRO-3: every rank gathered the policy): it moved too.
+    from safetensors.torch import load_file
+
+    ref = load_file(str(ckpt / "reference.safetensors"))
+    assert max(float((before[k] - ref[k]).abs().max()) for k in before) > 0
 
 
 def _cli(*args):
