@@ -66,7 +66,10 @@ class LearnerRank:
     def free_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+    def setup(self, master_addr: str, master_port: int, model: str | None = None, with_reference: bool = True,
+              batch_size: int | None = None, total_steps: int | None = None) -> dict[str, Any]:
+        """RL by default (the teacher, its reference, batches of questions_per_step x n); SFT passes its model,
+        no reference, its batch size and its number of optimizer steps."""
         import deepspeed
 
         from rlt_ray.config import deepspeed_config, temperatures
@@ -84,22 +87,26 @@ class LearnerRank:
                                    init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
                                    world_size=self.world)
         torch.manual_seed(cfg.run.seed + self.rank)
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.temperatures = temperatures(cfg)
-        model = load_causal_lm(cfg.model.teacher, "float32")  # DeepSpeed casts to learner.dtype, keeps fp32 master
+        self.model_name = model or cfg.model.teacher
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_name)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        model = load_causal_lm(self.model_name, "float32")  # DeepSpeed casts to learner.dtype, keeps fp32 master
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.adam_betas), eps=lc.adam_eps,
                                       weight_decay=lc.weight_decay)
-        total = max(1, cfg.run.steps * cfg.grpo.updates_per_batch)
+        total = max(1, total_steps or cfg.run.steps * cfg.grpo.updates_per_batch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(lc.lr_schedule, int(lc.warmup_ratio * total), total))
         self.engine, _, _, _ = deepspeed.initialize(model=PolicyLogprobs(model), optimizer=optimizer,
-                                                    lr_scheduler=scheduler, config=deepspeed_config(cfg, self.world))
-        self.ref = load_causal_lm(cfg.model.reference or cfg.model.teacher, lc.dtype, str(self.device))
-        self.ref.eval().requires_grad_(False)
+                                                    lr_scheduler=scheduler,
+                                                    config=deepspeed_config(cfg, self.world, batch_size))
+        self.ref = None
+        if with_reference:
+            self.ref = load_causal_lm(cfg.model.reference or self.model_name, lc.dtype, str(self.device))
+            self.ref.eval().requires_grad_(False)
         return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address()}
 
     # -- parameters ---------------------------------------------------------------------------------------
@@ -222,6 +229,54 @@ class LearnerRank:
             "seconds": time.perf_counter() - t0,
         }
 
+    def set_sft_examples(self, examples: Any) -> int:
+        """Keep the SFT examples (rlt_ray.sft.SFTExamples) for the sft_step calls that index into them."""
+        self.sft_examples = examples
+        return len(examples.ids)
+
+    def sft_step(self, batch: Sequence[int]) -> dict[str, float]:
+        """One optimizer step of SFT on ``batch`` (indices into the examples): this rank's equal share,
+        micro-batches, token-mean NLL over the whole batch."""
+        from rlt_ray.batch import micro_batches, rank_shard
+        from rlt_ray.logprobs import pad_batch
+        from rlt_ray.sft import sft_loss
+
+        t0 = time.perf_counter()
+        examples = self.sft_examples
+        targets = sum(sum(examples.masks[i][1:]) for i in batch)
+        mine = [batch[j] for j in rank_shard(len(batch), self.rank, self.world)]
+        lengths = {i: len(examples.ids[i]) for i in mine}
+        total_nll, tokens = 0.0, 0
+        for idx in micro_batches(mine, lengths, self.cfg.learner.micro_batch_size):
+            ids, attn = pad_batch([examples.ids[i] for i in idx], self.pad_id, self.device)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for row, i in enumerate(idx):
+                m = torch.tensor(examples.masks[i], dtype=torch.bool)
+                m[0] = False  # the first token has no context
+                mask[row, : len(m)] = m
+            logp = self.engine(ids, attn, mask, 1.0)
+            loss = sft_loss(logp, mask, max(1, targets) / self.world)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            total_nll += float(-(logp.detach() * mask).sum())
+            tokens += int(mask.sum())
+        self.optimizer_steps += 1
+        norm = self.engine.get_global_grad_norm()
+        return {"nll_sum": total_nll, "tokens": tokens, "grad_norm": float(norm) if norm is not None else float("nan"),
+                "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
+
+    def save_hf(self, path: str) -> None:
+        """The model in HF format (config, safetensors in model.dtype, tokenizer); loads in transformers and vLLM."""
+        from rlt_ray.weight_sync import DTYPES
+
+        dtype = DTYPES[self.cfg.model.dtype]
+        with self._gathered(self.hf_model.parameters()):
+            if self.rank == 0:
+                state = {k: v.detach().to("cpu", dtype).clone() for k, v in self.hf_model.state_dict().items()}
+                self.hf_model.save_pretrained(path, state_dict=state)
+                self.tokenizer.save_pretrained(path)
+        torch.distributed.barrier()
+
     def _mixup(self) -> None:
         policy = dict(self.hf_model.named_parameters())
         ref = dict(self.ref.named_parameters())
@@ -238,8 +293,6 @@ class LearnerRank:
         """Every rank writes its DeepSpeed shard and RNG state; rank 0 the HF teacher and the reference."""
         from safetensors.torch import save_file
 
-        from rlt_ray.weight_sync import DTYPES
-
         ckpt = Path(path)
         ckpt.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state",
@@ -247,12 +300,7 @@ class LearnerRank:
         torch.save({"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
                    ckpt / f"rng_rank{self.rank}.pt")
-        dtype = DTYPES[self.cfg.model.dtype]
-        with self._gathered(self.hf_model.parameters()):
-            if self.rank == 0:
-                state = {k: v.detach().to("cpu", dtype).clone() for k, v in self.hf_model.state_dict().items()}
-                self.hf_model.save_pretrained(ckpt / "hf", state_dict=state)
-                self.tokenizer.save_pretrained(ckpt / "hf")
+        self.save_hf(str(ckpt / "hf"))
         if self.rank == 0:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.ref.state_dict().items()},
                       str(ckpt / "reference.safetensors"))
@@ -276,7 +324,7 @@ class LearnerRank:
 class LearnerGroup:
     """Starts ``resources.learner_ranks`` LearnerRank actors in one placement group and calls them together."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, **setup_kwargs: Any):
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -301,7 +349,7 @@ class LearnerGroup:
             for i in range(self.world)
         ]
         host, port = ray.get(self.rank0.free_address.remote())
-        self.info = ray.get([rank.setup.remote(host, port) for rank in self.ranks])
+        self.info = ray.get([rank.setup.remote(host, port, **setup_kwargs) for rank in self.ranks])
 
     @property
     def rank0(self):

@@ -23,14 +23,16 @@ class StaleWeightsError(RuntimeError):
 
 @ray.remote
 class RolloutWorker:
-    def __init__(self, cfg: Any, index: int):
+    def __init__(self, cfg: Any, index: int, model: Optional[str] = None):
+        """``model``: None samples the teacher (model.teacher); distillation and evaluation pass their own."""
         from rlt_ray.engine import build_llm
         from rlt_ray.models import parameter_spec
 
         self.cfg, self.index, self.version = cfg, index, 0
-        self.llm = build_llm(cfg.model.teacher, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
+        model = model or cfg.model.teacher
+        self.llm = build_llm(model, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
                              worker_extension_cls="rlt_ray.engine.WeightUpdateExtension")
-        self.spec = parameter_spec(cfg.model.teacher, cfg.model.dtype)
+        self.spec = parameter_spec(model, cfg.model.dtype)
 
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "version": self.version, "pid": os.getpid()}

@@ -40,11 +40,14 @@ class StudentScorer:
         return {"index": self.index, "pid": os.getpid()}
 
     def score(self, rows: Sequence[Any], rollout: dict[str, Any],
-              teacher_logprobs: Optional[Sequence[Any]] = None, offset: int = 0) -> dict[str, Any]:
+              teacher_logprobs: Optional[Sequence[Any]] = None, offset: int = 0,
+              skip_errors: bool = False) -> dict[str, Any]:
         """Reward parts for every completion of ``rollout`` (rows[j] is prompt j's row).
 
         teacher_logprobs: None uses the rollout's processed log-probs; otherwise the refs the learner ranks
-        returned (rlt_ray.batch order over the whole step), of which this rollout is [offset, offset + len)."""
+        returned (rlt_ray.batch order over the whole step), of which this rollout is [offset, offset + len).
+        skip_errors: a completion that cannot be aligned is reported in ``errors`` and gets NaN parts instead
+        of failing the batch (distillation; training fails loudly)."""
         from rlt_ray.scoring import score_sequences
         from rlt_ray.spans import build_reward_sequence
 
@@ -58,18 +61,34 @@ class StudentScorer:
             for part in ray.get(list(teacher_logprobs)):
                 merged.update(part)
             completion_lp = [merged[offset + i] for i in range(len(completions))]
-        seqs, teacher_expl = [], []
+        seqs, teacher_expl, kept, errors = [], [], [], []
         for i, comp in enumerate(completions):
             prompt = rollout["prompt_ids"][i // n]
-            seq = build_reward_sequence(rows[i // n], prompt, [int(t) for t in comp], self.teacher_fmt,
-                                        self.student_fmt)
+            try:
+                seq = build_reward_sequence(rows[i // n], prompt, [int(t) for t in comp], self.teacher_fmt,
+                                            self.student_fmt)
+            except Exception as exc:
+                if not skip_errors:
+                    raise
+                errors.append({"completion": i, "row": getattr(rows[i // n], "id", None), "error": repr(exc)})
+                continue
             a, b = seq.teacher_explanation
             seqs.append(seq)
+            kept.append(i)
             teacher_expl.append(torch.tensor(np.asarray(completion_lp[i][a - len(prompt): b - len(prompt)])))
-        parts = score_sequences(self.student, seqs, teacher_expl, self.spec, self.pad_id, self.student_temperature,
-                                device=self.device)
-        out: dict[str, Any] = {k: v.cpu().numpy() for k, v in parts.items()}
-        out["explanations"] = [s.explanation for s in seqs]
+        out: dict[str, Any] = {}
+        if seqs:
+            parts = score_sequences(self.student, seqs, teacher_expl, self.spec, self.pad_id,
+                                    self.student_temperature, device=self.device)
+            for k, v in parts.items():
+                full = np.full(len(completions), np.nan, dtype=np.float32)
+                full[kept] = v.cpu().numpy()
+                out[k] = full
+        explanations: list[Optional[str]] = [None] * len(completions)
+        for i, s in zip(kept, seqs):
+            explanations[i] = s.explanation
+        out["explanations"] = explanations
+        out["errors"] = errors
         out["seconds"] = time.perf_counter() - t0
         out["tokens"] = int(sum(len(s.student_ids) for s in seqs))
         return out

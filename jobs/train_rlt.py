@@ -11,7 +11,6 @@ later change can overlap them. Rollout workers sample only with the learner's cu
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,18 +41,6 @@ def load_prompts(cfg: Any):
                           f"teacher prompt of at most {cfg.rollout.max_prompt_tokens} tokens, fewer than "
                           f"run.questions_per_step={cfg.run.questions_per_step}")
     return kept, prompts, len(rows) - len(kept)
-
-
-def connect_ray():
-    import ray
-
-    if ray.is_initialized():  # a caller (tests, a notebook) already chose the cluster
-        return ray
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # inside `ray job submit`, or pointed at a cluster on purpose
-    else:
-        ray.init(address="local")  # never attach to someone else's cluster by accident
-    return ray
 
 
 def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
@@ -95,8 +82,9 @@ def sample_records(rows, shards, scored, n: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
     from rlt_ray.checkpoint import read_state, resolve_resume, step_dir, write_state
+    from rlt_ray.cluster import connect_ray
+    from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -203,19 +191,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def cli(argv: list[str]) -> int:
-    from rlt_ray.checkpoint import CheckpointError
-    from rlt_ray.config import ConfigError
-    from rlt_ray.data import DataError
-    from rlt_ray.models import ModelNotFoundError
-    from rlt_ray.weight_sync import WeightSyncError
-
-    try:
-        return main(argv)
-    except (ConfigError, CheckpointError, DataError, ModelNotFoundError, WeightSyncError) as exc:
-        print(f"train_rlt: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    from rlt_ray.cluster import run_cli
+
+    sys.exit(run_cli(main, sys.argv[1:], "train_rlt"))

@@ -162,6 +162,44 @@ class RunConfig:
 
 
 @dataclass
+class SFTConfig:
+    """jobs/sft_teacher.py (warm-up in the teacher format) and jobs/sft_student.py (student on distilled data).
+    The optimizer settings are learner.*; the data is data.*."""
+
+    model: Optional[str] = None  # None: model.teacher (sft_teacher) or model.student (sft_student)
+    epochs: int = 1
+    batch_size: int = 16  # sequences per optimizer step, over all ranks
+    max_seq_tokens: int = 4096  # longer examples are skipped and counted (truncating would cut the target)
+    output_dir: str = "runs/sft"
+
+
+@dataclass
+class DistillConfig:
+    """jobs/distill.py: k explanations per row from the rollout workers, optionally best-of-k by the RLT reward."""
+
+    teacher: Optional[str] = None  # None: model.teacher
+    k: int = 4  # explanations sampled per row
+    keep: str = "best"  # best: the highest RLT reward of the k (needs the student); all: every closed one
+    shard_rows: int = 64  # rows per output shard (resume unit)
+    output_dir: str = "runs/distill"
+
+
+@dataclass
+class EvalConfig:
+    """jobs/evaluate.py: greedy generation with vLLM in the student format, answers checked by math-verify or
+    reasoning-gym's scorer."""
+
+    model: Optional[str] = None  # None: model.student
+    source: Optional[str] = None  # None: data.source
+    split: str = "test"
+    size: int = 64  # rows for reasoning_gym sources (seeded by eval.seed)
+    max_rows: Optional[int] = None
+    seed: int = 1234  # different from data.seed: held-out questions
+    max_new_tokens: int = 512
+    output_dir: str = "runs/eval"
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     jsonl: bool = True
@@ -180,6 +218,9 @@ class RLTConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -199,11 +240,14 @@ CHOICES = {
     "resources.device": ("cpu", "cuda"),
     "resources.backend": ("gloo", "nccl"),
     "resources.weight_sync": ("object_store", "collective"),
+    "distill.keep": ("best", "all"),
 }
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "grpo.updates_per_batch", "data.size",
+    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s",
+    "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
+    "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib",
 )
 NON_NEGATIVE = (
@@ -294,21 +338,25 @@ def temperatures(cfg: DictConfig) -> dict[str, float]:
     }
 
 
-def resource_needs(cfg: DictConfig) -> dict[str, float]:
-    """CPUs and GPUs the run's actors ask Ray for."""
+def resource_needs(cfg: DictConfig, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> dict[str, float]:
+    """CPUs and GPUs that the actors of ``roles`` ask Ray for."""
     r = cfg.resources
-    actors = r.learner_ranks + cfg.rollout.num_workers + r.scorer_workers
-    gpus = r.gpus_per_actor * (r.learner_ranks + cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size
-                               + r.scorer_workers)
-    return {"CPU": r.cpus_per_actor * actors, "GPU": gpus}
+    counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
+    gpu_units = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size,
+                 "scorer": r.scorer_workers}
+    return {"CPU": r.cpus_per_actor * sum(counts[k] for k in roles),
+            "GPU": r.gpus_per_actor * sum(gpu_units[k] for k in roles)}
 
 
-def check_cluster(cfg: DictConfig, available: dict[str, float]) -> None:
-    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the run."""
+def check_cluster(cfg: DictConfig, available: dict[str, float],
+                  roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> None:
+    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the job's actors."""
     r = cfg.resources
-    needs = resource_needs(cfg)
-    layout = (f"{r.learner_ranks} learner ranks + {cfg.rollout.num_workers} rollout workers "
-              f"(tensor parallel {cfg.rollout.tensor_parallel_size}) + {r.scorer_workers} scorers")
+    needs = resource_needs(cfg, roles)
+    names = {"learner": f"{r.learner_ranks} learner ranks",
+             "rollout": f"{cfg.rollout.num_workers} rollout workers (tensor parallel {cfg.rollout.tensor_parallel_size})",
+             "scorer": f"{r.scorer_workers} scorers"}
+    layout = " + ".join(names[k] for k in roles)
     if needs["GPU"] > available.get("GPU", 0.0):
         raise ConfigError(
             f"config section 'resources': the run needs {needs['GPU']:g} GPUs ({layout}, "
@@ -319,11 +367,19 @@ def check_cluster(cfg: DictConfig, available: dict[str, float]) -> None:
             f"resources.cpus_per_actor={r.cpus_per_actor:g}) but the Ray cluster has {available.get('CPU', 0.0):g}")
 
 
-def deepspeed_config(cfg: DictConfig, world: int) -> dict[str, Any]:
-    """The DeepSpeed config of the learner group. One optimizer step per RL batch: gradient accumulation over
-    every micro-batch of the rank's shard."""
+def check_sft_batch(cfg: DictConfig) -> None:
+    per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
+    if cfg.sft.batch_size % per_step:
+        raise ConfigError(
+            f"config key 'sft.batch_size': {cfg.sft.batch_size} sequences per step do not split into "
+            f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}")
+
+
+def deepspeed_config(cfg: DictConfig, world: int, batch: Optional[int] = None) -> dict[str, Any]:
+    """The DeepSpeed config of the learner group. One optimizer step per batch (RL: questions_per_step x n;
+    SFT: sft.batch_size): gradient accumulation over every micro-batch of the rank's shard."""
     lc = cfg.learner
-    batch = cfg.run.questions_per_step * cfg.rollout.n
+    batch = cfg.run.questions_per_step * cfg.rollout.n if batch is None else int(batch)
     gas = batch // (world * lc.micro_batch_size)
     zero: dict[str, Any] = {"stage": int(lc.zero_stage)}
     if lc.offload_optimizer:

@@ -171,6 +171,11 @@ class RLTFormat:
         spans["assistant"] = (c0, c0 + len(assistant.text))
         return Formatted(text, spans)
 
+    def student_prompt(self, row: Row) -> str:
+        """What a student is asked at evaluation: system + question, then an open assistant turn."""
+        chat = self.student_chat(row, "")
+        return chat.text[: chat.spans["assistant"][0]]
+
     # ------------------------------------------------------------------ completions
     def split_completion(self, completion: str) -> tuple[int, bool]:
         """Where the explanation ends inside a generated completion, and whether its close tag was there.

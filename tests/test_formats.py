@@ -91,3 +91,13 @@ def replace_cfg(section, **changes):
     c = OmegaConf.to_container(section)
     c.update(changes)
     return OmegaConf.create(c)
+
+
+def test_student_prompt_is_the_chat_up_to_the_assistant_turn(fmt):
+    from rlt_ray.formats import Row
+
+    row = Row(question="What is 2+3?", solution="\\boxed{5}")
+    prompt = fmt.student_prompt(row)
+    full = fmt.student_chat(row, "2+3=5\n\n").text
+    assert full.startswith(prompt) and prompt.endswith("<|im_start|>assistant\n")
+    assert "What is 2+3?" in prompt and "\\boxed{5}" not in prompt

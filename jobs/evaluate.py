@@ -1,0 +1,96 @@
+"""Accuracy of a (student) model: greedy vLLM generation in the student format, answers checked by math-verify
+(MATH500, AIME24, GPQA-Diamond or any file/hub set with an answer or solution column) or by reasoning-gym's own
+scorer (``reasoning_gym:countdown``, ``reasoning_gym:gsm_symbolic``, ...).
+
+    python jobs/evaluate.py eval.model=runs/sft_student/final eval.source=reasoning_gym:gsm_symbolic
+    python jobs/evaluate.py eval.model=... eval.source=HuggingFaceH4/MATH-500 eval.split=test
+
+Writes <eval.output_dir>/results.jsonl (one line per item) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
+    """Generate and check; returns the summary (also written under ``out``)."""
+    from actors import actor_options
+    from actors.rollout import RolloutWorker
+    from rlt_ray.cluster import connect_ray
+    from rlt_ray.config import check_cluster
+    from rlt_ray.data import load_rows
+    from rlt_ray.evaluation import AnswerChecker, predicted_solution, summarize_results
+    from rlt_ray.formats import RLTFormat
+    from rlt_ray.models import load_tokenizer
+
+    ec = cfg.eval
+    tokenizer = load_tokenizer(model)
+    fmt = RLTFormat(cfg.format, tokenizer)
+    rows = load_rows(source, split=ec.split, size=ec.size, seed=ec.seed, max_rows=ec.max_rows, fmt_cfg=cfg.format)
+    checker = AnswerChecker(source, ec.size, ec.seed)
+    prompts = [tokenizer(fmt.student_prompt(r), add_special_tokens=False)["input_ids"] for r in rows]
+    long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
+    keep = [i for i in range(len(rows)) if i not in set(long)]
+
+    ray = connect_ray()
+    check_cluster(cfg, ray.cluster_resources(), roles=("rollout",))
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
+    workers = [RolloutWorker.options(**actor_options(cfg, cfg.resources.gpus_per_actor *
+                                                     cfg.rollout.tensor_parallel_size, env)).remote(cfg, i, model)
+               for i in range(cfg.rollout.num_workers)]
+    try:
+        parts = [p for p in np.array_split(np.asarray(keep, dtype=int), len(workers)) if len(p)]
+        outputs = ray.get([w.generate.remote([prompts[i] for i in part], [0] * len(part), 0, 1, 0.0,
+                                             ec.max_new_tokens) for w, part in zip(workers, parts)])
+    finally:
+        for w in workers:
+            ray.kill(w)
+    items: list[dict[str, Any]] = []
+    for part, result in zip(parts, outputs):
+        for j, i in enumerate(part):
+            completion = tokenizer.decode(result["completion_ids"][j], skip_special_tokens=False)
+            prediction = predicted_solution(fmt, completion)
+            items.append({"index": int(i), "id": rows[i].id, "question": rows[i].question,
+                          "gold": rows[i].answer or rows[i].solution, "prediction": prediction,
+                          "correct": checker.check(rows[i], int(i), prediction),
+                          "finish_reason": result["finish_reason"][j],
+                          "tokens": int(len(result["completion_ids"][j])), "completion": completion})
+    for i in long:
+        items.append({"index": i, "id": rows[i].id, "question": rows[i].question,
+                      "gold": rows[i].answer or rows[i].solution, "prediction": None, "correct": False,
+                      "finish_reason": "prompt_too_long", "tokens": 0, "completion": ""})
+    items.sort(key=lambda it: it["index"])
+    summary = {"model": model, "source": source, "checker": checker.method, **summarize_results(items)}
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w") as f:
+        for it in items:
+            f.write(json.dumps(it) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    from rlt_ray.config import load_config, split_argv
+
+    preset, overrides = split_argv(argv)
+    cfg = load_config(preset, overrides)
+    if cfg.rollout.max_new_tokens != cfg.eval.max_new_tokens:  # the engine's context must fit the answers
+        cfg = load_config(preset, overrides + [f"rollout.max_new_tokens={cfg.eval.max_new_tokens}"])
+    summary = evaluate(cfg, cfg.eval.model or cfg.model.student, cfg.eval.source or cfg.data.source,
+                       Path(cfg.eval.output_dir))
+    print(f"evaluate: {summary['model']} on {summary['source']}: accuracy {summary['accuracy']:.3f} "
+          f"({summary['correct']}/{summary['n']}, checker {summary['checker']}, "
+          f"{summary['no_solution_block']} without a solution block)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from rlt_ray.cluster import run_cli
+
+    sys.exit(run_cli(main, sys.argv[1:], "evaluate"))

@@ -1,0 +1,63 @@
+"""Answer checking for jobs/evaluate.py: math-verify for math answers (never a hand regex), reasoning-gym's own
+scorers for reasoning-gym tasks (Countdown expressions, GSM-style numbers)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rlt_ray.formats import FormatError, RLTFormat, Row
+
+
+def predicted_solution(fmt: RLTFormat, completion: str) -> Optional[str]:
+    """The solution block of a student completion (the prompt ends before the thought block), or None."""
+    try:
+        return fmt.parse_assistant(completion)[1]
+    except FormatError:
+        return None
+
+
+def boxed_content(text: str) -> Optional[str]:
+    """The content of the last \\boxed{...} (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i, depth = start + len("\\boxed{"), 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+class AnswerChecker:
+    """``check(row, index, prediction)``: True when the predicted solution is right."""
+
+    def __init__(self, source: str, size: int, seed: int):
+        self.rg = None
+        if source.startswith("reasoning_gym:"):
+            import reasoning_gym
+
+            self.rg = reasoning_gym.create_dataset(source.split(":", 1)[1], size=size, seed=seed)
+        self.method = "reasoning_gym" if self.rg is not None else "math_verify"
+
+    def check(self, row: Row, index: int, prediction: Optional[str]) -> bool:
+        if prediction is None or not prediction.strip():
+            return False
+        if self.rg is not None:
+            answer = boxed_content(prediction)
+            answer = prediction.strip() if answer is None else answer
+            return float(self.rg.score_answer(answer=answer, entry=self.rg[index])) >= 1.0
+        from math_verify import parse, verify
+
+        gold = row.answer if row.answer else row.solution
+        if "\\boxed" not in gold and "$" not in gold:
+            gold = f"${gold}$"
+        return bool(verify(parse(gold), parse(prediction)))
+
+
+def summarize_results(items: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(items)
+    correct = sum(1 for it in items if it["correct"])
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "no_solution_block": sum(1 for it in items if it["prediction"] is None),
+            "truncated": sum(1 for it in items if it["finish_reason"] == "length")}

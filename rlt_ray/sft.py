@@ -1,0 +1,74 @@
+"""Supervised fine-tuning data and loss: the teacher warm-up and the student's SFT on distilled explanations.
+
+Loss masks come from character spans (never a token template: the reference's template masking silently drops
+examples on a BPE merge, METHOD.md §8.4):
+- teacher: the explanation, its close tag and the end-of-turn token; the question and the solution are context;
+- student: the whole assistant turn (thought + solution blocks) and the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.spans import encode_with_offsets, sft_example, span_token_mask
+
+
+@dataclass
+class SFTExamples:
+    ids: list[list[int]] = field(default_factory=list)
+    masks: list[list[bool]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → count
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def student_sft_example(fmt: RLTFormat, row: Row) -> tuple[list[int], list[bool]]:
+    """Student SFT ids and mask: the assistant turn (the row's reasoning trace as the thought) + end of turn."""
+    if row.reasoning_trace is None:
+        raise FormatError("student SFT needs rows with a reasoning trace (the thought block)")
+    chat = fmt.student_chat(row, row.reasoning_trace)
+    a, b = chat.spans["assistant"]
+    if fmt.eos_text and chat.text.startswith(fmt.eos_text, b):
+        b += len(fmt.eos_text)
+    ids, offsets = encode_with_offsets(fmt.tokenizer, chat.text)
+    return ids, span_token_mask(offsets, [(a, b)])
+
+
+def build_examples(fmt: RLTFormat, rows: Sequence[Row], role: str, max_tokens: int) -> SFTExamples:
+    """Examples for ``role`` 'teacher' or 'student'; rows without a trace, over ``max_tokens`` or with nothing
+    to learn are skipped and counted, never fatal."""
+    out = SFTExamples()
+    for row in rows:
+        try:
+            ids, mask = sft_example(fmt, row) if role == "teacher" else student_sft_example(fmt, row)
+        except FormatError:
+            out.skip("no reasoning trace")
+            continue
+        if len(ids) > max_tokens:
+            out.skip(f"longer than sft.max_seq_tokens={max_tokens}")
+            continue
+        if not any(mask[1:]):
+            out.skip("empty target")
+            continue
+        out.ids.append(ids)
+        out.masks.append(mask)
+    return out
+
+
+def epoch_batches(num: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """A seeded shuffle per epoch, cut into full batches (the remainder waits for the next epoch's shuffle)."""
+    order = list(range(num))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[k:k + batch_size] for k in range(0, num - batch_size + 1, batch_size)]
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, denominator: float) -> torch.Tensor:
+    """Summed NLL of the masked tokens over ``denominator`` (the batch's target tokens / ranks, so that
+    DeepSpeed's mean over ranks gives the token mean of the whole batch)."""
+    return -(logp * mask.float()).sum() / float(denominator)

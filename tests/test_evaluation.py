@@ -1,0 +1,50 @@
+"""Answer checking agrees with hand-checked answers on a small fixed set."""
+
+import pytest
+
+from rlt_ray.evaluation import AnswerChecker, boxed_content, predicted_solution, summarize_results
+from rlt_ray.formats import Row
+
+# (gold answer, predicted solution, hand-checked verdict)
+MATH_CASES = [
+    ("\\frac{1}{2}", "The answer is \\boxed{0.5}.", True),
+    ("\\frac{1}{2}", "\\boxed{\\dfrac{1}{2}}", True),
+    ("70", "The final answer is \\boxed{70}.", True),
+    ("70", "The final answer is \\boxed{71}.", False),
+    ("2\\sqrt{3}", "$\\sqrt{12}$", True),
+    ("x^2+2x+1", "\\boxed{(x+1)^2}", True),
+    ("\\{1,2\\}", "\\boxed{\\{2, 1\\}}", True),
+    ("4", "I think it is 3", False),
+]
+
+
+@pytest.mark.parametrize("gold,prediction,verdict", MATH_CASES)
+def test_math_verify_checker_agrees_with_hand_checks(gold, prediction, verdict):
+    checker = AnswerChecker("data/math.jsonl", 0, 0)
+    assert checker.method == "math_verify"
+    assert checker.check(Row(question="q", solution=f"\\boxed{{{gold}}}", answer=gold), 0, prediction) is verdict
+
+
+def test_reasoning_gym_checkers_agree_with_hand_checks():
+    from rlt_ray.data import reasoning_gym_rows
+
+    gsm = AnswerChecker("reasoning_gym:gsm_symbolic", 4, 7)
+    rows = reasoning_gym_rows("gsm_symbolic", 4, 7)
+    assert gsm.check(rows[0], 0, rows[0].solution)  # our own solution string, boxed
+    assert gsm.check(rows[0], 0, rows[0].answer)
+    assert not gsm.check(rows[0], 0, f"\\boxed{{{float(rows[0].answer) + 1}}}")
+    assert not gsm.check(rows[0], 0, None) and not gsm.check(rows[0], 0, "  ")
+    cd = AnswerChecker("reasoning_gym:countdown", 4, 7)
+    rows = reasoning_gym_rows("countdown", 4, 7)
+    assert cd.check(rows[1], 1, rows[1].solution)
+    assert not cd.check(rows[1], 1, "1 + 1")
+
+
+def test_predicted_solution_and_boxed(fmt):
+    text = "<|begin_of_thought|>\n\n2+3=5\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n\\boxed{5}\n\n<|end_of_solution|>"
+    assert predicted_solution(fmt, text) == "\\boxed{5}"
+    assert predicted_solution(fmt, "<|begin_of_thought|> no solution") is None
+    assert boxed_content("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}" and boxed_content("none") is None
+    s = summarize_results([{"correct": True, "prediction": "x", "finish_reason": "stop"},
+                           {"correct": False, "prediction": None, "finish_reason": "length"}])
+    assert s == {"n": 2, "correct": 1, "accuracy": 0.5, "no_solution_block": 1, "truncated": 1}
