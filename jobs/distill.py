@@ -7,6 +7,7 @@ closed one. Output: Parquet shards in the Bespoke-Stratos conversation format (s
 thought and solution blocks) plus reward columns, loadable with ``datasets`` and by any SFT tool:
 
     <distill.output_dir>/data/shard_00000.parquet ...   done shards are skipped when the job is run again
+                                                         (shard_N.empty: a shard none of whose rows succeeded)
     <distill.output_dir>/errors.jsonl                    rows that produced nothing usable, and why
 
     python jobs/distill.py model.teacher=runs/rl/checkpoints/step_000100/hf distill.k=4 [key=value ...]
@@ -37,10 +38,19 @@ def choose(scored: dict[str, Any], row_index: int, k: int, keep: str) -> list[in
     return [max(closed, key=lambda j: totals[row_index * k + j])]
 
 
+def shard_done(path: Path) -> bool:
+    return path.exists() or path.with_suffix(".empty").exists()
+
+
 def write_shard(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write atomically. A shard whose rows all failed leaves a ``.empty`` marker instead (a Parquet file with
+    no rows and no schema would break readers of the folder)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not records:
+        path.with_suffix(".empty").write_text("")
+        return
     tmp = path.with_suffix(".tmp")
     pq.write_table(pa.Table.from_pylist(records), tmp)
     os.replace(tmp, path)  # a shard exists only when complete
@@ -70,7 +80,7 @@ def main(argv: list[str]) -> int:
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     shards = [(a, min(a + dc.shard_rows, len(rows))) for a in range(0, len(rows), dc.shard_rows)]
-    todo = [(i, a, b) for i, (a, b) in enumerate(shards) if not (out / "data" / f"shard_{i:05d}.parquet").exists()]
+    todo = [(i, a, b) for i, (a, b) in enumerate(shards) if not shard_done(out / "data" / f"shard_{i:05d}.parquet")]
     print(f"distill: {len(rows)} rows in {len(shards)} shards, {len(shards) - len(todo)} already done; "
           f"k={dc.k}, keep={dc.keep}, teacher {teacher}", flush=True)
     if not todo:
