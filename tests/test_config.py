@@ -127,3 +127,15 @@ def test_cluster_yaml_is_a_valid_launcher_config_for_the_paper_preset():
     assert node["node_config"]["InstanceType"] == "p5.48xlarge"  # 8x H100, 192 vCPUs
     assert any("RLT_DEVICE=cuda" in c and "bootstrap.sh" in c for c in launcher["setup_commands"])
     check_cluster(load_config("configs/paper_7b.yaml"), {"GPU": 8.0, "CPU": 192.0})
+
+
+def test_paper_teacher_sft_preset_matches_the_reference():
+    from rlt_ray.config import check_cluster, check_sft_batch, deepspeed_config
+
+    cfg = load_config("configs/paper_teacher_sft.yaml")
+    check_sft_batch(cfg)
+    check_cluster(cfg, {"GPU": 8.0, "CPU": 192.0}, roles=("learner",))
+    ds = deepspeed_config(cfg, 8, cfg.sft.batch_size)
+    assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
+    assert (cfg.sft.epochs, cfg.learner.lr, cfg.learner.lr_schedule, cfg.learner.warmup_ratio) == (10, 1e-5, "cosine", 0.05)
+    assert list(cfg.learner.adam_betas) == [0.9, 0.95] and cfg.learner.weight_decay == 1e-4
