@@ -9,6 +9,7 @@ On one local Ray, with the tiny offline models (rlt_ray.models) and reasoning-gy
   4. distil the RL teacher's explanations (best of k)        jobs/distill.py
   5. evaluate the student, fine-tune it on the distilled explanations, evaluate it again
                                                              jobs/evaluate.py, jobs/sft_student.py
+  6. serve the RL teacher on Ray Serve and ask it for one explanation   serve/app.py
 Prints a summary table; writes <out>/reward_curve.png, TensorBoard logs under <out>/*/tensorboard and
 <out>/summary.json. ``demo.out`` defaults to runs/demo; pass run.output_dir=... to move it.
 The tiny models learn the format and the reward rises, but they are far too small to solve the questions, so
@@ -41,7 +42,7 @@ def stage_args(out: Path) -> dict[str, list[str]]:
                     f"model.student={out / 'student_sft' / 'final'}", "distill.k=4",
                     "rollout.max_new_tokens=192", f"distill.output_dir={out / 'distill'}"],
         "student_distilled": [f"data.source={out / 'distill' / 'data'}", "sft.epochs=2", "sft.batch_size=8",
-                              "learner.lr=1e-3", f"sft.model={out / 'student_sft' / 'final'}",
+                              "learner.lr=3e-4", f"sft.model={out / 'student_sft' / 'final'}",
                               f"sft.output_dir={out / 'student_distilled'}"],
         "evaluate": ["eval.source=reasoning_gym:gsm_symbolic", "eval.size=32", "eval.max_new_tokens=192"],
     }
@@ -69,6 +70,43 @@ def reward_curve(metrics_file: Path, png: Path) -> list[float]:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return [r["reward_mean"] for r in rows]
+
+
+def ask_the_endpoint(preset: str, overrides: list[str], out: Path) -> dict:
+    """Serve the RL teacher (with the student, for rewards) on Ray Serve and ask for the best of 4 explanations."""
+    import socket
+    import urllib.request
+
+    from ray import serve
+
+    from rlt_ray.data import reasoning_gym_rows
+    from serve.app import app_builder
+
+    print("\n=== demo: 6. serve the RL teacher and ask it for an explanation", flush=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app_builder({"config": preset, "overrides": list(overrides) + [
+            f"serve.model={out / 'rl' / 'checkpoints' / f'step_{RL_STEPS:06d}' / 'hf'}",
+            f"serve.student={out / 'student_sft' / 'final'}", "serve.max_tokens=192"]}),
+            name="rlt-demo", route_prefix="/")
+        row = reasoning_gym_rows("gsm_symbolic", 1, 99)[0]
+        body = json.dumps({"question": row.question, "solution": row.solution, "n": 4, "best_of": True,
+                           "seed": 0, "max_tokens": 192}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/explain", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as r:
+            answer = json.loads(r.read())
+    finally:
+        serve.shutdown()
+    best = answer["explanations"][0]
+    print(f"POST /v1/explain -> weights version {answer['weights_version']}, best of 4 by RLT reward "
+          f"{best['reward']['total']:.3f} (closed tag: {best['closed']}):")
+    print(f"  question: {row.question[:120]}...")
+    print(f"  explanation: {best['text'][:300]!r}")
+    return answer
 
 
 def main(argv: list[str]) -> int:
@@ -103,7 +141,9 @@ def main(argv: list[str]) -> int:
     stage("5c. evaluate the student after", evaluate,
           args["evaluate"] + [f"eval.model={out / 'student_distilled' / 'final'}",
                               f"eval.output_dir={out / 'eval_after'}"])
-    # 6. the Serve endpoint for explanations arrives with issue 6.
+    t = time.time()
+    served = ask_the_endpoint(preset, overrides, out)
+    timings["6. serve the RL teacher and ask it"] = time.time() - t
 
     rewards = reward_curve(out / "rl" / "metrics.jsonl", out / "reward_curve.png")
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
@@ -114,7 +154,8 @@ def main(argv: list[str]) -> int:
                "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
                "solution_blocks_before": before["n"] - before["no_solution_block"],
                "solution_blocks_after": after["n"] - after["no_solution_block"], "eval_n": before["n"],
-               "distilled_shards": distilled, "seconds": time.time() - t0, "stage_seconds": timings}
+               "distilled_shards": distilled, "served_weights_version": served["weights_version"],
+               "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print("\n=== demo: summary")

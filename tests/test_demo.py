@@ -25,4 +25,5 @@ def test_demo_runs_the_pipeline_and_the_reward_rises(tmp_path):
     assert (out / "reward_curve.png").stat().st_size > 10_000
     assert any((out / "rl" / "tensorboard").iterdir())
     assert summary["distilled_shards"] >= 1 and summary["eval_n"] == 32
+    assert summary["served_weights_version"] == 40 and "POST /v1/explain -> weights version 40" in proc.stdout
     assert "=== demo: summary" in proc.stdout and "rose" in proc.stdout
