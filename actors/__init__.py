@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 # Forwarded from the driver to every actor: caches (no recompiles, no downloads) and offline switches.
 FORWARDED_ENV = ("RLT_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
@@ -20,3 +20,43 @@ def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str]
         "num_gpus": float(cfg.resources.gpus_per_actor if gpus is None else gpus),
         "runtime_env": {"env_vars": env},
     }
+
+
+class ActorSlots:
+    """A fixed number of actor slots. A dead actor is replaced in its slot by a new one (a new name, since a
+    named actor's name stays taken until it is gone); ``generation`` counts the replacements."""
+
+    def __init__(self, make: Callable[[int, int], Any], count: int):
+        import ray
+
+        self.make = make
+        self.generation = [0] * count
+        self.actors = [make(i, 0) for i in range(count)]
+        ray.get([a.ready.remote() for a in self.actors])
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.actors[i]
+
+    def replace(self, i: int) -> Any:
+        import ray
+
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.generation[i] += 1
+        self.actors[i] = self.make(i, self.generation[i])
+        ray.get(self.actors[i].ready.remote())
+        return self.actors[i]
+
+    def kill_all(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass

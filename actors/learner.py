@@ -324,7 +324,8 @@ class LearnerRank:
 class LearnerGroup:
     """Starts ``resources.learner_ranks`` LearnerRank actors in one placement group and calls them together."""
 
-    def __init__(self, cfg: Any, **setup_kwargs: Any):
+    def __init__(self, cfg: Any, name: str | None = None, **setup_kwargs: Any):
+        """``name``: the ranks are named actors ``<name>:learner:<rank>`` (found by operators and tests)."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -345,7 +346,7 @@ class LearnerGroup:
         self.ranks = [
             LearnerRank.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                **actor_options(cfg)).remote(cfg, i, self.world)
+                name=f"{name}:learner:{i}" if name else None, **actor_options(cfg)).remote(cfg, i, self.world)
             for i in range(self.world)
         ]
         host, port = ray.get(self.rank0.free_address.remote())

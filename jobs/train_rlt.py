@@ -11,7 +11,9 @@ later change can overlap them. Rollout workers sample only with the learner's cu
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,30 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     return m
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def learner_get(ray, refs, step: int, out: Path):
+    """The learners' results; a dead rank stops the run with the checkpoint to resume from."""
+    from rlt_ray.checkpoint import latest
+    from rlt_ray.cluster import RunStopped
+
+    try:
+        # one at a time: the survivors of a dead rank may hang in a collective, so never wait for all first
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+        return ray.get(list(refs))
+    except ray.exceptions.RayActorError as exc:
+        last = latest(out)
+        where = (f"resume from {last} (run.resume_from={last} or run.resume_from=latest)" if last
+                 else "no checkpoint was written yet: start again")
+        raise RunStopped(f"a learner rank died during step {step + 1} ({type(exc).__name__}); the run stops "
+                         f"because DeepSpeed ranks cannot be replaced one by one: {where}") from None
+
+
 def sample_records(rows, shards, scored, n: int) -> list[dict[str, Any]]:
     records = []
     for shard, part in zip(shards, scored):
@@ -81,10 +107,66 @@ def sample_records(rows, shards, scored, n: int) -> list[dict[str, Any]]:
     return records
 
 
+def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log):
+    """Stages 2-4 of a step: generate on every worker, then score each worker's groups as soon as they exist.
+    A worker or scorer that dies is replaced; a new rollout worker is brought to the current weights version
+    BEFORE it samples (a fresh engine holds the weights on disk), and the lost work is issued again."""
+    from rlt_ray.batch import step_seeds
+    from rlt_ray.config import temperatures
+
+    def generate(k):
+        return workers[k].generate.remote([prompts[i] for i in shards[k]], step_seeds(cfg.run.seed, step, shards[k]),
+                                          version)
+
+    offsets = np.cumsum([0] + [len(s) * cfg.rollout.n for s in shards])
+    teacher_lp = None
+
+    def score(k):
+        return scorers[k % len(scorers)].score.remote([rows[i] for i in shards[k]], rollout_refs[k], teacher_lp,
+                                                      int(offsets[k]))
+
+    rollout_refs = [generate(k) for k in range(len(shards))]
+    # the learner's teacher log-probs need the whole batch: then scoring starts once every rollout is in
+    stream_scoring = cfg.reward.teacher_logprobs_from == "rollout"
+    scored_refs: list = [None] * len(shards)
+    pending = {ref: ("generate", k) for k, ref in enumerate(rollout_refs)}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        stage, k = pending.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if stage == "generate":
+                new = workers.replace(k)
+                sync.replace_worker(k, new)
+                stats = sync.sync(version)
+                log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
+                          synced_to_version=stats.version, error=type(exc).__name__)
+                rollout_refs[k] = generate(k)
+                pending[rollout_refs[k]] = ("generate", k)
+            else:
+                scorers.replace(k % len(scorers))
+                log.event(step, "scorer_replaced", scorer=k % len(scorers),
+                          generation=scorers.generation[k % len(scorers)], error=type(exc).__name__)
+                scored_refs[k] = score(k)
+                pending[scored_refs[k]] = ("score", k)
+            continue
+        if stage == "generate" and stream_scoring:
+            scored_refs[k] = score(k)
+            pending[scored_refs[k]] = ("score", k)
+        elif stage == "generate" and not any(st == "generate" for st, _ in pending.values()):
+            # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
+            teacher_lp = learners.call("completion_logprobs", rollout_refs, temperatures(cfg)["teacher"])
+            for j in range(len(shards)):
+                scored_refs[j] = score(j)
+                pending[scored_refs[j]] = ("score", j)
+    return rollout_refs, scored_refs
+
+
 def main(argv: list[str]) -> int:
     from rlt_ray.checkpoint import read_state, resolve_resume, step_dir, write_state
     from rlt_ray.cluster import connect_ray
-    from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
+    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -94,11 +176,10 @@ def main(argv: list[str]) -> int:
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources())
 
-    from actors import actor_options
+    from actors import ActorSlots, actor_options
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutWorker
     from actors.student import StudentScorer
-    from rlt_ray.batch import step_seeds
     from rlt_ray.data import DataOrder
     from rlt_ray.metrics import RunLog
     from rlt_ray.weight_sync import make_weight_sync
@@ -110,27 +191,40 @@ def main(argv: list[str]) -> int:
     print(f"train_rlt: {len(rows)} rows ({dropped} over rollout.max_prompt_tokens dropped); output {out}", flush=True)
 
     rollout_env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
-    learners = workers = scorers = sync = None
+    learners = workers = scorers = sync = in_flight = None
+    start = version = step = 0
+
+    def checkpoint(steps_done: int) -> None:
+        """HF teacher + full training state after ``steps_done`` steps; COMPLETE is written last."""
+        ckpt = step_dir(out, steps_done)
+        ray.get(learners.call("save_checkpoint", str(ckpt)))
+        write_state(ckpt, {"step": steps_done, "weights_version": steps_done, "data_seed": cfg.data.seed,
+                           "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
+        print(f"train_rlt: checkpoint {ckpt}", flush=True)
+
+    # `ray job stop` sends SIGTERM: handle it like Ctrl-C (checkpoint, then stop every actor)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
         # -- start the actors: learner group (placement group), rollout workers, student scorers
-        learners = LearnerGroup(cfg)
-        workers = [RolloutWorker.options(**actor_options(cfg, cfg.resources.gpus_per_actor *
-                                                         cfg.rollout.tensor_parallel_size, rollout_env)).remote(cfg, i)
-                   for i in range(cfg.rollout.num_workers)]
-        scorers = [StudentScorer.options(**actor_options(cfg)).remote(cfg, i)
-                   for i in range(cfg.resources.scorer_workers)]
-        ray.get([a.ready.remote() for a in workers + scorers])
-        sync = make_weight_sync(cfg.resources.weight_sync, learners, workers, cfg.resources.sync_bucket_mb << 20,
+        learners = LearnerGroup(cfg, name=f"rlt:{run_name}")
+        # named, so that operators (and the fault-injection tests) can find them: rlt:<run>:rollout:<i>[:r<n>]
+        workers = ActorSlots(lambda i, g: RolloutWorker.options(
+            name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""),
+            **actor_options(cfg, cfg.resources.gpus_per_actor * cfg.rollout.tensor_parallel_size, rollout_env),
+        ).remote(cfg, i), cfg.rollout.num_workers)
+        scorers = ActorSlots(lambda i, g: StudentScorer.options(
+            name=f"rlt:{run_name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
+            cfg.resources.scorer_workers)
+        sync = make_weight_sync(cfg.resources.weight_sync, learners, workers.actors, cfg.resources.sync_bucket_mb << 20,
                                 cfg.resources.backend, cfg.rollout.tensor_parallel_size)
         sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
 
-        start = 0
         if resume is not None:
             start = int(read_state(resume)["step"])
             ray.get(learners.call("load_checkpoint", str(resume)))
             print(f"train_rlt: resumed from {resume} (step {start})", flush=True)
         order = DataOrder(len(rows), cfg.run.questions_per_step, cfg.data.seed)
-        teacher_temperature = temperatures(cfg)["teacher"]
         version = start  # the learner's weights version: one per completed RL step
 
         for step in range(start, cfg.run.steps):
@@ -138,26 +232,16 @@ def main(argv: list[str]) -> int:
             # 1. sync: workers must sample with the learner's current weights
             sync_stats = sync.sync(version) if sync.is_stale(version) else None
 
-            # 2. generate: the step's questions split over the workers; a GRPO group never straddles two
+            # 2-4. generate, (teacher log-probs,) score: see generate_and_score; groups never straddle workers
             indices = order.step_indices(step)
             shards = [s for s in np.array_split(np.asarray(indices), len(workers)) if len(s)]
-            rollout_refs = [w.generate.remote([prompts[i] for i in shard], step_seeds(cfg.run.seed, step, shard),
-                                              version) for w, shard in zip(workers, shards)]
-
-            # 3. teacher log-probs for r_KL: the rollout's own (default) or a forward of the learner's policy
-            teacher_lp = None
-            if cfg.reward.teacher_logprobs_from == "learner":
-                teacher_lp = learners.call("completion_logprobs", rollout_refs, teacher_temperature)
-
-            # 4. score each worker's groups with the student as soon as they exist
-            scored_refs, offset = [], 0
-            for k, (ref, shard) in enumerate(zip(rollout_refs, shards)):
-                scorer = scorers[k % len(scorers)]
-                scored_refs.append(scorer.score.remote([rows[i] for i in shard], ref, teacher_lp, offset))
-                offset += len(shard) * cfg.rollout.n
+            rollout_refs, scored_refs = generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers,
+                                                           scorers, sync, learners, log)
 
             # 5. learn: advantages over the whole batch, one optimizer step per batch on every rank
-            trained = ray.get(learners.call("train_step", rollout_refs, scored_refs))
+            in_flight = learners.call("train_step", rollout_refs, scored_refs)
+            trained = learner_get(ray, in_flight, step, out)
+            in_flight = None
             version = step + 1
 
             # 6. log
@@ -175,17 +259,24 @@ def main(argv: list[str]) -> int:
             # 7. checkpoint: HF teacher + full training state; COMPLETE is written last
             every = cfg.run.checkpoint_every
             if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
-                ckpt = step_dir(out, step + 1)
-                ray.get(learners.call("save_checkpoint", str(ckpt)))
-                write_state(ckpt, {"step": step + 1, "weights_version": version, "data_seed": cfg.data.seed,
-                                   "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
-                print(f"train_rlt: checkpoint {ckpt}", flush=True)
+                checkpoint(step + 1)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ray job stop`
+        if in_flight is not None:  # the learners are mid-step: let them finish it, so the state is a whole step
+            learner_get(ray, in_flight, step, out)
+            version = step + 1
+        log.event(version, "interrupted", completed_steps=version)
+        if cfg.run.checkpoint_on_interrupt and learners is not None and version > start:
+            checkpoint(version)
+        raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         log.close()
         if sync is not None:
             sync.shutdown()
-        for actor in (workers or []) + (scorers or []):
-            ray.kill(actor)
+        for slots in (workers, scorers):
+            if slots is not None:
+                slots.kill_all()
         if learners is not None:
             learners.shutdown()
     return 0

@@ -7,6 +7,10 @@ import sys
 from typing import Callable
 
 
+class RunStopped(RuntimeError):
+    """The run cannot go on (e.g. a learner rank died); the message says what to do next."""
+
+
 def connect_ray():
     """Inside `ray job submit` (RAY_ADDRESS set): the job's cluster. Otherwise a local Ray of our own, never
     someone else's cluster by accident. A caller that already called ray.init (tests, notebooks) keeps its own."""
@@ -33,6 +37,10 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int
 
     try:
         return main(argv)
-    except (ConfigError, CheckpointError, DataError, FormatError, ModelNotFoundError, WeightSyncError) as exc:
+    except (ConfigError, CheckpointError, DataError, FormatError, ModelNotFoundError, WeightSyncError,
+            RunStopped) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130

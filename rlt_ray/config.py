@@ -159,6 +159,7 @@ class RunConfig:
     output_dir: str = "runs/latest"
     checkpoint_every: int = 0  # 0: only at the end
     resume_from: Optional[str] = None
+    checkpoint_on_interrupt: bool = True  # Ctrl-C / `ray job stop` (SIGTERM): checkpoint the completed steps
 
 
 @dataclass

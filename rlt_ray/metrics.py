@@ -56,6 +56,12 @@ class RunLog:
         if self.cfg.ray_metrics:
             self._ray_gauges(clean)
 
+    def event(self, step: int, kind: str, **info: Any) -> None:
+        """Something that happened to the run (an actor replaced, an interrupt): events.jsonl and stdout."""
+        with open(self.dir / "events.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), "event": kind, **info}) + "\n")
+        print(f"train_rlt: step {step + 1}: {kind} {info}", flush=True)
+
     def samples(self, step: int, records: Sequence[dict[str, Any]]) -> None:
         if not self._samples or not records:
             return

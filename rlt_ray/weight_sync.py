@@ -147,6 +147,15 @@ class WeightSync:
         for worker_spec in ray.get([w.weight_spec.remote() for w in self.workers]):
             check_layout(worker_spec, self.layout)  # fail at start, not at the first sync
 
+    def replace_worker(self, index: int, worker: Any) -> None:
+        """A replaced (fresh) engine holds the weights on disk: check it, and mark every worker stale so the
+        next sync brings all of them, the new one included, to the learner's version."""
+        import ray
+
+        check_layout(ray.get(worker.weight_spec.remote()), self.layout)
+        self.workers[index] = worker
+        self.version = -1
+
     def is_stale(self, learner_version: int) -> bool:
         """True when the workers hold another version than the learner's."""
         return learner_version != self.version
@@ -185,9 +194,17 @@ class CollectiveSync(WeightSync):
         self.backend, self.ranks_per_worker, self.timeout_s = backend, ranks_per_worker, timeout_s
 
     def init(self) -> None:
+        super().init()
+        self._join()
+
+    def replace_worker(self, index: int, worker: Any) -> None:
+        super().replace_worker(index, worker)
+        self.shutdown()  # the old group had the dead worker in it: form a new one
+        self._join()
+
+    def _join(self) -> None:
         import ray
 
-        super().init()
         host, port = ray.get(self.learners.rank0.free_address.remote())
         world = 1 + self.ranks_per_worker * len(self.workers)
         joins = [self.learners.rank0.join_sync_group.remote(self.backend, host, port, 0, world, self.timeout_s)]

