@@ -1,0 +1,88 @@
+"""P2: student scoring, batched and packed by length (rlt_ray.scoring) ÷ the reference's one-sequence-at-a-time
+loop, on the same RewardSequences in one run; the rewards must be equal (fp32).
+
+    python bench/p2_scoring.py [--model tiny-student] [--sequences 64] [--max-new 128] [--device cpu]
+
+Target (issue 7): speed-up >= 5x with max |reward difference| <= 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+
+def make_sequences(model: str, count: int, max_new: int, seed: int):
+    """Real RewardSequences: gsm_symbolic rows, teacher prompts, completions of random length made of the
+    row's own trace (so explanations are text-like) with a close tag on most of them."""
+    import torch
+
+    from rlt_ray.config import load_config
+    from rlt_ray.data import reasoning_gym_rows
+    from rlt_ray.formats import RLTFormat
+    from rlt_ray.models import load_tokenizer
+    from rlt_ray.spans import build_reward_sequence
+
+    cfg = load_config(None, [])
+    tok = load_tokenizer(model)
+    fmt = RLTFormat(cfg.format, tok)
+    rng = random.Random(seed)
+    rows = reasoning_gym_rows("gsm_symbolic", count, seed)
+    seqs, teacher_lp = [], []
+    for row in rows:
+        prompt = tok(fmt.teacher_prompt(row), add_special_tokens=False)["input_ids"]
+        body = tok(fmt.explanation_from_trace(row.reasoning_trace), add_special_tokens=False)["input_ids"]
+        body = body[: rng.randint(8, max_new)]
+        tail = tok(fmt.explanation[1] + tok.eos_token, add_special_tokens=False)["input_ids"] if rng.random() < 0.8 else []
+        seq = build_reward_sequence(row, prompt, body + tail, fmt, fmt)
+        seqs.append(seq)
+        a, b = seq.teacher_explanation
+        teacher_lp.append(-torch.rand(b - a) * 3)
+    return seqs, teacher_lp, tok.pad_token_id
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    from rlt_ray.models import load_causal_lm
+    from rlt_ray.rewards import RewardSpec
+    from rlt_ray.scoring import score_sequences
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-student")
+    p.add_argument("--sequences", type=int, default=64)
+    p.add_argument("--max-new", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.manual_seed(a.seed)
+    seqs, teacher_lp, pad = make_sequences(a.model, a.sequences, a.max_new, a.seed)
+    student = load_causal_lm(a.model, "float32", a.device).eval()
+    spec = RewardSpec()
+    score_sequences(student, seqs[:2], teacher_lp[:2], spec, pad, 0.7, device=a.device)  # warm-up
+
+    t0 = time.perf_counter()
+    batched = score_sequences(student, seqs, teacher_lp, spec, pad, 0.7, device=a.device)["total"]
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = torch.cat([score_sequences(student, [s], [t], spec, pad, 0.7, device=a.device)["total"]
+                        for s, t in zip(seqs, teacher_lp)])
+    t_single = time.perf_counter() - t0
+
+    diff = float((batched - single).abs().max())
+    tokens = sum(len(s.student_ids) for s in seqs)
+    result = {"bench": "P2", "model": a.model, "sequences": len(seqs), "student_tokens": tokens,
+              "one_at_a_time_s": t_single, "batched_packed_s": t_batched, "speedup": t_single / t_batched,
+              "max_reward_diff": diff, "target_speedup": 5.0, "met": t_single / t_batched >= 5.0 and diff <= 1e-4}
+    print(f"P2 scoring {len(seqs)} sequences ({tokens} student tokens, {a.model}): one at a time "
+          f"{t_single:.2f}s, batched+packed {t_batched:.2f}s -> {result['speedup']:.1f}x; "
+          f"max |reward diff| {diff:.2e}")
+    print(json.dumps(result))
+    return 0 if diff <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""P4: vLLM rollout tokens/s ÷ HF ``generate`` tokens/s, same model, same prompts, same n, same length, one run.
+
+    python bench/p4_rollout.py [--model tiny-teacher] [--prompts 16] [--n 4] [--max-new 128] [--device cpu]
+
+Sampling at the rollout temperature with min_tokens = max_tokens (both sides produce exactly the same number of
+tokens). Target (issue 7): >= 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-teacher")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--max-new", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from rlt_ray.config import load_config
+    from rlt_ray.data import reasoning_gym_rows
+    from rlt_ray.engine import build_llm, sampling_params
+    from rlt_ray.formats import RLTFormat
+    from rlt_ray.models import load_causal_lm, load_tokenizer
+
+    cfg = load_config(None, [f"rollout.max_new_tokens={a.max_new}", "rollout.max_prompt_tokens=1024"])
+    tok = load_tokenizer(a.model)
+    fmt = RLTFormat(cfg.format, tok)
+    prompts = [tok(fmt.teacher_prompt(r), add_special_tokens=False)["input_ids"]
+               for r in reasoning_gym_rows("gsm_symbolic", a.prompts, 3)]
+    total = a.prompts * a.n * a.max_new
+
+    llm = build_llm(a.model, cfg.rollout, device=a.device)
+    params = sampling_params(cfg.rollout, n=a.n, seed=0, min_tokens=a.max_new)
+    llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)  # warm-up
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": x} for x in prompts], params, use_tqdm=False)
+    t_vllm = time.perf_counter() - t0
+    assert sum(len(c.token_ids) for o in outs for c in o.outputs) == total
+
+    model = load_causal_lm(a.model, "float32", a.device).eval()
+    pad = tok.pad_token_id
+    width = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), width), pad)
+    attn = torch.zeros_like(ids)
+    for i, x in enumerate(prompts):  # left padding for generation
+        ids[i, width - len(x):] = torch.tensor(x)
+        attn[i, width - len(x):] = 1
+    kw = dict(do_sample=True, temperature=cfg.rollout.temperature, top_k=0, max_new_tokens=a.max_new,
+              min_new_tokens=a.max_new, num_return_sequences=a.n, pad_token_id=pad)
+    with torch.no_grad():
+        model.generate(input_ids=ids[:1].to(a.device), attention_mask=attn[:1].to(a.device), **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids.to(a.device), attention_mask=attn.to(a.device), **kw)
+        t_hf = time.perf_counter() - t0
+    assert out.shape[0] * (out.shape[1] - width) == total
+
+    result = {"bench": "P4", "model": a.model, "prompts": a.prompts, "n": a.n, "new_tokens_each": a.max_new,
+              "tokens": total, "vllm_tokens_per_s": total / t_vllm, "hf_tokens_per_s": total / t_hf,
+              "ratio": t_hf / t_vllm, "target": 3.0, "met": t_hf / t_vllm >= 3.0,
+              "vllm_in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"}
+    print(f"P4 rollout {total} tokens ({a.model}, {a.prompts} prompts x n={a.n} x {a.max_new}): vLLM "
+          f"{result['vllm_tokens_per_s']:.0f} tok/s, HF generate {result['hf_tokens_per_s']:.0f} tok/s "
+          f"-> {result['ratio']:.1f}x")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
