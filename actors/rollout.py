@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import ray
+import torch
 
 from rlt_ray.weight_sync import check_layout
 
@@ -45,8 +47,16 @@ class RolloutWorker:
         t0 = time.perf_counter()
         check_layout(self.spec, layout)
         buckets = ray.get(list(bucket_refs))
-        # bytes cross vLLM's RPC in both engine modes (tensors would arrive as lists in multi-process mode)
-        self.llm.collective_rpc("rlt_load", args=(layout, [memoryview(b).tobytes() for b in buckets]))
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            # the engine lives in this process: hand it the object store's zero-copy buffers (read-only; the
+            # reload only reads them)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                payload = [torch.frombuffer(memoryview(b), dtype=torch.uint8) for b in buckets]
+        else:
+            # tensors would arrive as lists through a multi-process engine's RPC: send bytes
+            payload = [memoryview(b).tobytes() for b in buckets]
+        self.llm.collective_rpc("rlt_load", args=(layout, payload))
         self._loaded(version)
         return time.perf_counter() - t0
 
