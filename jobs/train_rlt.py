@@ -164,7 +164,7 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
 
 
 def main(argv: list[str]) -> int:
-    from rlt_ray.checkpoint import read_state, resolve_resume, step_dir, write_state
+    from rlt_ray.checkpoint import check_resume_compatible, read_state, resolve_resume, step_dir, write_state
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
 
@@ -221,7 +221,9 @@ def main(argv: list[str]) -> int:
         sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
 
         if resume is not None:
-            start = int(read_state(resume)["step"])
+            state = read_state(resume)
+            check_resume_compatible(state, cfg.data.seed, cfg.run.questions_per_step)
+            start = int(state["step"])
             ray.get(learners.call("load_checkpoint", str(resume)))
             print(f"train_rlt: resumed from {resume} (step {start})", flush=True)
         order = DataOrder(len(rows), cfg.run.questions_per_step, cfg.data.seed)

@@ -60,3 +60,13 @@ def resolve_resume(resume_from: Optional[str], output_dir: str | Path) -> Option
         raise CheckpointError(f"config key 'run.resume_from': {resume_from!r} is not a checkpoint folder")
     read_state(path)
     return path
+
+
+def check_resume_compatible(state: dict[str, Any], data_seed: int, questions_per_step: int) -> None:
+    """The data order is a function of (data.seed, run.questions_per_step, step): resuming with other values
+    would replay some questions and skip others, so it is refused."""
+    for key, saved, now in (("data.seed", state.get("data_seed"), data_seed),
+                            ("run.questions_per_step", state.get("questions_per_step"), questions_per_step)):
+        if saved is not None and saved != now:
+            raise CheckpointError(f"config key '{key}': the checkpoint was trained with {saved}, this run asks for "
+                                  f"{now}; resuming would replay or skip questions. Use {saved}, or start a new run")

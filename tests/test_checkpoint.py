@@ -1,0 +1,30 @@
+import pytest
+
+from rlt_ray.checkpoint import (CheckpointError, check_resume_compatible, latest, read_state, resolve_resume,
+                                step_dir, write_state)
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    for step in (2, 4):
+        d = step_dir(tmp_path, step)
+        d.mkdir(parents=True)
+        write_state(d, {"step": step, "data_seed": 1, "questions_per_step": 2})
+    half = step_dir(tmp_path, 6)
+    half.mkdir(parents=True)  # interrupted while being written: no COMPLETE
+    assert latest(tmp_path) == step_dir(tmp_path, 4)
+    assert resolve_resume("latest", tmp_path) == step_dir(tmp_path, 4)
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(CheckpointError, match="incomplete"):
+        read_state(half)
+    with pytest.raises(CheckpointError, match="run.resume_from"):
+        resolve_resume(str(tmp_path / "nope"), tmp_path)
+    assert resolve_resume("latest", tmp_path / "empty") is None  # nothing yet: a fresh run
+
+
+def test_resume_refuses_a_different_data_order():
+    state = {"step": 2, "data_seed": 1, "questions_per_step": 2}
+    check_resume_compatible(state, 1, 2)
+    with pytest.raises(CheckpointError, match="data.seed"):
+        check_resume_compatible(state, 7, 2)
+    with pytest.raises(CheckpointError, match="run.questions_per_step"):
+        check_resume_compatible(state, 1, 4)
