@@ -25,8 +25,6 @@ def main(argv: list[str]) -> int:
     a, overrides = p.parse_known_args(argv)
 
     import ray
-    import torch
-
     from actors import actor_options
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutWorker

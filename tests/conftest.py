@@ -39,3 +39,13 @@ def student():
     from rlt_ray.models import load_causal_lm
 
     return load_causal_lm("tiny-student").eval()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of the test module's own (never someone else's cluster on the machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()

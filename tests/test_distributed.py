@@ -2,18 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

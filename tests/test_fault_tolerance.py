@@ -18,15 +18,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 SLOW_STEPS = ["rollout.n=8", "rollout.max_new_tokens=192", "logging.tensorboard=false"]  # ~1 s of sampling
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

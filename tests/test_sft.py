@@ -3,7 +3,6 @@ import torch
 
 from rlt_ray.formats import Row
 from rlt_ray.sft import build_examples, epoch_batches, sft_loss, student_sft_example
-from rlt_ray.spans import encode_with_offsets
 
 ROW = Row(question="What is 2+3?", solution="The final answer is \\boxed{5}.", reasoning_trace="2 + 3 = 5.")
 
