@@ -73,7 +73,7 @@ class LearnerRank:
         import deepspeed
 
         from rlt_ray.config import deepspeed_config, temperatures
-        from rlt_ray.models import load_causal_lm, load_tokenizer
+        from rlt_ray.models import load_causal_lm, load_tokenizer, pad_token_id
 
         cfg, lc = self.cfg, self.cfg.learner
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
@@ -90,7 +90,7 @@ class LearnerRank:
         self.temperatures = temperatures(cfg)
         self.model_name = model or cfg.model.teacher
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_name)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_token_id(self.tokenizer)
         model = load_causal_lm(self.model_name, "float32")  # DeepSpeed casts to learner.dtype, keeps fp32 master
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()

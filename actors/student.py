@@ -21,7 +21,7 @@ class StudentScorer:
     def __init__(self, cfg: Any, index: int = 0):
         from rlt_ray.config import temperatures
         from rlt_ray.formats import RLTFormat
-        from rlt_ray.models import load_causal_lm, load_tokenizer
+        from rlt_ray.models import load_causal_lm, load_tokenizer, pad_token_id
         from rlt_ray.rewards import RewardSpec
         from rlt_ray.spans import check_same_vocabulary
 
@@ -31,7 +31,7 @@ class StudentScorer:
         student_tok = load_tokenizer(cfg.model.student)
         check_same_vocabulary(teacher_tok, student_tok)
         self.teacher_fmt, self.student_fmt = RLTFormat(cfg.format, teacher_tok), RLTFormat(cfg.format, student_tok)
-        self.pad_id = student_tok.pad_token_id if student_tok.pad_token_id is not None else 0
+        self.pad_id = pad_token_id(student_tok)
         self.student = load_causal_lm(cfg.model.student, cfg.model.dtype, self.device).eval().requires_grad_(False)
         self.spec = RewardSpec.from_config(cfg.reward)
         self.student_temperature = temperatures(cfg)["student"]

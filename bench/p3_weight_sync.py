@@ -25,9 +25,8 @@ def main(argv: list[str]) -> int:
     a, overrides = p.parse_known_args(argv)
 
     import ray
-    from actors import actor_options
     from actors.learner import LearnerGroup
-    from actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker, worker_options
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import load_config
     from rlt_ray.models import load_causal_lm
@@ -36,9 +35,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(a.config, [f"model.teacher={a.model}", f"model.student={a.model}",
                                  f"rollout.num_workers={a.workers}", "run.questions_per_step=2"] + overrides)
     connect_ray()
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
     learners = LearnerGroup(cfg)
-    workers = [RolloutWorker.options(**actor_options(cfg, extra_env=env)).remote(cfg, i) for i in range(a.workers)]
+    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i) for i in range(a.workers)]
     ray.get([w.ready.remote() for w in workers])
 
     # the baseline: one plain copy of the same bytes, in one process (packing the HF parameters into buckets)

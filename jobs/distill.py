@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from actors import actor_options
-    from actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker, worker_options
     from actors.student import StudentScorer
     from rlt_ray.batch import step_seeds
     from rlt_ray.cluster import connect_ray
@@ -88,9 +88,7 @@ def main(argv: list[str]) -> int:
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
-    workers = [RolloutWorker.options(**actor_options(cfg, cfg.resources.gpus_per_actor *
-                                                     cfg.rollout.tensor_parallel_size, env)).remote(cfg, i, teacher)
+    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i, teacher)
                for i in range(cfg.rollout.num_workers)]
     scorers = [StudentScorer.options(**actor_options(cfg)).remote(cfg, i) for i in range(cfg.resources.scorer_workers)]
     kept_total, errors_total = 0, 0

@@ -20,8 +20,7 @@ import numpy as np
 
 def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""
-    from actors import actor_options
-    from actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker, worker_options
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster
     from rlt_ray.data import load_rows
@@ -40,9 +39,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout",))
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
-    workers = [RolloutWorker.options(**actor_options(cfg, cfg.resources.gpus_per_actor *
-                                                     cfg.rollout.tensor_parallel_size, env)).remote(cfg, i, model)
+    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i, model)
                for i in range(cfg.rollout.num_workers)]
     try:
         parts = [p for p in np.array_split(np.asarray(keep, dtype=int), len(workers)) if len(p)]

@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
 
     from actors import ActorSlots, actor_options
     from actors.learner import LearnerGroup
-    from actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker, worker_options
     from actors.student import StudentScorer
     from rlt_ray.data import DataOrder
     from rlt_ray.metrics import RunLog
@@ -190,7 +190,6 @@ def main(argv: list[str]) -> int:
     log = RunLog(out, cfg.logging, run_name)
     print(f"train_rlt: {len(rows)} rows ({dropped} over rollout.max_prompt_tokens dropped); output {out}", flush=True)
 
-    rollout_env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
     learners = workers = scorers = sync = in_flight = None
     start = version = step = 0
 
@@ -210,8 +209,7 @@ def main(argv: list[str]) -> int:
         learners = LearnerGroup(cfg, name=f"rlt:{run_name}")
         # named, so that operators (and the fault-injection tests) can find them: rlt:<run>:rollout:<i>[:r<n>]
         workers = ActorSlots(lambda i, g: RolloutWorker.options(
-            name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""),
-            **actor_options(cfg, cfg.resources.gpus_per_actor * cfg.rollout.tensor_parallel_size, rollout_env),
+            name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
         ).remote(cfg, i), cfg.rollout.num_workers)
         scorers = ActorSlots(lambda i, g: StudentScorer.options(
             name=f"rlt:{run_name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),

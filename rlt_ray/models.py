@@ -248,6 +248,11 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id batches are right-padded with (masked out everywhere; 0 when the tokenizer has none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM

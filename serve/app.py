@@ -239,6 +239,7 @@ class TeacherExplainer:
         import torch
 
         from rlt_ray.formats import Row
+        from rlt_ray.models import pad_token_id
         from rlt_ray.scoring import score_sequences
         from rlt_ray.spans import build_reward_sequence
 
@@ -249,8 +250,8 @@ class TeacherExplainer:
             a, b = seq.teacher_explanation
             seqs.append(seq)
             teacher.append(torch.tensor(it["_lp"][a - len(prompt): b - len(prompt)]))
-        pad = self.student_fmt.tokenizer.pad_token_id or 0
-        parts = score_sequences(self.student, seqs, teacher, self.spec, pad, self.student_temperature,
+        parts = score_sequences(self.student, seqs, teacher, self.spec, pad_token_id(self.student_fmt.tokenizer),
+                                self.student_temperature,
                                 device=self.student_device)
         return [{"total": float(parts["total"][i]), "r_ss": float(parts["r_ss"][i]),
                  "r_kl": float(parts["r_kl"][i]), "match": float(parts["match"][i])} for i in range(len(items))]

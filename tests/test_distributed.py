@@ -12,13 +12,13 @@ def actors(ray_local):
     the weights."""
     from actors import actor_options
     from actors.learner import LearnerGroup
-    from actors.rollout import RolloutWorker
+    from actors.rollout import RolloutWorker, worker_options
     from actors.student import StudentScorer
     from rlt_ray.config import load_config
 
     cfg = load_config("configs/tiny_cpu.yaml", ["learner.lr=1e-3", "grpo.beta=0.0"])
     learners = LearnerGroup(cfg)
-    worker = RolloutWorker.options(**actor_options(cfg, extra_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})).remote(cfg, 0)
+    worker = RolloutWorker.options(**worker_options(cfg)).remote(cfg, 0)
     scorer = StudentScorer.options(**actor_options(cfg)).remote(cfg)
     ray_local.get([worker.ready.remote(), scorer.ready.remote()])
     yield cfg, learners, worker, scorer
