@@ -178,56 +178,131 @@ class LearnerRank:
         return out
 
     def train_step(self, rollout_refs: Sequence[ray.ObjectRef], scored_refs: Sequence[ray.ObjectRef]) -> dict[str, float]:
-        """GRPO on this rank's shard: advantages over the whole batch, gradient accumulation over micro-batches,
-        one optimizer step per pass (grpo.updates_per_batch passes), then the reference mixup when due."""
-        from rlt_ray.batch import concat_rollouts, loss_denominator, micro_batches, policy_tensors, rank_shard
-        from rlt_ray.grpo import group_advantages, policy_loss
-        from rlt_ray.logprobs import token_logprobs
+        """One whole batch in one call: begin_step, accumulate everything, finish_step."""
+        from rlt_ray.batch import loss_denominator
+
+        self.begin_step()
+        rollouts = ray.get(list(rollout_refs))
+        lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
+        parts, offset = [], 0
+        for rollout, r, s in zip(rollouts, rollout_refs, scored_refs):
+            parts.append((offset, r, s))
+            offset += len(rollout["completion_ids"])
+        self.accumulate(parts, 0, offset, loss_denominator(self.cfg.grpo.loss_aggregation, offset, sum(lengths), self.world))
+        return self.finish_step()
+
+    def begin_step(self) -> None:
+        """Start a batch that arrives in parts (accumulate); the optimizer steps once, at its end."""
+        self.batch = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "finish_reason": [], "n": None}
+        self.advantages: list[torch.Tensor] = []
+        self.mine: list[int] = []
+        self.sums = {"loss": 0.0, "kl_sum": 0.0, "tokens": 0.0, "clip_fraction": 0.0, "micro_batches": 0,
+                     "seconds": 0.0, "denominator": None}
+
+    def accumulate(self, parts: Sequence[tuple[int, ray.ObjectRef, ray.ObjectRef]], start: int, stop: int,
+                   denominator: float) -> int:
+        """Forward/backward for this rank's equal share of the batch's sequences [start, stop), with gradient
+        accumulation. ``parts``: the (offset, rollout, scored) parts not sent before, appended at their offsets
+        (whole GRPO groups, so advantages need nothing else). Every rank gets the same calls in the same order,
+        and the same number of micro-batches per call (rlt_ray.batch.learnable_stop): ZeRO's collectives stay in
+        lockstep. ``denominator``: the whole batch's (rlt_ray.batch.loss_denominator), the same in every call."""
+        from rlt_ray.batch import group_size, micro_batches, rank_shard
+        from rlt_ray.grpo import group_advantages
 
         t0 = time.perf_counter()
-        cfg, g = self.cfg, self.cfg.grpo
-        batch = concat_rollouts(ray.get(list(rollout_refs)))
-        rewards = torch.as_tensor(np.concatenate([s["total"] for s in ray.get(list(scored_refs))]))
-        advantages = group_advantages(rewards, batch["n"], g.advantage_eps)
-        lengths = [len(c) for c in batch["completion_ids"]]
-        mine = rank_shard(len(lengths), self.rank, self.world)
-        denominator = loss_denominator(g.loss_aggregation, lengths, self.world)
-        temperature = self.temperatures["policy"]
-        sums = {"loss": 0.0, "kl_sum": 0.0, "tokens": 0.0, "clip_fraction": 0.0, "micro_batches": 0}
-        grad_norms = []
-        for _ in range(g.updates_per_batch):
-            for idx in micro_batches(mine, lengths, cfg.learner.micro_batch_size):
-                ids, attn, mask, old = policy_tensors(batch, idx, self.pad_id, self.device)
-                logp = self.engine(ids, attn, mask, temperature)
-                ref_logp = None
-                if g.beta:
-                    with torch.no_grad():
-                        ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature)
-                loss, m = policy_loss(logp, mask, advantages[idx].to(self.device), ref_logp, g.beta,
-                                      g.loss_aggregation, old if g.clip_eps is not None else None, g.clip_eps,
-                                      denominator)
-                self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales
-                self.engine.step()  # steps the optimizer at the accumulation boundary only
-                sums["loss"] += float(loss.detach())
-                sums["kl_sum"] += m.get("kl_sum", 0.0)
-                sums["tokens"] += m["tokens"]
-                sums["clip_fraction"] += m.get("clip_fraction", 0.0) * m["tokens"]
-                sums["micro_batches"] += 1
-            self.optimizer_steps += 1
-            norm = self.engine.get_global_grad_norm()
-            grad_norms.append(float(norm) if norm is not None else float("nan"))
-            if g.ref_mixup_every and self.optimizer_steps % g.ref_mixup_every == 0:
-                self._mixup()
+        for offset, rollout_ref, scored_ref in parts:
+            rollout, scored = ray.get([rollout_ref, scored_ref])
+            if offset != len(self.batch["completion_ids"]):
+                raise RuntimeError(f"learner rank {self.rank}: batch part at offset {offset} arrived after "
+                                   f"{len(self.batch['completion_ids'])} sequences (parts must come in order)")
+            n = group_size([rollout])
+            if self.batch["n"] not in (None, n):
+                raise RuntimeError(f"learner rank {self.rank}: parts disagree on the group size ({n} vs "
+                                   f"{self.batch['n']})")
+            self.batch["n"] = n
+            for key in ("prompt_ids", "completion_ids", "logprobs", "finish_reason"):
+                self.batch[key].extend(rollout[key])
+            rewards = torch.as_tensor(np.asarray(scored["total"]))
+            self.advantages.append(group_advantages(rewards, n, self.cfg.grpo.advantage_eps))
+        if self.sums["denominator"] not in (None, denominator):
+            raise RuntimeError(f"learner rank {self.rank}: the loss denominator changed within a batch")
+        self.sums["denominator"] = denominator
+        share = rank_shard(stop - start, self.rank, self.world, start)
+        lengths = {i: len(self.batch["completion_ids"][i]) for i in share}
+        plan = micro_batches(share, lengths, self.cfg.learner.micro_batch_size)
+        if self.sums["micro_batches"] + len(plan) > self.engine.gradient_accumulation_steps():
+            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
+                               f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
+                               f"per rank): the optimizer would step mid-batch")
+        self.mine.extend(share)
+        advantages = torch.cat(self.advantages)
+        for idx in plan:
+            self._learn_micro_batch(idx, advantages, denominator)
+        self.sums["seconds"] += time.perf_counter() - t0
+        return len(share)
+
+    def finish_step(self) -> dict[str, float]:
+        """End the batch: the further passes of grpo.updates_per_batch over the whole batch, the reference
+        mixup when due; this rank's metrics."""
+        from rlt_ray.batch import micro_batches
+
+        t0 = time.perf_counter()
+        g, sums = self.cfg.grpo, self.sums
+        expected = self.engine.gradient_accumulation_steps()
+        if sums["micro_batches"] != expected:
+            raise RuntimeError(f"learner rank {self.rank}: {sums['micro_batches']} micro-batches in this batch, "
+                               f"{expected} expected per optimizer step: the optimizer did not step")
+        grad_norms = [self._optimizer_stepped()]
+        advantages = torch.cat(self.advantages)
+        lengths = {i: len(self.batch["completion_ids"][i]) for i in self.mine}
+        for _ in range(g.updates_per_batch - 1):
+            for idx in micro_batches(self.mine, lengths, self.cfg.learner.micro_batch_size):
+                self._learn_micro_batch(idx, advantages, sums["denominator"])
+            grad_norms.append(self._optimizer_stepped())
+        sums["seconds"] += time.perf_counter() - t0
+        passes = g.updates_per_batch
         return {
-            "loss": sums["loss"] / g.updates_per_batch,  # this rank's part; the group mean is the batch loss
+            "loss": sums["loss"] / passes,  # this rank's part; the group mean is the batch loss
             "kl": sums["kl_sum"] / max(1.0, sums["tokens"]),
             "clip_fraction": sums["clip_fraction"] / max(1.0, sums["tokens"]),
             "tokens": sums["tokens"],
             "grad_norm": grad_norms[-1],
             "lr": float(self.engine.get_lr()[0]),
             "optimizer_steps": self.optimizer_steps,
-            "seconds": time.perf_counter() - t0,
+            "seconds": sums["seconds"],
         }
+
+    def _learn_micro_batch(self, idx: list[int], advantages: torch.Tensor, denominator: float) -> None:
+        from rlt_ray.batch import policy_tensors
+        from rlt_ray.grpo import policy_loss
+        from rlt_ray.logprobs import token_logprobs
+
+        g = self.cfg.grpo
+        temperature = self.temperatures["policy"]
+        ids, attn, mask, old = policy_tensors(self.batch, idx, self.pad_id, self.device)
+        logp = self.engine(ids, attn, mask, temperature)
+        ref_logp = None
+        if g.beta:
+            with torch.no_grad():
+                ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature)
+        loss, m = policy_loss(logp, mask, advantages[idx].to(self.device), ref_logp, g.beta, g.loss_aggregation,
+                              old if g.clip_eps is not None else None, g.clip_eps, denominator)
+        self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales
+        self.engine.step()  # steps the optimizer at the accumulation boundary only
+        self.sums["loss"] += float(loss.detach())
+        self.sums["kl_sum"] += m.get("kl_sum", 0.0)
+        self.sums["tokens"] += m["tokens"]
+        self.sums["clip_fraction"] += m.get("clip_fraction", 0.0) * m["tokens"]
+        self.sums["micro_batches"] += 1
+
+    def _optimizer_stepped(self) -> float:
+        """Bookkeeping after a pass whose last micro-batch stepped the optimizer: the count, the mixup when due;
+        returns the pass's gradient norm."""
+        self.optimizer_steps += 1
+        norm = self.engine.get_global_grad_norm()
+        if self.cfg.grpo.ref_mixup_every and self.optimizer_steps % self.cfg.grpo.ref_mixup_every == 0:
+            self._mixup()
+        return float(norm) if norm is not None else float("nan")
 
     def set_sft_examples(self, examples: Any) -> int:
         """Keep the SFT examples (rlt_ray.sft.SFTExamples) for the sft_step calls that index into them."""

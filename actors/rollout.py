@@ -39,6 +39,7 @@ class RolloutWorker:
         from rlt_ray.models import parameter_spec
 
         self.cfg, self.index, self.version = cfg, index, 0
+        self.requests = 0  # engine request ids: rlt-<worker>-<count>
         model = model or cfg.model.teacher
         self.llm = build_llm(model, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
                              worker_extension_cls="rlt_ray.engine.WeightUpdateExtension")
@@ -86,24 +87,45 @@ class RolloutWorker:
         self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' KV
         self.version = int(version)
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], version: int,
-                 n: Optional[int] = None, temperature: Optional[float] = None,
-                 max_tokens: Optional[int] = None) -> dict[str, Any]:
-        """n completions per prompt (rlt_ray.batch documents the returned dict)."""
-        from rlt_ray.engine import completion_logprobs, sampling_params
-
+    def _check_version(self, version: int) -> None:
         if int(version) != self.version:
             raise StaleWeightsError(f"rollout worker {self.index} holds weights version {self.version} but was "
                                     f"asked to sample for version {version}")
-        t0 = time.perf_counter()
-        n = int(self.cfg.rollout.n if n is None else n)
-        params = [sampling_params(self.cfg.rollout, n=n, seed=int(s), temperature=temperature,
-                                  max_tokens=max_tokens) for s in seeds]
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], params, use_tqdm=False)
+
+    def _finished_groups(self, prompt_ids, seeds, n, temperature, max_tokens):
+        """(prompt index, RequestOutput) for each prompt as soon as all n of its completions are done: one
+        engine batch over every prompt, read step by step (vLLM's own LLM.generate loop, without the wait)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        from rlt_ray.engine import sampling_params
+
+        engine = self.llm.llm_engine
+        ids = {}
+        try:
+            for i, (p, s) in enumerate(zip(prompt_ids, seeds, strict=True)):
+                params = sampling_params(self.cfg.rollout, n=n, seed=int(s), temperature=temperature,
+                                         max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+                self.requests += 1
+                rid = f"rlt-{self.index}-{self.requests}"
+                engine.add_request(rid, {"prompt_token_ids": list(map(int, p))}, params)
+                ids[rid] = i
+            while ids:
+                for out in engine.step():
+                    if out.finished and out.request_id in ids:
+                        yield ids.pop(out.request_id), out
+        finally:
+            if ids:  # the caller went away (or the engine failed): leave no request behind in the engine
+                engine.abort_request(list(ids), internal=True)
+
+    def _rollout(self, prompt_ids, finished, n: int, t0: float) -> dict[str, Any]:
+        """The rollout dict (rlt_ray.batch) of ``finished`` [(prompt index, RequestOutput)], in that order."""
+        from rlt_ray.engine import completion_logprobs
+
         result: dict[str, Any] = {"version": self.version, "worker": self.index, "n": n,
-                                  "prompt_ids": [list(map(int, p)) for p in prompt_ids],
+                                  "prompt_index": [i for i, _ in finished],
+                                  "prompt_ids": [list(map(int, prompt_ids[i])) for i, _ in finished],
                                   "completion_ids": [], "logprobs": [], "finish_reason": []}
-        for out in outs:
+        for _, out in finished:
             for comp in out.outputs:
                 result["completion_ids"].append(np.asarray(comp.token_ids, dtype=np.int32))
                 result["logprobs"].append(np.asarray(completion_logprobs(comp), dtype=np.float32))
@@ -111,3 +133,32 @@ class RolloutWorker:
         result["seconds"] = time.perf_counter() - t0
         result["tokens"] = int(sum(len(c) for c in result["completion_ids"]))
         return result
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], version: int,
+                 n: Optional[int] = None, temperature: Optional[float] = None,
+                 max_tokens: Optional[int] = None) -> dict[str, Any]:
+        """n completions per prompt, in prompt order (rlt_ray.batch documents the returned dict)."""
+        self._check_version(version)
+        t0 = time.perf_counter()
+        n = int(self.cfg.rollout.n if n is None else n)
+        finished = sorted(self._finished_groups(prompt_ids, seeds, n, temperature, max_tokens), key=lambda x: x[0])
+        return self._rollout(prompt_ids, finished, n, t0)
+
+    @ray.method(num_returns="streaming")
+    def generate_stream(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], version: int,
+                        groups_per_chunk: int):
+        """The same samples as ``generate`` (one engine batch, the same seeds), handed over as they finish: a
+        rollout dict of ``groups_per_chunk`` finished groups at a time (the last may be smaller), in finishing
+        order; ``prompt_index`` says which of ``prompt_ids`` each group answers. Each chunk's ``seconds`` runs
+        from the call's start."""
+        self._check_version(version)
+        t0 = time.perf_counter()
+        n = int(self.cfg.rollout.n)
+        done: list = []
+        for item in self._finished_groups(prompt_ids, seeds, n, None, None):
+            done.append(item)
+            if len(done) == groups_per_chunk:
+                yield self._rollout(prompt_ids, done, n, t0)
+                done = []
+        if done:
+            yield self._rollout(prompt_ids, done, n, t0)

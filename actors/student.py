@@ -89,6 +89,7 @@ class StudentScorer:
             explanations[i] = s.explanation
         out["explanations"] = explanations
         out["errors"] = errors
+        out["scorer"] = self.index
         out["seconds"] = time.perf_counter() - t0
         out["tokens"] = int(sum(len(s.student_ids) for s in seqs))
         return out

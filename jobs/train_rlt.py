@@ -4,9 +4,13 @@
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/train_rlt.py --config configs/paper_7b.yaml         # on a running cluster
 
-One step: sync → generate → score → learn → log (→ checkpoint). Each stage is issued as a future whose
-ObjectRefs go straight to the next stage's actors, so the controller never carries a batch between stages and a
-later change can overlap them. Rollout workers sample only with the learner's current weights (on-policy GRPO).
+One step: sync → generate → score → learn → log (→ checkpoint), streamed: every worker hands over finished GRPO
+groups as they complete (rollout.stream_groups), each chunk is scored at once, and scored chunks go straight into
+the learners' gradient accumulation; the optimizer steps once per batch, so the update is the unstreamed one and
+a step costs about its slowest stage. Stages pass ObjectRefs to each other's actors: the controller never carries
+a batch. Rollout workers sample only with the learner's current weights (on-policy GRPO), unless
+grpo.max_staleness=1: then the next step's samples are drawn while this step learns (one step off-policy, with
+the clipped importance ratio in the loss).
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     total = np.concatenate([s["total"] for s in scored])
     lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
     finish = [f for r in rollouts for f in r["finish_reason"]]
+    # busy time per stage: a worker's chunks each count from its call's start; a scorer's and a rank's add up
     gen_s = max(r["seconds"] for r in rollouts)
-    score_s = max(s["seconds"] for s in scored)
+    per_scorer: dict[int, float] = {}
+    for s in scored:
+        per_scorer[s["scorer"]] = per_scorer.get(s["scorer"], 0.0) + s["seconds"]
+    score_s = max(per_scorer.values())
     learn_s = max(t["seconds"] for t in trained)
     m: dict[str, float] = {}
     m.update(summarize("reward", total))
@@ -99,68 +107,142 @@ def learner_get(ray, refs, step: int, out: Path):
                          f"because DeepSpeed ranks cannot be replaced one by one: {where}") from None
 
 
-def sample_records(rows, shards, scored, n: int) -> list[dict[str, Any]]:
+def sample_records(rows, chunks, scored) -> list[dict[str, Any]]:
     records = []
-    for shard, part in zip(shards, scored):
+    for chunk, part in zip(chunks, scored):
+        n = chunk["sequences"] // len(chunk["rows"])
         for j, (explanation, reward) in enumerate(zip(part["explanations"], part["total"])):
-            records.append({"row": rows[int(shard[j // n])].id, "explanation": explanation, "reward": float(reward)})
+            records.append({"row": rows[chunk["rows"][j // n]].id, "explanation": explanation,
+                            "reward": float(reward)})
     return records
 
 
-def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log):
-    """Stages 2-4 of a step: generate on every worker, then score each worker's groups as soon as they exist.
-    A worker or scorer that dies is replaced; a new rollout worker is brought to the current weights version
-    BEFORE it samples (a fresh engine holds the weights on disk), and the lost work is issued again."""
+class BatchFeed:
+    """A step's batch into the learners' gradient accumulation while it is still arriving: scored chunks are
+    appended in arrival order and learned as soon as they give every rank whole micro-batches
+    (rlt_ray.batch.learnable_stop). Every rank gets the same calls in the same order; the optimizer steps once,
+    at finish. A token-mean loss needs the batch's token count, so it starts learning when generation is done."""
+
+    def __init__(self, learners, cfg, batch_size: int):
+        self.learners, self.cfg, self.batch_size = learners, cfg, batch_size
+        self.parts: list[tuple[int, Any, Any]] = []  # (offset, rollout ref, scored ref), in arrival order
+        self.sent = self.consumed = self.available = 0
+        self.tokens: int | None = None
+        self.refs = learners.call("begin_step")  # every learner call of the step, to wait on and to fail on
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.parts.append((self.available, chunk["ref"], chunk["scored"]))
+        self.available += chunk["sequences"]
+        self._learn()
+
+    def all_generated(self, tokens: int) -> None:
+        self.tokens = tokens
+        self._learn()
+
+    def _learn(self) -> None:
+        from rlt_ray.batch import learnable_stop, loss_denominator
+
+        aggregation = self.cfg.grpo.loss_aggregation
+        if aggregation == "token_mean" and self.tokens is None:
+            return
+        stop = learnable_stop(self.consumed, self.available, self.learners.world, self.cfg.learner.micro_batch_size)
+        if stop == self.consumed:
+            return
+        denominator = loss_denominator(aggregation, self.batch_size, self.tokens or 0, self.learners.world)
+        self.refs += self.learners.call("accumulate", self.parts[self.sent:], self.consumed, stop, denominator)
+        self.sent, self.consumed = len(self.parts), stop
+
+    def finish(self) -> list:
+        """Issue the end of the batch; returns the refs of every rank's metrics (after all the step's calls)."""
+        if self.consumed != self.batch_size:
+            raise RuntimeError(f"the learners got {self.consumed} of the batch's {self.batch_size} sequences")
+        self.finish_refs = self.learners.call("finish_step")
+        self.refs += self.finish_refs
+        return self.finish_refs
+
+
+def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log,
+                       feed: BatchFeed | None = None) -> list[dict[str, Any]]:
+    """Stages 2-4 (and, given a ``feed``, 5) of a step, streamed: each worker samples its groups in one engine
+    batch and hands them over ``rollout.stream_groups`` at a time as they finish (0: all at once); each chunk is
+    scored as soon as it arrives, and a scored chunk goes straight into ``feed``. Learner teacher log-probs need
+    the whole batch, so then scoring starts once every sample is in.
+
+    A worker that dies is replaced, brought to the current weights version BEFORE it samples (a fresh engine
+    holds the weights on disk), and samples only the groups it had not handed over; a dead scorer's chunk is
+    scored again. Returns the chunks: {"ref", "rows" (row indices), "sequences", "tokens", "scored"}."""
     from rlt_ray.batch import step_seeds
     from rlt_ray.config import temperatures
 
-    def generate(k):
-        return workers[k].generate.remote([prompts[i] for i in shards[k]], step_seeds(cfg.run.seed, step, shards[k]),
-                                          version)
+    n = cfg.rollout.n
+    pending: dict[Any, tuple] = {}
+    chunks: list[dict[str, Any]] = []
+    teacher_lp = None  # learner log-prob refs (reward.teacher_logprobs_from=learner), over `chunks` in order
 
-    offsets = np.cumsum([0] + [len(s) * cfg.rollout.n for s in shards])
-    teacher_lp = None
+    def generate(k, row_ids):
+        gen = workers[k].generate_stream.remote([prompts[i] for i in row_ids], step_seeds(cfg.run.seed, step, row_ids),
+                                                version, cfg.rollout.stream_groups or len(row_ids))
+        pending[gen] = ("generate", k, row_ids)
 
-    def score(k):
-        return scorers[k % len(scorers)].score.remote([rows[i] for i in shards[k]], rollout_refs[k], teacher_lp,
-                                                      int(offsets[k]))
+    def score(c):
+        chunk = chunks[c]
+        chunk["scored"] = scorers[c % len(scorers)].score.remote([rows[i] for i in chunk["rows"]], chunk["ref"],
+                                                                 teacher_lp, chunk["lp_offset"])
+        pending[chunk["scored"]] = ("score", c)
 
-    rollout_refs = [generate(k) for k in range(len(shards))]
-    # the learner's teacher log-probs need the whole batch: then scoring starts once every rollout is in
-    stream_scoring = cfg.reward.teacher_logprobs_from == "rollout"
-    scored_refs: list = [None] * len(shards)
-    pending = {ref: ("generate", k) for k, ref in enumerate(rollout_refs)}
+    for k, shard in enumerate(shards):
+        generate(k, [int(i) for i in shard])
+    left = {k: len(shard) for k, shard in enumerate(shards)}  # groups still to arrive, per worker
     while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        stage, k = pending.pop(ref)
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            if stage == "generate":
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        stage, *what = pending.pop(ready)
+        if stage == "generate":
+            k, row_ids = what
+            try:
+                ref = next(ready)
+                rollout = ray.get(ref)
+            except StopIteration:
+                continue
+            except ray.exceptions.RayActorError as exc:
                 new = workers.replace(k)
                 sync.replace_worker(k, new)
                 stats = sync.sync(version)
                 log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
                           synced_to_version=stats.version, error=type(exc).__name__)
-                rollout_refs[k] = generate(k)
-                pending[rollout_refs[k]] = ("generate", k)
-            else:
-                scorers.replace(k % len(scorers))
-                log.event(step, "scorer_replaced", scorer=k % len(scorers),
-                          generation=scorers.generation[k % len(scorers)], error=type(exc).__name__)
-                scored_refs[k] = score(k)
-                pending[scored_refs[k]] = ("score", k)
-            continue
-        if stage == "generate" and stream_scoring:
-            scored_refs[k] = score(k)
-            pending[scored_refs[k]] = ("score", k)
-        elif stage == "generate" and not any(st == "generate" for st, _ in pending.values()):
-            # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
-            teacher_lp = learners.call("completion_logprobs", rollout_refs, temperatures(cfg)["teacher"])
-            for j in range(len(shards)):
-                scored_refs[j] = score(j)
-                pending[scored_refs[j]] = ("score", j)
-    return rollout_refs, scored_refs
+                handed_over = {r for chunk in chunks if chunk["worker"] == k for r in chunk["rows"]}
+                generate(k, [i for i in row_ids if i not in handed_over])
+                continue
+            pending[ready] = ("generate", k, row_ids)  # more chunks to come
+            chunk_rows = [row_ids[i] for i in rollout["prompt_index"]]
+            chunks.append({"ref": ref, "worker": k, "rows": chunk_rows, "sequences": len(rollout["completion_ids"]),
+                           "tokens": rollout["tokens"], "lp_offset": 0, "scored": None})
+            left[k] -= len(chunk_rows)
+            if cfg.reward.teacher_logprobs_from == "rollout":
+                score(len(chunks) - 1)
+            if not any(left.values()):
+                if feed is not None:
+                    feed.all_generated(sum(c["tokens"] for c in chunks))
+                if cfg.reward.teacher_logprobs_from == "learner":
+                    # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
+                    teacher_lp = learners.call("completion_logprobs", [c["ref"] for c in chunks],
+                                               temperatures(cfg)["teacher"])
+                    offset = 0
+                    for c, chunk in enumerate(chunks):
+                        chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
+                        score(c)
+        else:
+            (c,) = what
+            try:
+                ray.get(ready)
+            except ray.exceptions.RayActorError as exc:
+                scorers.replace(c % len(scorers))
+                log.event(step, "scorer_replaced", scorer=c % len(scorers),
+                          generation=scorers.generation[c % len(scorers)], error=type(exc).__name__)
+                score(c)
+                continue
+            if feed is not None:
+                feed.add(chunks[c])
+    return chunks
 
 
 def main(argv: list[str]) -> int:
@@ -227,31 +309,53 @@ def main(argv: list[str]) -> int:
         order = DataOrder(len(rows), cfg.run.questions_per_step, cfg.data.seed)
         version = start  # the learner's weights version: one per completed RL step
 
+        def shards(step: int) -> list:  # the step's questions over the workers; groups never straddle two
+            return [s for s in np.array_split(np.asarray(order.step_indices(step)), len(workers)) if len(s)]
+
+        def stream(step: int, feed: BatchFeed | None = None) -> list[dict[str, Any]]:
+            return generate_and_score(ray, step, version, shards(step), prompts, rows, cfg, workers, scorers, sync,
+                                      learners, log, feed)
+
+        batch_size = cfg.run.questions_per_step * cfg.rollout.n
+        prefetched = None  # grpo.max_staleness=1: the next step's chunks, sampled while this step learns
         for step in range(start, cfg.run.steps):
             t_step = time.perf_counter()
-            # 1. sync: workers must sample with the learner's current weights
+            # 1. sync: workers sample with the learner's current weights
             sync_stats = sync.sync(version) if sync.is_stale(version) else None
 
-            # 2-4. generate, (teacher log-probs,) score: see generate_and_score; groups never straddle workers
-            indices = order.step_indices(step)
-            shards = [s for s in np.array_split(np.asarray(indices), len(workers)) if len(s)]
-            rollout_refs, scored_refs = generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers,
-                                                           scorers, sync, learners, log)
-
-            # 5. learn: advantages over the whole batch, one optimizer step per batch on every rank
-            in_flight = learners.call("train_step", rollout_refs, scored_refs)
-            trained = learner_get(ray, in_flight, step, out)
+            feed = BatchFeed(learners, cfg, batch_size)
+            if not cfg.grpo.max_staleness:
+                # 2-5. generate → (teacher log-probs →) score → learn, streamed: chunks of finished groups are
+                # scored as they arrive and go straight into gradient accumulation; one optimizer step per batch
+                in_flight = feed
+                chunks = stream(step, feed)
+                feed.finish()
+            else:
+                # one-step off-policy: learn the samples drawn while the previous step learned (on the first step,
+                # and after a resume, draw them now), and meanwhile sample the next step's with these weights
+                chunks = prefetched or stream(step)
+                in_flight = feed
+                for chunk in chunks:
+                    feed.add(chunk)
+                feed.all_generated(sum(c["tokens"] for c in chunks))
+                feed.finish()
+                prefetched = stream(step + 1) if step + 1 < cfg.run.steps else None
+            learner_get(ray, feed.refs, step, out)
+            trained = ray.get(feed.finish_refs)
             in_flight = None
             version = step + 1
 
             # 6. log
-            rollouts, scored = ray.get(rollout_refs), ray.get(scored_refs)
-            if any(r["version"] != version - 1 for r in rollouts):  # workers refuse this already; never log it
-                raise RuntimeError(f"step {step}: samples from weights versions {[r['version'] for r in rollouts]}")
+            rollouts, scored = ray.get([c["ref"] for c in chunks]), ray.get([c["scored"] for c in chunks])
+            staleness = {version - 1 - r["version"] for r in rollouts}
+            if not staleness <= set(range(cfg.grpo.max_staleness + 1)):  # workers refuse this already; never log it
+                raise RuntimeError(f"step {step}: samples from weights versions {[r['version'] for r in rollouts]} "
+                                   f"learned at version {version - 1} (grpo.max_staleness={cfg.grpo.max_staleness})")
             metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
             metrics["weights_version"] = float(version)
+            metrics["staleness"] = float(max(staleness))
             log.log(step, metrics)
-            log.samples(step, sample_records(rows, shards, scored, cfg.rollout.n))
+            log.samples(step, sample_records(rows, chunks, scored))
             print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "
                   f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.3e}  "
                   f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s", flush=True)
@@ -261,9 +365,13 @@ def main(argv: list[str]) -> int:
             if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
                 checkpoint(step + 1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ray job stop`
-        if in_flight is not None:  # the learners are mid-step: let them finish it, so the state is a whole step
-            learner_get(ray, in_flight, step, out)
+        if in_flight is not None and hasattr(in_flight, "finish_refs"):
+            # the learners have the whole batch: let them finish the step, so the state is a whole step
+            learner_get(ray, in_flight.refs, step, out)
             version = step + 1
+        elif in_flight is not None:
+            # a partial batch: its accumulated gradients are dropped, the weights are still the last step's
+            learner_get(ray, in_flight.refs, step, out)
         log.event(version, "interrupted", completed_steps=version)
         if cfg.run.checkpoint_on_interrupt and learners is not None and version > start:
             checkpoint(version)

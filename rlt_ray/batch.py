@@ -42,12 +42,21 @@ def sequence(batch: dict[str, Any], i: int) -> tuple[list[int], int]:
     return prompt + [int(t) for t in batch["completion_ids"][i]], len(prompt)
 
 
-def rank_shard(num: int, rank: int, world: int) -> list[int]:
-    """Contiguous, equal shards (the config check guarantees ``num % world == 0``)."""
+def rank_shard(num: int, rank: int, world: int, start: int = 0) -> list[int]:
+    """Contiguous, equal shards of range(start, start + num) (the config check guarantees ``num % world == 0``)."""
     if num % world:
         raise ValueError(f"{num} sequences do not split over {world} learner ranks")
     per = num // world
-    return list(range(rank * per, (rank + 1) * per))
+    return list(range(start + rank * per, start + (rank + 1) * per))
+
+
+def learnable_stop(consumed: int, available: int, world: int, micro_batch_size: int) -> int:
+    """Streaming: of the sequences [consumed, available) that have arrived, learn the longest prefix that gives
+    every rank the same number of whole micro-batches; the rest waits for more. A batch that splits into
+    world x micro_batch_size (the config check) is thus learned entirely, in the same number of micro-batches per
+    rank as in one piece, so DeepSpeed's accumulation boundary still falls once per batch."""
+    unit = world * micro_batch_size
+    return consumed + (available - consumed) // unit * unit
 
 
 def micro_batches(indices: Sequence[int], lengths: Sequence[int], size: int) -> list[list[int]]:
@@ -68,12 +77,13 @@ def policy_tensors(batch: dict[str, Any], idx: Sequence[int], pad_id: int, devic
     return ids, attn, mask, old
 
 
-def loss_denominator(aggregation: str, completion_lengths: Sequence[int], world: int) -> float:
-    """Per-rank denominator such that DeepSpeed's mean of the ranks' gradients is the full-batch loss's."""
+def loss_denominator(aggregation: str, sequences: int, tokens: int, world: int) -> float:
+    """Per-rank denominator such that DeepSpeed's mean of the ranks' gradients is the full-batch loss's:
+    the batch's number of sequences (sequence_mean) or completion tokens (token_mean), over the ranks."""
     if aggregation == "sequence_mean":
-        return len(completion_lengths) / world
+        return sequences / world
     if aggregation == "token_mean":
-        return max(1, int(sum(completion_lengths))) / world
+        return max(1, int(tokens)) / world
     raise ValueError(f"unknown loss aggregation {aggregation!r}")
 
 

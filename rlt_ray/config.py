@@ -88,6 +88,10 @@ class RolloutConfig:
     # True: the engine runs inside the rollout actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): starts in
     # seconds, decodes slower. False: vLLM's own engine-core process (the GPU default).
     in_process: bool = False
+    # Streaming step: a worker hands over every `stream_groups` finished GRPO groups, which are scored and go
+    # into the learner's gradient accumulation at once (the optimizer still steps once per batch). 0: a worker
+    # hands over its groups when all are done (the reference's order of work; the same update).
+    stream_groups: int = 1
 
 
 @dataclass
@@ -120,6 +124,10 @@ class GRPOConfig:
     policy_temperature: Optional[float] = None  # None: rollout.temperature (logits / T in the loss, as the reference)
     ref_mixup_alpha: float = 0.9  # ref <- alpha * policy + (1 - alpha) * ref ...
     ref_mixup_every: int = 32  # ... every N optimizer steps; 0 turns it off
+    # 0: on-policy (the reference). 1: one-step off-policy: step k+1's samples are generated (with the weights
+    # of step k-1's end) while step k learns, and the loss corrects for it with the clipped importance ratio
+    # against the sampling-time log-probs (needs grpo.clip_eps); samples are never older than this many steps.
+    max_staleness: int = 0
 
 
 @dataclass
@@ -261,6 +269,7 @@ CHOICES = {
     "resources.backend": ("gloo", "nccl"),
     "resources.weight_sync": ("object_store", "collective"),
     "distill.keep": ("best", "all"),
+    "grpo.max_staleness": (0, 1),
 }
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
@@ -275,6 +284,7 @@ NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.gpus_per_replica", "reward.clip_log_prob", "reward.clip_kl",
+    "rollout.stream_groups",
 )
 
 
@@ -318,6 +328,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'grpo.ref_mixup_alpha': must be in [0, 1]")
     if cfg.grpo.clip_eps is None and cfg.grpo.updates_per_batch != 1:
         raise ConfigError("config key 'grpo.updates_per_batch': more than one update per batch needs grpo.clip_eps")
+    policy_t = cfg.grpo.policy_temperature
+    if cfg.grpo.clip_eps is not None and policy_t is not None and policy_t != cfg.rollout.temperature:
+        raise ConfigError("config keys 'grpo.policy_temperature'/'rollout.temperature': the clipped ratio compares "
+                          "the policy with the sampling-time log-probs, taken at rollout.temperature; make them "
+                          "equal (or null)")
+    if cfg.grpo.max_staleness and cfg.grpo.clip_eps is None:
+        raise ConfigError("config keys 'grpo.max_staleness'/'grpo.clip_eps': off-policy samples need the clipped "
+                          "importance ratio against their sampling-time log-probs: set grpo.clip_eps (e.g. 0.2)")
+    if cfg.grpo.max_staleness and cfg.reward.teacher_logprobs_from == "learner":
+        raise ConfigError("config keys 'grpo.max_staleness'/'reward.teacher_logprobs_from': with learner teacher "
+                          "log-probs the next step's scoring waits for this step's learning, so nothing overlaps; "
+                          "use reward.teacher_logprobs_from=rollout or grpo.max_staleness=0")
     if len(cfg.learner.adam_betas) != 2:
         raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
     if cfg.resources.backend == "nccl" and cfg.resources.device != "cuda":

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlt_ray.batch import (concat_rollouts, loss_denominator, micro_batches, policy_tensors, rank_shard, sequence,
-                           step_seeds)
+from rlt_ray.batch import (concat_rollouts, learnable_stop, loss_denominator, micro_batches, policy_tensors,
+                           rank_shard, sequence, step_seeds)
 from rlt_ray.grpo import policy_loss
 
 
@@ -61,7 +61,7 @@ def test_sharded_accumulated_loss_gradient_equals_full_batch(aggregation):
     (full_grad,) = torch.autograd.grad(full, theta)
 
     theta2 = torch.zeros((), requires_grad=True)
-    denominator = loss_denominator(aggregation, lengths, world)
+    denominator = loss_denominator(aggregation, B, sum(lengths), world)
     total = 0.0
     for r in range(world):
         rank_loss = 0.0
@@ -73,6 +73,43 @@ def test_sharded_accumulated_loss_gradient_equals_full_batch(aggregation):
     (grad,) = torch.autograd.grad(total, theta2)
     assert torch.allclose(total, full, atol=1e-6)
     assert torch.allclose(grad, full_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("arrivals", [[4, 4, 4, 4], [4, 12], [8, 4, 4], [16]])
+def test_streamed_plan_learns_every_sequence_once_with_equal_micro_batches(arrivals):
+    """What the streaming step does: groups arrive in chunks, each arrival learns the longest prefix that splits
+    into whole micro-batches on every rank. Every sequence is learned once, every rank runs the batch's number of
+    micro-batches (so the optimizer steps once), and the accumulated loss and gradient are the full batch's."""
+    g = torch.Generator().manual_seed(1)
+    B, L, world, micro = 16, 5, 2, 2
+    lengths = torch.randint(1, L + 1, (B,), generator=g).tolist()
+    mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    base, adv, ref = torch.randn(B, L, generator=g), torch.randn(B, generator=g), torch.randn(B, L, generator=g)
+    theta = torch.zeros((), requires_grad=True)
+    full, _ = policy_loss(base + theta, mask, adv, ref, 0.04)
+    (full_grad,) = torch.autograd.grad(full, theta)
+
+    theta2 = torch.zeros((), requires_grad=True)
+    denominator = loss_denominator("sequence_mean", B, sum(lengths), world)
+    learned, micro_counts, total = [], [0] * world, 0.0
+    consumed = available = 0
+    for size in arrivals:
+        available += size
+        stop = learnable_stop(consumed, available, world, micro)
+        for r in range(world):
+            share = rank_shard(stop - consumed, r, world, consumed)
+            learned.extend(share)
+            for idx in micro_batches(share, lengths, micro):
+                loss, _ = policy_loss(base[idx] + theta2, mask[idx], adv[idx], ref[idx], 0.04,
+                                      denominator=denominator)
+                total = total + loss / world
+                micro_counts[r] += 1
+        consumed = stop
+    assert consumed == B and sorted(learned) == list(range(B))
+    assert micro_counts == [B // (world * micro)] * world
+    (grad,) = torch.autograd.grad(total, theta2)
+    assert torch.allclose(total, full, atol=1e-6) and torch.allclose(grad, full_grad, atol=1e-6)
+    assert learnable_stop(4, 9, 2, 2) == 8 and learnable_stop(4, 7, 2, 2) == 4  # partial micro-batches wait
 
 
 def test_step_seeds_depend_on_row_not_worker():

@@ -53,11 +53,17 @@ def test_preset_by_name():
         ("resources.backend=nccl", "resources.backend"),  # nccl on cpu
         ("grpo.updates_per_batch=2", "grpo.updates_per_batch"),  # needs clip_eps
         ("reward.teacher_temperature=1.0", "reward.teacher_temperature"),  # vLLM log-probs are at 0.7
+        ("rollout.stream_groups=-1", "rollout.stream_groups"),
+        ("grpo.max_staleness=2", "grpo.max_staleness"),  # one step off-policy at most
+        ("grpo.max_staleness=1", "grpo.clip_eps"),  # off-policy needs the clipped importance ratio
+        ("grpo.clip_eps=0.2 grpo.policy_temperature=1.0", "grpo.policy_temperature"),  # ratio vs 0.7 log-probs
+        ("grpo.max_staleness=1 grpo.clip_eps=0.2 reward.teacher_logprobs_from=learner",
+         "reward.teacher_logprobs_from"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config("configs/tiny_cpu.yaml", [override])
+        load_config("configs/tiny_cpu.yaml", override.split())
     assert key in str(err.value)
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -104,3 +105,78 @@ def test_bad_update_is_refused_and_engine_survives(actors):
     _, prompts = _prompts(cfg, 1)
     out = ray.get(worker.generate.remote(prompts, [0], version))  # still alive, still at its version
     assert out["version"] == version and len(out["completion_ids"]) == cfg.rollout.n
+
+
+def test_stream_hands_over_the_same_samples_as_one_call(actors):
+    """generate_stream samples the same groups as generate (one engine batch, the same seeds), a chunk of
+    finished groups at a time, each saying which prompts it answers."""
+    import ray
+
+    cfg, _, worker, _ = actors
+    _, prompts = _prompts(cfg, 3)
+    version = ray.get(worker.ready.remote())["version"]
+    whole = ray.get(worker.generate.remote(prompts, [5, 6, 7], version))
+    chunks = [ray.get(ref) for ref in worker.generate_stream.remote(prompts, [5, 6, 7], version, 2)]
+    assert [len(c["prompt_index"]) for c in chunks] == [2, 1]
+    assert sorted(i for c in chunks for i in c["prompt_index"]) == [0, 1, 2]
+    n = cfg.rollout.n
+    for c in chunks:
+        for j, p in enumerate(c["prompt_index"]):
+            assert c["prompt_ids"][j] == whole["prompt_ids"][p]
+            for a, b in zip(c["completion_ids"][j * n:(j + 1) * n], whole["completion_ids"][p * n:(p + 1) * n]):
+                assert np.array_equal(a, b)
+            for a, b in zip(c["logprobs"][j * n:(j + 1) * n], whole["logprobs"][p * n:(p + 1) * n]):
+                np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_streamed_update_equals_the_one_call_update(actors, tmp_path):
+    """The same batch learned in one call (train_step) and streamed in parts (begin_step, then accumulate as
+    parts arrive, each rank's share cut differently) gives the same weights (DeepSpeed ZeRO-2, 2 ranks, fp32):
+    the optimizer steps once either way and the accumulated gradients are the batch's."""
+    import ray
+    from safetensors.torch import load_file
+
+    from rlt_ray.batch import loss_denominator
+
+    cfg, learners, worker, scorer = actors
+    rows, prompts = _prompts(cfg, 2)  # questions_per_step: the batch the learners were set up for
+    version = ray.get(worker.ready.remote())["version"]
+    parts = [worker.generate.remote([p], [11 + i], version) for i, p in enumerate(prompts)]
+    scored = [scorer.score.remote([r], part, None, 0) for r, part in zip(rows, parts)]
+    n = cfg.rollout.n
+    ray.get(learners.call("save_checkpoint", str(tmp_path / "before")))
+
+    def weights(name):
+        ray.get(learners.call("save_hf", str(tmp_path / name)))
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    start = weights("start")
+    one = ray.get(learners.call("train_step", parts, scored))
+    one_call = weights("one_call")
+
+    ray.get(learners.call("load_checkpoint", str(tmp_path / "before")))
+    assert all(torch.equal(start[k], v) for k, v in weights("reloaded").items())
+    tokens = sum(len(c) for part in ray.get(parts) for c in part["completion_ids"])
+    denominator = loss_denominator("sequence_mean", 2 * n, tokens, learners.world)
+    ray.get(learners.call("begin_step"))
+    # part 0 arrives and is learned; part 1 arrives; one call per part (rank r learns [2r, 2r+2) of each)
+    ray.get(learners.call("accumulate", [(0, parts[0], scored[0])], 0, n, denominator))
+    ray.get(learners.call("accumulate", [(n, parts[1], scored[1])], n, 2 * n, denominator))
+    streamed_metrics = ray.get(learners.call("finish_step"))
+    streamed = weights("streamed")
+
+    assert [m["optimizer_steps"] for m in streamed_metrics] == [m["optimizer_steps"] for m in one]
+    assert sum(m["loss"] for m in streamed_metrics) == pytest.approx(sum(m["loss"] for m in one), abs=1e-6)
+    update = max(float((one_call[k] - start[k]).abs().max()) for k in start)
+    assert update > 0.5 * cfg.learner.lr  # the step moved the weights (Adam: about lr per weight)
+    for k in start:
+        np.testing.assert_allclose(streamed[k].numpy(), one_call[k].numpy(), rtol=0, atol=1e-3 * cfg.learner.lr,
+                                   err_msg=k)
+
+    # misuse is refused before anything is learned: a part out of order, more than the batch
+    ray.get(learners.call("begin_step"))
+    with pytest.raises(ray.exceptions.RayTaskError, match="offset 4 arrived after 0"):
+        ray.get(learners.call("accumulate", [(4, parts[1], scored[1])], 0, 4, denominator))
+    with pytest.raises(ray.exceptions.RayTaskError, match="the optimizer would step mid-batch"):
+        ray.get(learners.call("accumulate", [(0, parts[0], scored[0]), (n, parts[1], scored[1])], 0, 3 * n,
+                              denominator))

@@ -110,6 +110,25 @@ def test_clipped_ratio():
         policy_loss(logp, mask, torch.tensor([1.0]), clip_eps=0.2)
 
 
+def test_importance_ratio_corrects_stale_samples_and_is_identity_on_policy():
+    """The off-policy mode's correction: with the behaviour policy's log-probs equal to the policy's (staleness 0)
+    the clipped loss has the reference's gradient; with stale samples each token's gradient is weighted by
+    pi/pi_old while the ratio is inside the clip range."""
+    g = torch.Generator().manual_seed(0)
+    logp0 = -torch.rand(3, 4, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    a = logp0.clone().requires_grad_(True)
+    policy_loss(a, mask, adv)[0].backward()
+    b = logp0.clone().requires_grad_(True)
+    policy_loss(b, mask, adv, old_logp=logp0.clone(), clip_eps=0.2)[0].backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+    stale = logp0 - 0.1  # the behaviour policy gave these tokens less mass: ratio e^0.1 ≈ 1.105 < 1.2
+    c = logp0.clone().requires_grad_(True)
+    policy_loss(c, mask, adv, old_logp=stale, clip_eps=0.2)[0].backward()
+    assert torch.allclose(c.grad, a.grad * torch.exp(torch.tensor(0.1)), atol=1e-6)
+
+
 def test_mixup_is_exact_parameter_by_parameter(teacher, student):
     ref = copy.deepcopy(student)
     before = [p.clone() for p in ref.parameters()]
