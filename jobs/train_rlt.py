@@ -354,6 +354,7 @@ def main(argv: list[str]) -> int:
             metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
             metrics["weights_version"] = float(version)
             metrics["staleness"] = float(max(staleness))
+            metrics["chunks"] = float(len(chunks))  # hand-overs from the workers (rollout.stream_groups)
             log.log(step, metrics)
             log.samples(step, sample_records(rows, chunks, scored))
             print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "

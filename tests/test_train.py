@@ -86,6 +86,47 @@ def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path):
     assert max(float((before[k] - ref[k]).abs().max()) for k in before) > 0
 
 
+def test_streamed_step_equals_the_unstreamed_step(ray_local, tmp_path):
+    """One step of the whole loop, streamed (a chunk per finished group, learned as it arrives) and unstreamed
+    (rollout.stream_groups=0: each worker's groups at once, learned when all are scored): the same samples, the
+    same rewards, the same updated weights (fp32)."""
+    from jobs.train_rlt import main
+
+    # Adam with eps 1 and lr 1: the first update is g / (|g| + 1) ~ g, the (clipped) gradient itself, so the
+    # comparison sees every gradient entry instead of Adam's ±lr (which amplifies summation-order noise where
+    # |g| ~ eps)
+    common = ["run.steps=1", "run.questions_per_step=4", "rollout.num_workers=2", "learner.lr=1.0",
+              "learner.adam_eps=1.0", "logging.tensorboard=false"]
+    for name, groups in (("plain", 0), ("streamed", 1)):
+        assert main([f"run.output_dir={tmp_path / name}", f"rollout.stream_groups={groups}", *common]) == 0
+    plain, streamed = _metrics(tmp_path / "plain")[0], _metrics(tmp_path / "streamed")[0]
+    assert plain["chunks"] == 2 and streamed["chunks"] == 4  # a hand-over per worker, or per group
+    for key in ("reward_mean", "reward_std", "completion_tokens_mean", "r_kl_mean", "grad_norm"):
+        assert streamed[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-6), key
+    start = _weights("tiny-teacher")
+    a = _weights(tmp_path / "plain" / "checkpoints" / "step_000001" / "hf")
+    b = _weights(tmp_path / "streamed" / "checkpoints" / "step_000001" / "hf")
+    largest = max(float((a[k] - start[k]).abs().max()) for k in a)
+    assert largest > 1e-4  # the update is there
+    for k in a:
+        assert float(((a[k] - start[k]) - (b[k] - start[k])).abs().max()) <= 1e-4 * largest, k
+
+
+def test_one_step_off_policy(ray_local, tmp_path):
+    """grpo.max_staleness=1: the first step learns fresh samples, every later step samples drawn with the
+    previous weights (staleness 1) while the step before learned; the clipped ratio is in the loss."""
+    from jobs.train_rlt import main
+
+    out = tmp_path / "async"
+    assert main([f"run.output_dir={out}", "run.steps=3", "grpo.max_staleness=1", "grpo.clip_eps=0.2",
+                 "learner.lr=1e-4", "logging.tensorboard=false"]) == 0
+    metrics = _metrics(out)
+    assert [m["staleness"] for m in metrics] == [0, 1, 1]
+    assert [m["weights_version"] for m in metrics] == [1, 2, 3]
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["reward_mean"]) for m in metrics)
+    assert (out / "checkpoints" / "step_000003" / "COMPLETE").exists()
+
+
 def _cli(*args):
     env = {**os.environ, "RAY_ADDRESS": ""}
     return subprocess.run([sys.executable, str(ROOT / "jobs" / "train_rlt.py"), *args], capture_output=True,
