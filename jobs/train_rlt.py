@@ -71,6 +71,7 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
     m["loss"] = float(np.mean([t["loss"] for t in trained]))
     m["policy_kl"] = float(np.mean([t["kl"] for t in trained]))
+    m["clip_fraction"] = float(np.mean([t["clip_fraction"] for t in trained]))  # grpo.clip_eps: tokens clipped
     m["grad_norm"] = float(trained[0]["grad_norm"])
     m["lr"] = float(trained[0]["lr"])
     m["sync_seconds"] = sync_stats.seconds if sync_stats else 0.0
@@ -162,26 +163,27 @@ class BatchFeed:
 
 
 def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log,
-                       feed: BatchFeed | None = None) -> list[dict[str, Any]]:
+                       feed: BatchFeed | None = None, learner_version: int | None = None) -> list[dict[str, Any]]:
     """Stages 2-4 (and, given a ``feed``, 5) of a step, streamed: each worker samples its groups in one engine
     batch and hands them over ``rollout.stream_groups`` at a time as they finish (0: all at once); each chunk is
     scored as soon as it arrives, and a scored chunk goes straight into ``feed``. Learner teacher log-probs need
     the whole batch, so then scoring starts once every sample is in.
 
-    A worker that dies is replaced, brought to the current weights version BEFORE it samples (a fresh engine
-    holds the weights on disk), and samples only the groups it had not handed over; a dead scorer's chunk is
-    scored again. Returns the chunks: {"ref", "rows" (row indices), "sequences", "tokens", "scored"}."""
+    The workers sample with weights ``version``. A worker that dies is replaced, brought to the learner's weights
+    BEFORE it samples (a fresh engine holds the weights on disk), and samples only the groups it had not handed
+    over; ``learner_version`` is the version that sync delivers (off-policy prefetch: the one this step's learning,
+    queued before the sync on the learners, ends at). A dead scorer's chunk is scored again. Returns the chunks:
+    {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
     from rlt_ray.batch import step_seeds
     from rlt_ray.config import temperatures
 
-    n = cfg.rollout.n
     pending: dict[Any, tuple] = {}
     chunks: list[dict[str, Any]] = []
     teacher_lp = None  # learner log-prob refs (reward.teacher_logprobs_from=learner), over `chunks` in order
 
-    def generate(k, row_ids):
+    def generate(k, row_ids, weights_version=version):
         gen = workers[k].generate_stream.remote([prompts[i] for i in row_ids], step_seeds(cfg.run.seed, step, row_ids),
-                                                version, cfg.rollout.stream_groups or len(row_ids))
+                                                weights_version, cfg.rollout.stream_groups or len(row_ids))
         pending[gen] = ("generate", k, row_ids)
 
     def score(c):
@@ -206,11 +208,11 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
             except ray.exceptions.RayActorError as exc:
                 new = workers.replace(k)
                 sync.replace_worker(k, new)
-                stats = sync.sync(version)
+                stats = sync.sync(version if learner_version is None else learner_version)
                 log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
                           synced_to_version=stats.version, error=type(exc).__name__)
                 handed_over = {r for chunk in chunks if chunk["worker"] == k for r in chunk["rows"]}
-                generate(k, [i for i in row_ids if i not in handed_over])
+                generate(k, [i for i in row_ids if i not in handed_over], stats.version)
                 continue
             pending[ready] = ("generate", k, row_ids)  # more chunks to come
             chunk_rows = [row_ids[i] for i in rollout["prompt_index"]]
@@ -312,9 +314,9 @@ def main(argv: list[str]) -> int:
         def shards(step: int) -> list:  # the step's questions over the workers; groups never straddle two
             return [s for s in np.array_split(np.asarray(order.step_indices(step)), len(workers)) if len(s)]
 
-        def stream(step: int, feed: BatchFeed | None = None) -> list[dict[str, Any]]:
+        def stream(step: int, feed: BatchFeed | None = None, learner_version: int | None = None) -> list:
             return generate_and_score(ray, step, version, shards(step), prompts, rows, cfg, workers, scorers, sync,
-                                      learners, log, feed)
+                                      learners, log, feed, learner_version)
 
         batch_size = cfg.run.questions_per_step * cfg.rollout.n
         prefetched = None  # grpo.max_staleness=1: the next step's chunks, sampled while this step learns
@@ -339,7 +341,7 @@ def main(argv: list[str]) -> int:
                     feed.add(chunk)
                 feed.all_generated(sum(c["tokens"] for c in chunks))
                 feed.finish()
-                prefetched = stream(step + 1) if step + 1 < cfg.run.steps else None
+                prefetched = stream(step + 1, learner_version=step + 1) if step + 1 < cfg.run.steps else None
             learner_get(ray, feed.refs, step, out)
             trained = ray.get(feed.finish_refs)
             in_flight = None
