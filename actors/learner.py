@@ -1,8 +1,9 @@
 """The learner: N Ray actors (one per rank) in a placement group, forming their own torch.distributed group
 (gloo on CPU, nccl on GPU) and one DeepSpeed engine (ZeRO stage and dtype from config).
 
-A rank owns the policy (DeepSpeed), the reference model and its mixup; it runs the GRPO loss over its shard of
-the step's batch with gradient accumulation (one optimizer step per batch), exports HF-named weights for the
+A rank owns the policy (DeepSpeed), the reference model and its mixup; it runs the GRPO loss over its equal share
+of the step's batch as the batch arrives (begin_step / accumulate / finish_step: gradient accumulation, one
+optimizer step per batch; train_step does all three for a batch at hand), exports HF-named weights for the
 weight sync (under ZeRO-3 every rank joins the gather) and writes/reads checkpoints. ``LearnerGroup`` starts
 the ranks and fans calls out to all of them.
 """
@@ -188,7 +189,8 @@ class LearnerRank:
         for rollout, r, s in zip(rollouts, rollout_refs, scored_refs):
             parts.append((offset, r, s))
             offset += len(rollout["completion_ids"])
-        self.accumulate(parts, 0, offset, loss_denominator(self.cfg.grpo.loss_aggregation, offset, sum(lengths), self.world))
+        denominator = loss_denominator(self.cfg.grpo.loss_aggregation, offset, sum(lengths), self.world)
+        self.accumulate(parts, 0, offset, denominator)
         return self.finish_step()
 
     def begin_step(self) -> None:
@@ -222,7 +224,7 @@ class LearnerRank:
             self.batch["n"] = n
             for key in ("prompt_ids", "completion_ids", "logprobs", "finish_reason"):
                 self.batch[key].extend(rollout[key])
-            rewards = torch.as_tensor(np.asarray(scored["total"]))
+            rewards = torch.tensor(np.asarray(scored["total"]))  # a copy: the object store's array is read-only
             self.advantages.append(group_advantages(rewards, n, self.cfg.grpo.advantage_eps))
         if self.sums["denominator"] not in (None, denominator):
             raise RuntimeError(f"learner rank {self.rank}: the loss denominator changed within a batch")
