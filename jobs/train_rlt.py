@@ -248,6 +248,7 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
 
 
 def main(argv: list[str]) -> int:
+    from rlt_ray.batch import sample_staleness
     from rlt_ray.checkpoint import check_resume_compatible, read_state, resolve_resume, step_dir, write_state
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
@@ -349,13 +350,11 @@ def main(argv: list[str]) -> int:
 
             # 6. log
             rollouts, scored = ray.get([c["ref"] for c in chunks]), ray.get([c["scored"] for c in chunks])
-            staleness = {version - 1 - r["version"] for r in rollouts}
-            if not staleness <= set(range(cfg.grpo.max_staleness + 1)):  # workers refuse this already; never log it
-                raise RuntimeError(f"step {step}: samples from weights versions {[r['version'] for r in rollouts]} "
-                                   f"learned at version {version - 1} (grpo.max_staleness={cfg.grpo.max_staleness})")
+            # workers and the loop's order refuse this already; never log it
+            staleness = sample_staleness([r["version"] for r in rollouts], version - 1, cfg.grpo.max_staleness)
             metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
             metrics["weights_version"] = float(version)
-            metrics["staleness"] = float(max(staleness))
+            metrics["staleness"] = float(staleness)
             metrics["chunks"] = float(len(chunks))  # hand-overs from the workers (rollout.stream_groups)
             log.log(step, metrics)
             log.samples(step, sample_records(rows, chunks, scored))

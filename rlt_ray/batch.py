@@ -90,3 +90,13 @@ def loss_denominator(aggregation: str, sequences: int, tokens: int, world: int) 
 def step_seeds(run_seed: int, step: int, row_indices: Sequence[int]) -> list[int]:
     """One sampling seed per prompt from (run seed, step, row): the same whichever worker samples it."""
     return [int((run_seed * 1_000_003 + step * 10_007 + int(i) * 101) % (2**31 - 1)) for i in row_indices]
+
+
+def sample_staleness(sample_versions: Sequence[int], learner_version: int, max_staleness: int) -> int:
+    """How many versions behind the learner the oldest sample is; refuses samples from the future or older than
+    ``max_staleness`` (grpo.max_staleness)."""
+    behind = [int(learner_version) - int(v) for v in sample_versions]
+    if not behind or min(behind) < 0 or max(behind) > max_staleness:
+        raise RuntimeError(f"samples from weights versions {sorted(set(map(int, sample_versions)))} cannot be "
+                           f"learned at version {learner_version} (grpo.max_staleness={max_staleness})")
+    return max(behind)

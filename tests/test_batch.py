@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlt_ray.batch import (concat_rollouts, learnable_stop, loss_denominator, micro_batches, policy_tensors,
-                           rank_shard, sequence, step_seeds)
+                           rank_shard, sample_staleness, sequence, step_seeds)
 from rlt_ray.grpo import policy_loss
 
 
@@ -115,3 +115,14 @@ def test_streamed_plan_learns_every_sequence_once_with_equal_micro_batches(arriv
 def test_step_seeds_depend_on_row_not_worker():
     assert step_seeds(42, 3, [7, 9]) == step_seeds(42, 3, [7]) + step_seeds(42, 3, [9])
     assert step_seeds(42, 3, [7]) != step_seeds(42, 4, [7]) != step_seeds(43, 3, [7])
+
+
+def test_staleness_bound():
+    assert sample_staleness([4, 4], 4, 0) == 0
+    assert sample_staleness([3, 4], 4, 1) == 1
+    with pytest.raises(RuntimeError, match=r"versions \[3\] cannot be learned at version 4 \(grpo.max_staleness=0\)"):
+        sample_staleness([3], 4, 0)
+    with pytest.raises(RuntimeError, match="max_staleness=1"):
+        sample_staleness([2, 4], 4, 1)
+    with pytest.raises(RuntimeError):  # from the future: a worker ahead of the learner
+        sample_staleness([5], 4, 1)
