@@ -91,9 +91,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_
 def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path):
     out = tmp_path / "interrupted"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # SIGINT's default action restored for the child: a suite started in the background (`cmd &` in a
+    # non-interactive shell) would otherwise pass on an ignored SIGINT, and Ctrl-C would never arrive
     proc = subprocess.Popen([sys.executable, "jobs/train_rlt.py", f"run.output_dir={out}", "run.steps=200",
                              "logging.tensorboard=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 400
     while len(_lines(out / "metrics.jsonl")) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
