@@ -41,11 +41,17 @@ def test_a_killed_worker_is_replaced_and_the_run_loses_no_step(ray_local, tmp_pa
     out = tmp_path / f"kill_{role}"
     # rollout: killed while the step's generation runs; scorer: killed once generation is done, during scoring
     killer = _kill_when(ray_local, out, f"rlt:{out.name}:{role}:0", 2, 0.3 if role == "rollout" else 0.9)
-    assert main([f"run.output_dir={out}", "run.steps=5"] + SLOW_STEPS) == 0
+    assert main([f"run.output_dir={out}", "run.steps=5", "logging.completions_fraction=1.0"] + SLOW_STEPS) == 0
     killer.join(timeout=5)
     metrics = _lines(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
     assert [m["weights_version"] for m in metrics] == [1, 2, 3, 4, 5]
+    # every step learned each of its questions' n completions once: the work re-issued after the death is
+    # exactly what was lost (groups handed over before it are not sampled again)
+    samples = _lines(out / "samples.jsonl")
+    for step in range(5):
+        rows = [s["row"] for s in samples if s["step"] == step]
+        assert len(rows) == 2 * 8 and all(rows.count(r) == 8 for r in rows), (step, rows)
     events = [e for e in _lines(out / "events.jsonl") if e["event"] == event]
     assert len(events) == 1 and events[0]["generation"] == 1
     if role == "rollout":
