@@ -187,10 +187,10 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
         pending[gen] = ("generate", k, row_ids)
 
     def score(c):
-        chunk = chunks[c]
-        chunk["scored"] = scorers[c % len(scorers)].score.remote([rows[i] for i in chunk["rows"]], chunk["ref"],
-                                                                 teacher_lp, chunk["lp_offset"])
-        pending[chunk["scored"]] = ("score", c)
+        chunk, slot = chunks[c], c % len(scorers)
+        chunk["scored"] = scorers[slot].score.remote([rows[i] for i in chunk["rows"]], chunk["ref"], teacher_lp,
+                                                     chunk["lp_offset"])
+        pending[chunk["scored"]] = ("score", c, scorers.generation[slot])
 
     for k, shard in enumerate(shards):
         generate(k, [int(i) for i in shard])
@@ -233,13 +233,16 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
                         chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
                         score(c)
         else:
-            (c,) = what
+            c, generation = what
             try:
                 ray.get(ready)
             except ray.exceptions.RayActorError as exc:
-                scorers.replace(c % len(scorers))
-                log.event(step, "scorer_replaced", scorer=c % len(scorers),
-                          generation=scorers.generation[c % len(scorers)], error=type(exc).__name__)
+                slot = c % len(scorers)
+                # the dead scorer held several chunks: replace it once, then score each of them on the new one
+                if scorers.generation[slot] == generation:
+                    scorers.replace(slot)
+                    log.event(step, "scorer_replaced", scorer=slot, generation=scorers.generation[slot],
+                              error=type(exc).__name__)
                 score(c)
                 continue
             if feed is not None:
