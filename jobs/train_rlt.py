@@ -129,6 +129,7 @@ class BatchFeed:
         self.parts: list[tuple[int, Any, Any]] = []  # (offset, rollout ref, scored ref), in arrival order
         self.sent = self.consumed = self.available = 0
         self.tokens: int | None = None
+        self.finish_refs: list | None = None  # set by finish()
         self.refs = learners.call("begin_step")  # every learner call of the step, to wait on and to fail on
 
     def add(self, chunk: dict[str, Any]) -> None:
@@ -370,13 +371,11 @@ def main(argv: list[str]) -> int:
             if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
                 checkpoint(step + 1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ray job stop`
-        if in_flight is not None and hasattr(in_flight, "finish_refs"):
-            # the learners have the whole batch: let them finish the step, so the state is a whole step
+        if in_flight is not None:  # the learners are mid-step: let them finish the calls they have
             learner_get(ray, in_flight.refs, step, out)
-            version = step + 1
-        elif in_flight is not None:
-            # a partial batch: its accumulated gradients are dropped, the weights are still the last step's
-            learner_get(ray, in_flight.refs, step, out)
+            if in_flight.finish_refs is not None:  # the whole batch was in: the step is complete
+                version = step + 1
+            # else a partial batch: its accumulated gradients are dropped, the weights are still the last step's
         log.event(version, "interrupted", completed_steps=version)
         if cfg.run.checkpoint_on_interrupt and learners is not None and version > start:
             checkpoint(version)
