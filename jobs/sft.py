@@ -14,7 +14,7 @@ def run_sft(argv: list[str], role: str) -> int:
     from actors.learner import LearnerGroup
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import ConfigError, check_cluster, check_sft_batch, load_config, split_argv, to_yaml
-    from rlt_ray.data import load_rows
+    from rlt_ray.data import LoadReport, load_rows
     from rlt_ray.formats import RLTFormat
     from rlt_ray.metrics import RunLog
     from rlt_ray.models import load_tokenizer
@@ -25,9 +25,14 @@ def run_sft(argv: list[str], role: str) -> int:
     check_sft_batch(cfg)
     model = cfg.sft.model or (cfg.model.teacher if role == "teacher" else cfg.model.student)
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or model))
+    report = LoadReport()
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
-                     max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
+                     max_rows=cfg.data.max_rows, fmt_cfg=cfg.format, report=report)
     examples = build_examples(fmt, rows, role, cfg.sft.max_seq_tokens)
+    print(f"sft_{role}: {report.summary()}", flush=True)
+    if examples.solution_as_trace:
+        print(f"sft_{role}: warning: {examples.solution_as_trace} rows have no reasoning_trace; their solution is "
+              f"used as the trace (as the reference does)", flush=True)
     print(f"sft_{role}: {len(examples.ids)} examples from {len(rows)} rows of {cfg.data.source}; "
           f"skipped {examples.skipped or 'none'}", flush=True)
     if len(examples.ids) < cfg.sft.batch_size:

@@ -112,6 +112,11 @@ class RewardConfig:
     teacher_temperature: Optional[float] = None  # None: rollout.temperature (the reference's unbiasing)
     student_temperature: float = 0.7
     teacher_logprobs_from: str = "rollout"  # rollout (vLLM processed log-probs) | learner (an HF forward)
+    # Which tokens are scored (docs/design.md, "Where the reward differs from the reference"). The defaults are the
+    # reference's: the solution WITH its padding on both sides (solutions_content), and the explanation from the
+    # padding that ends the RL prompt (its think span starts with that padding).
+    solution_span: str = "padded"  # padded (reference) | bare: the solution text only
+    explanation_span: str = "with_prompt_pad"  # with_prompt_pad (reference) | sampled: sampled tokens only
 
 
 @dataclass
@@ -168,6 +173,9 @@ class RunConfig:
     checkpoint_every: int = 0  # 0: only at the end
     resume_from: Optional[str] = None
     checkpoint_on_interrupt: bool = True  # Ctrl-C / `ray job stop` (SIGTERM): checkpoint the completed steps
+    # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
+    # run with a checkpoint of the completed steps
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -261,6 +269,8 @@ CHOICES = {
     "reward.normalize_kl_fn": NORMALIZERS,
     "reward.kl_estimator": ("k1", "k3"),
     "reward.teacher_logprobs_from": ("rollout", "learner"),
+    "reward.solution_span": ("padded", "bare"),
+    "reward.explanation_span": ("with_prompt_pad", "sampled"),
     "grpo.loss_aggregation": ("sequence_mean", "token_mean"),
     "learner.dtype": ("float32", "bfloat16", "float16"),
     "learner.lr_schedule": ("constant", "cosine"),
@@ -278,7 +288,7 @@ POSITIVE = (
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
-    "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib",
+    "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",

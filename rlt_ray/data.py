@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -42,7 +42,39 @@ def _parsers(fmt_cfg: Any) -> list[RLTFormat]:
     return out
 
 
-def rows_from_records(records: Iterable[dict], columns: list[str], fmt_cfg: Any = None, source: str = "data") -> list[Row]:
+@dataclass
+class LoadReport:
+    """What loading did to the rows: skipped ones by reason, and the repairs (printed as the load summary)."""
+
+    source: str = "data"
+    rows: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> count
+    padding_stripped: int = 0  # custom rows padded the reference's way ("\n\n" + text + "\n\n")
+    without_trace: int = 0  # rows with no reasoning trace (the teacher warm-up then uses the solution)
+    examples: list = field(default_factory=list)  # a few "row i: reason" lines
+
+    def skip(self, i: int, reason: str) -> None:
+        key = reason.split(":")[0] if reason.startswith("column") else reason
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+        if len(self.examples) < 3:
+            self.examples.append(f"row {i}: {reason}")
+
+    def summary(self) -> str:
+        parts = [f"{self.source}: {self.rows} rows"]
+        if self.skipped:
+            parts.append(f"skipped {sum(self.skipped.values())} (" + "; ".join(
+                f"{n} {reason}" for reason, n in sorted(self.skipped.items())) + ")")
+        if self.padding_stripped:
+            parts.append(f"reference-style padding stripped from {self.padding_stripped}")
+        if self.without_trace:
+            parts.append(f"{self.without_trace} without a reasoning trace")
+        return ", ".join(parts)
+
+
+def rows_from_records(records: Iterable[dict], columns: list[str], fmt_cfg: Any = None, source: str = "data",
+                      report: Optional[LoadReport] = None) -> list[Row]:
+    """Rows from records; a bad record is skipped and counted with its reason (``report``), never fatal unless no
+    row is usable."""
     cols = set(columns)
     if "conversations" in cols:
         kind = "conversations"
@@ -55,28 +87,45 @@ def rows_from_records(records: Iterable[dict], columns: list[str], fmt_cfg: Any 
         )
     qcol = "question" if "question" in cols else "prompt"
     parsers = _parsers(fmt_cfg)
-    rows, bad = [], []
+    report = report if report is not None else LoadReport()
+    report.source = source
+    rows = []
     for i, rec in enumerate(records):
         try:
+            if not isinstance(rec, dict):
+                raise DataError(f"record is a {type(rec).__name__}, not a mapping")
             if kind == "conversations":
                 row = _row_from_conversation(rec, parsers, i)
             else:
-                row = Row(
-                    question=_text(rec, qcol),
-                    solution=_text(rec, "solution"),
-                    reasoning_trace=_opt_text(rec, "reasoning_trace"),
-                    system=_opt_text(rec, "system"),
-                    answer=_opt_text(rec, "answer"),
-                    id=str(rec.get("id", i)),
-                )
+                row = _row_from_plain(rec, qcol, parsers[0], i, report)
             rows.append(row)
+            report.without_trace += row.reasoning_trace is None
         except (DataError, FormatError) as exc:
-            bad.append(f"row {i}: {exc}")
-    if bad:
-        log.warning("%s: skipped %d bad rows, e.g. %s", source, len(bad), "; ".join(bad[:3]))
+            report.skip(i, str(exc))
+    report.rows = len(rows)
+    if report.skipped:
+        log.warning("%s; e.g. %s", report.summary(), "; ".join(report.examples))
     if not rows:
-        raise DataError(f"{source}: no usable rows ({len(bad)} bad), e.g. {'; '.join(bad[:3])}")
+        column = "conversations" if kind == "conversations" else f"{qcol}/solution"
+        raise DataError(f"{source}: no usable row in column(s) '{column}' ({sum(report.skipped.values())} bad), "
+                        f"e.g. {'; '.join(report.examples)}")
     return rows
+
+
+def _row_from_plain(rec: dict, qcol: str, fmt: RLTFormat, i: int, report: LoadReport) -> Row:
+    solution = _text(rec, "solution")
+    trace = _opt_text(rec, "reasoning_trace")
+    # The reference needs custom rows wrapped as "\n\n" + text + "\n\n" (METHOD.md §2.1); rows stored that way
+    # are unwrapped here, or the padding would be there twice.
+    padded = fmt.is_padded(solution) or (trace is not None and fmt.is_padded(trace))
+    if padded:
+        report.padding_stripped += 1
+        solution = fmt.strip_pad(solution) if fmt.is_padded(solution) else solution
+        trace = fmt.strip_pad(trace) if trace is not None and fmt.is_padded(trace) else trace
+        if not solution.strip():
+            raise DataError("column 'solution' is empty once its padding is stripped")
+    return Row(question=_text(rec, qcol), solution=solution, reasoning_trace=trace, system=_opt_text(rec, "system"),
+               answer=_opt_text(rec, "answer"), id=str(rec.get("id", i)))
 
 
 def _text(rec: dict, col: str) -> str:
@@ -98,28 +147,35 @@ def _opt_text(rec: dict, col: str) -> Optional[str]:
 def _row_from_conversation(rec: dict, parsers: list[RLTFormat], i: int) -> Row:
     conv = rec.get("conversations")
     if not isinstance(conv, (list, tuple)) or len(conv) < 2:
-        raise DataError("'conversations' must hold a user turn and an assistant turn")
+        raise DataError("column 'conversations' must hold a user turn and an assistant turn")
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise DataError(f"column 'conversations': turn {j} is a {type(turn).__name__}, not a mapping")
+        if not isinstance(turn.get("value"), str):
+            raise DataError(f"column 'conversations': turn {j} has no text 'value' "
+                            f"({type(turn.get('value')).__name__})")
     user = next((t for t in conv if t.get("from") in ("user", "human")), None)
     asst = next((t for t in conv if t.get("from") in ("assistant", "gpt")), None)
     if user is None or asst is None:
-        raise DataError("'conversations' needs a turn from 'user' and one from 'assistant'")
+        raise DataError("column 'conversations' needs a turn from 'user' and one from 'assistant'")
     errors = []
     for p in parsers:
         try:
-            trace, solution = p.parse_assistant(asst["value"])
+            trace, solution, explanation = p.parse_assistant_blocks(asst["value"])
             break
         except FormatError as exc:
             errors.append(str(exc))
     else:
-        raise DataError("; ".join(errors))
+        raise DataError("column 'conversations': " + "; ".join(errors))
     if not solution.strip():
-        raise DataError("the assistant turn's solution block is empty")
+        raise DataError("column 'conversations': the assistant turn's solution block is empty")
     return Row(
         question=_text(user, "value"),
         solution=solution,
         reasoning_trace=trace,
         system=_opt_text(rec, "system"),
         id=str(rec.get("id", i)),
+        trace_explanation=explanation,
     )
 
 
@@ -156,14 +212,19 @@ def reasoning_gym_rows(task: str, size: int, seed: int) -> list[Row]:
 
 
 def load_rows(source: str, *, split: str = "train", size: int = 256, seed: int = 42,
-              max_rows: Optional[int] = None, fmt_cfg: Any = None) -> list[Row]:
-    """Rows from a local file/folder, a reasoning_gym:<task> name, or a hub id (see module doc)."""
+              max_rows: Optional[int] = None, fmt_cfg: Any = None, report: Optional[LoadReport] = None) -> list[Row]:
+    """Rows from a local file/folder, a reasoning_gym:<task> name, or a hub id (see module doc). ``report``
+    collects the load summary (skipped rows by reason, repairs)."""
     if source.startswith(REASONING_GYM_PREFIX):
-        return reasoning_gym_rows(source[len(REASONING_GYM_PREFIX):], size, seed)
+        rows = reasoning_gym_rows(source[len(REASONING_GYM_PREFIX):], size, seed)
+        if report is not None:
+            report.source, report.rows = source, len(rows)
+            report.without_trace = sum(r.reasoning_trace is None for r in rows)
+        return rows
     ds = _load_dataset(source, split)
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
-    return rows_from_records(ds, list(ds.column_names), fmt_cfg, source=source)
+    return rows_from_records(ds, list(ds.column_names), fmt_cfg, source=source, report=report)
 
 
 def _load_dataset(source: str, split: str):

@@ -32,6 +32,10 @@ class Row:
     system: Optional[str] = None  # the row's own student system prompt (Bespoke-Stratos rows carry one)
     answer: Optional[str] = None  # the bare final answer, when the source has one (evaluation)
     id: Optional[str] = None
+    # The trace as the teacher's explanation, exactly as the data holds it: for a Bespoke row, the thought block's
+    # content after its leading padding (so a thought that is just the padding stays one padding, never two).
+    # None: reasoning_trace + padding.
+    trace_explanation: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,18 @@ class RLTFormat:
     def explanation_from_trace(self, trace: str) -> str:
         return trace + self.pad
 
+    def explanation_from_block(self, content: str) -> str:
+        """A thought block's content (between the tags) as an explanation: the leading padding is the one the
+        teacher prompt already ends with."""
+        return content[len(self.pad):] if self.pad and content.startswith(self.pad) else content
+
+    def reference_explanation(self, row: Row) -> Optional[str]:
+        """The row's own trace as an explanation (what the teacher warm-up and the 'reference traces' student
+        learn), or None when the row has no trace."""
+        if row.trace_explanation is not None:
+            return row.trace_explanation
+        return None if row.reasoning_trace is None else self.explanation_from_trace(row.reasoning_trace)
+
     # ------------------------------------------------------------------ rendering
     def _render(self, messages: list[dict[str, str]]) -> tuple[str, int]:
         """Render a complete chat; return (text, start of the last message's content in it)."""
@@ -119,9 +135,9 @@ class RLTFormat:
         ``explanation``: the explanation text; ``target``: explanation + close tag + end-of-turn token (SFT loss);
         ``solution``: the solution inside the teacher's own solution block."""
         if explanation is None:
-            if row.reasoning_trace is None:
+            explanation = self.reference_explanation(row)
+            if explanation is None:
                 raise FormatError("teacher_sft needs an explanation or a row with a reasoning_trace")
-            explanation = self.explanation_from_trace(row.reasoning_trace)
         sol_block, (s0, s1) = self._solution_block(row.solution)
         head = sol_block + self.pad + self.explanation[0] + self.pad
         assistant = head + explanation + self.explanation[1]
@@ -206,20 +222,34 @@ class RLTFormat:
 
     def parse_assistant(self, value: str) -> tuple[Optional[str], str]:
         """Split a Bespoke/R1-style assistant turn into (reasoning trace, solution), both bare."""
-        trace = _between(value, *self.think)
+        trace, solution, _ = self.parse_assistant_blocks(value)
+        return trace, solution
+
+    def parse_assistant_blocks(self, value: str) -> tuple[Optional[str], str, Optional[str]]:
+        """(bare trace, bare solution, the thought block as an explanation: explanation_from_block)."""
+        block = _between(value, *self.think)
         solution = _between(value, *self.solution)
         if solution is None:
             raise FormatError(
                 f"assistant turn has no {self.solution[0]}...{self.solution[1]} block (tag_style={self.cfg.tag_style})"
             )
-        return (None if trace is None else self._strip_pad(trace)), self._strip_pad(solution)
+        if block is None:
+            return None, self.strip_pad(solution), None
+        return self.strip_pad(block), self.strip_pad(solution), self.explanation_from_block(block)
 
-    def _strip_pad(self, text: str) -> str:
+    def strip_pad(self, text: str) -> str:
+        """Drop one padding at each end where present (the leading one first: a text that is just one padding
+        becomes empty, not a padding)."""
         if self.pad and text.startswith(self.pad):
             text = text[len(self.pad):]
         if self.pad and text.endswith(self.pad):
             text = text[: -len(self.pad)]
         return text
+
+    def is_padded(self, text: str) -> bool:
+        """Wrapped the way the reference requires of custom rows: padding + text + padding."""
+        return bool(self.pad) and len(text) >= 2 * len(self.pad) and text.startswith(self.pad) \
+            and text.endswith(self.pad)
 
 
 def _between(text: str, open_tag: str, close_tag: str) -> Optional[str]:

@@ -23,16 +23,24 @@ class SFTExamples:
     ids: list[list[int]] = field(default_factory=list)
     masks: list[list[bool]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # reason → count
+    solution_as_trace: int = 0  # rows without a reasoning trace, trained with the solution as the trace
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def student_sft_example(fmt: RLTFormat, row: Row) -> tuple[list[int], list[bool]]:
-    """Student SFT ids and mask: the assistant turn (the row's reasoning trace as the thought) + end of turn."""
-    if row.reasoning_trace is None:
-        raise FormatError("student SFT needs rows with a reasoning trace (the thought block)")
-    chat = fmt.student_chat(row, row.reasoning_trace)
+def trace_explanation(fmt: RLTFormat, row: Row) -> tuple[str, bool]:
+    """The explanation a row teaches, and whether it had to fall back to the solution: a row without a reasoning
+    trace uses its solution as the trace, as the reference does for custom rows (METHOD.md §2.1)."""
+    explanation = fmt.reference_explanation(row)
+    if explanation is None:
+        return fmt.explanation_from_trace(row.solution), True
+    return explanation, False
+
+
+def student_sft_example(fmt: RLTFormat, row: Row, explanation: str) -> tuple[list[int], list[bool]]:
+    """Student SFT ids and mask: the assistant turn (``explanation`` as the thought) + end of turn."""
+    chat = fmt.student_chat(row, explanation)
     a, b = chat.spans["assistant"]
     if fmt.eos_text and chat.text.startswith(fmt.eos_text, b):
         b += len(fmt.eos_text)
@@ -41,15 +49,20 @@ def student_sft_example(fmt: RLTFormat, row: Row) -> tuple[list[int], list[bool]
 
 
 def build_examples(fmt: RLTFormat, rows: Sequence[Row], role: str, max_tokens: int) -> SFTExamples:
-    """Examples for ``role`` 'teacher' or 'student'; rows without a trace, over ``max_tokens`` or with nothing
-    to learn are skipped and counted, never fatal."""
+    """Examples for ``role`` 'teacher' or 'student'; rows over ``max_tokens`` or with nothing to learn are
+    skipped and counted, never fatal; rows without a trace use the solution as the trace (counted)."""
     out = SFTExamples()
     for row in rows:
+        explanation, fallback = trace_explanation(fmt, row)
         try:
-            ids, mask = sft_example(fmt, row) if role == "teacher" else student_sft_example(fmt, row)
-        except FormatError:
-            out.skip("no reasoning trace")
+            if role == "teacher":
+                ids, mask = sft_example(fmt, row, explanation)
+            else:
+                ids, mask = student_sft_example(fmt, row, explanation)
+        except FormatError as exc:
+            out.skip(str(exc))
             continue
+        out.solution_as_trace += fallback
         if len(ids) > max_tokens:
             out.skip(f"longer than sft.max_seq_tokens={max_tokens}")
             continue

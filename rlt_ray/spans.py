@@ -9,6 +9,13 @@ Rules (fixing the reference's §8.9-8.11 traps):
   text before and after the explanation span, so both sides score the same tokens by construction (and it is
   checked). The solution span comes from the offsets of the text after the explanation, so a copy of the solution
   inside the explanation can never be taken for it.
+
+Which tokens are scored follows the reference by default (METHOD.md §3.3 step 5; options in config `reward`):
+- ``solution_span="padded"``: the solution with its padding on both sides (the reference's ``solutions_content``);
+  ``"bare"``: the solution text only.
+- ``explanation_span="with_prompt_pad"``: the explanation starts with the padding that ends the RL prompt (the
+  reference's think span starts with it, so those prompt tokens enter r_KL); ``"sampled"``: sampled tokens only.
+A token merged by BPE across a tag's edge belongs to neither side, as the reference's edge trimming drops it.
 """
 
 from __future__ import annotations
@@ -82,7 +89,8 @@ class RewardSequence:
     student_explanation: tuple[int, int]
     student_solution: tuple[int, int]
     matched: bool  # the explanation's closing tag was generated
-    explanation: str  # the explanation text the student saw
+    explanation: str  # the explanation text the student saw (sampled tokens only)
+    prompt_pad_tokens: int = 0  # how many scored explanation tokens are the RL prompt's trailing padding
 
     def check(self) -> None:
         t0, t1 = self.teacher_explanation
@@ -91,7 +99,8 @@ class RewardSequence:
             raise AlignmentError("teacher and student explanation tokens differ")
         a, b = self.student_solution
         if b <= a:
-            raise AlignmentError("empty solution span")
+            raise AlignmentError("the solution span holds no whole token (an empty solution, or one merged into "
+                                 "its tags)")
 
 
 def completion_explanation_length(tokenizer: Any, fmt: RLTFormat, completion_ids: Sequence[int]) -> tuple[int, bool]:
@@ -110,12 +119,45 @@ def completion_explanation_length(tokenizer: Any, fmt: RLTFormat, completion_ids
     return n, False
 
 
+def trailing_pad_tokens(offsets: Sequence[tuple[int, int]], end: int, pad: str) -> int:
+    """How many of the last tokens lie wholly inside the padding that ends at character ``end``."""
+    k = 0
+    for s, e in reversed(offsets):
+        if e <= s:
+            break
+        if s < end - len(pad) or e > end:
+            break
+        k += 1
+    return k
+
+
+def prompt_pad_tokens(tokenizer: Any, prompt_ids: Sequence[int], pad: str) -> int:
+    """How many of the prompt's last tokens spell (the end of) the padding that closes it; a token merged with
+    the tag before the padding is not counted. Decodes only the last few tokens."""
+    k = 0
+    while k < min(len(pad), len(prompt_ids)):
+        tail = tokenizer.decode(list(prompt_ids[len(prompt_ids) - k - 1:]), skip_special_tokens=False)
+        if not (tail and pad.endswith(tail)):
+            break
+        k += 1
+    return k
+
+
+def common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    k = 0
+    while k < min(len(a), len(b)) and a[len(a) - 1 - k] == b[len(b) - 1 - k]:
+        k += 1
+    return k
+
+
 def build_reward_sequence(
     row: Row,
     prompt_ids: Sequence[int],
     completion_ids: Sequence[int],
     teacher_fmt: RLTFormat,
     student_fmt: RLTFormat,
+    solution_span: str = "padded",
+    explanation_span: str = "with_prompt_pad",
 ) -> RewardSequence:
     """The teacher and student token sequences for one sampled completion (see the module doc)."""
     tok = teacher_fmt.tokenizer
@@ -125,19 +167,33 @@ def build_reward_sequence(
     chat = student_fmt.student_chat(row, explanation)
     e0, e1 = chat.spans["explanation"]
     s0, s1 = chat.spans["solution"]
-    head_ids, _ = encode_with_offsets(student_fmt.tokenizer, chat.text[:e0])
+    if solution_span == "padded":  # the reference's solutions_content: padding + solution + padding
+        s0, s1 = s0 - len(student_fmt.pad), s1 + len(student_fmt.pad)
+    elif solution_span != "bare":
+        raise ValueError(f"reward.solution_span: {solution_span!r} is not one of ['padded', 'bare']")
+    head_ids, head_offsets = encode_with_offsets(student_fmt.tokenizer, chat.text[:e0])
     tail_ids, tail_offsets = encode_with_offsets(student_fmt.tokenizer, chat.text[e1:])
     a, b = span_token_range(tail_offsets, (s0 - e1, s1 - e1))
+    k = 0
+    if explanation_span == "with_prompt_pad":
+        # The padding's tokens at the end of the teacher prompt and after the student's open tag; both sides
+        # score the same ids, so a padding that tokenises differently on the two sides keeps only what they share.
+        k_teacher = prompt_pad_tokens(tok, prompt_ids, teacher_fmt.pad)
+        k_student = trailing_pad_tokens(head_offsets, e0, student_fmt.pad)
+        k = common_suffix(list(prompt_ids[len(prompt_ids) - k_teacher:]), head_ids[len(head_ids) - k_student:])
+    elif explanation_span != "sampled":
+        raise ValueError(f"reward.explanation_span: {explanation_span!r} is not one of ['with_prompt_pad', 'sampled']")
     base = len(head_ids) + len(expl_ids)
     p = len(prompt_ids)
     seq = RewardSequence(
         teacher_ids=list(prompt_ids) + list(completion_ids),
-        teacher_explanation=(p, p + n_expl),
+        teacher_explanation=(p - k, p + n_expl),
         student_ids=head_ids + expl_ids + tail_ids,
-        student_explanation=(len(head_ids), base),
+        student_explanation=(len(head_ids) - k, base),
         student_solution=(base + a, base + b),
         matched=matched,
         explanation=explanation,
+        prompt_pad_tokens=k,
     )
     seq.check()
     return seq

@@ -19,7 +19,7 @@ def test_teacher_mask_is_explanation_close_tag_and_end_of_turn(fmt):
 
 
 def test_student_mask_is_the_assistant_turn(fmt):
-    ids, mask = student_sft_example(fmt, ROW)
+    ids, mask = student_sft_example(fmt, ROW, fmt.reference_explanation(ROW))
     text = _masked_text(fmt, ids, mask)
     assert text.startswith(fmt.think[0]) and text.endswith(fmt.solution[1] + fmt.eos_text)
     assert "2 + 3 = 5." in text and "\\boxed{5}" in text and "What is" not in text
@@ -28,8 +28,26 @@ def test_student_mask_is_the_assistant_turn(fmt):
 def test_bad_rows_are_skipped_and_counted(fmt):
     rows = [ROW, Row(question="q", solution="s"), Row(question="x " * 500, solution="s", reasoning_trace="t")]
     ex = build_examples(fmt, rows, "teacher", 300)
-    assert len(ex.ids) == 1
-    assert ex.skipped == {"no reasoning trace": 1, "longer than sft.max_seq_tokens=300": 1}
+    assert len(ex.ids) == 2 and ex.solution_as_trace == 1
+    assert ex.skipped == {"longer than sft.max_seq_tokens=300": 1}
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_a_row_without_trace_uses_its_solution_as_the_trace(fmt, role):
+    # the reference's custom rows: line.get("reasoning_trace", solution)
+    row = Row(question="q?", solution="It is 7.")
+    ex = build_examples(fmt, [row], role, 10_000)
+    assert ex.solution_as_trace == 1
+    text = _masked_text(fmt, ex.ids[0], ex.masks[0])
+    assert text.count("It is 7.") == (1 if role == "teacher" else 2)  # the student also learns the solution
+
+
+def test_student_sft_text_is_the_bespoke_assistant_turn(fmt):
+    # the trace keeps its padding before the close tag, byte for byte the Bespoke-Stratos layout
+    ids, mask = student_sft_example(fmt, ROW, fmt.reference_explanation(ROW))
+    assert _masked_text(fmt, ids, mask) == (
+        "<|begin_of_thought|>\n\n2 + 3 = 5.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n"
+        "The final answer is \\boxed{5}.\n\n<|end_of_solution|>" + fmt.eos_text)
 
 
 def test_epoch_batches_are_full_seeded_and_reshuffled():

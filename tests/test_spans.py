@@ -19,10 +19,15 @@ def encode(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+# The sampled-token mechanics, on the non-default spans (the bare solution, the sampled explanation tokens only);
+# the reference's default spans are pinned in test_reward_fidelity.py.
+BARE = {"solution_span": "bare", "explanation_span": "sampled"}
+
+
 def make(fmt, tok, completion_text, eos=True, row=ROW):
     prompt_ids = encode(tok, fmt.teacher_prompt(row))
     comp = encode(tok, completion_text) + ([tok.eos_token_id] if eos else [])
-    return prompt_ids, comp, build_reward_sequence(row, prompt_ids, comp, fmt, fmt)
+    return prompt_ids, comp, build_reward_sequence(row, prompt_ids, comp, fmt, fmt, **BARE)
 
 
 def test_straddling_tokens_belong_to_neither_side():
@@ -94,7 +99,7 @@ def test_bpe_merge_at_the_close_tag_does_not_shift_the_span(fmt, tok):
     # token is not explanation, and both sides still agree.
     merged = encode(tok, "Twelve") + encode(tok, " threes.\n\n<|") + encode(tok, "end_of_explanation|>")
     prompt_ids = encode(tok, fmt.teacher_prompt(ROW))
-    seq = build_reward_sequence(ROW, prompt_ids, merged, fmt, fmt)
+    seq = build_reward_sequence(ROW, prompt_ids, merged, fmt, fmt, **BARE)
     assert seq.matched
     t0, t1 = seq.teacher_explanation
     assert CLOSE not in tok.decode(seq.teacher_ids[t0:t1])
