@@ -26,13 +26,27 @@ class ActorSlots:
     """A fixed number of actor slots. A dead actor is replaced in its slot by a new one (a new name, since a
     named actor's name stays taken until it is gone); ``generation`` counts the replacements."""
 
-    def __init__(self, make: Callable[[int, int], Any], count: int):
-        import ray
-
-        self.make = make
+    def __init__(self, make: Callable[[int, int], Any], count: int, kind: str = "actor",
+                 ready_timeout_s: float = 900.0):
+        self.make, self.kind, self.ready_timeout_s = make, kind, ready_timeout_s
         self.generation = [0] * count
         self.actors = [make(i, 0) for i in range(count)]
-        ray.get([a.ready.remote() for a in self.actors])
+        for i in range(count):
+            self._wait_ready(i)
+
+    def _wait_ready(self, i: int) -> None:
+        """Wait for slot i's actor to start, at most ready_timeout_s (a model that never loads, a GPU that never
+        frees, a placement that cannot be met), naming it."""
+        import ray
+
+        try:
+            ray.get(self.actors[i].ready.remote(), timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            from rlt_ray.cluster import RunStopped
+
+            raise RunStopped(f"{self.kind} {i} (generation {self.generation[i]}) was not ready after "
+                             f"{self.ready_timeout_s:.0f} s: its resources may be missing, or its model may not "
+                             f"load (see its log in the Ray dashboard)") from None
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -49,7 +63,7 @@ class ActorSlots:
             pass
         self.generation[i] += 1
         self.actors[i] = self.make(i, self.generation[i])
-        ray.get(self.actors[i].ready.remote())
+        self._wait_ready(i)
         return self.actors[i]
 
     def kill_all(self) -> None:

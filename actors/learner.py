@@ -128,40 +128,51 @@ class LearnerRank:
         dtype = self.cfg.model.dtype
         return {n: (tuple(getattr(p, "ds_shape", p.shape)), dtype) for n, p in self.hf_model.named_parameters()}
 
-    def export_weights(self, layout: list) -> list | None:
-        """Object-store sync: rank 0 packs the buckets and puts each in the object store once."""
-        from rlt_ray.weight_sync import pack
+    def _send_buckets(self, layout: list, device, send) -> int:
+        """Gather (ZeRO-3), pack and ``send`` each bucket of ``layout``, one at a time: every rank must call this
+        (the gathers are collective); only rank 0 packs and sends. Returns the peak bytes of packed buckets alive
+        at once (rank 0)."""
+        from rlt_ray.weight_sync import BufferMeter, pack_bucket
 
-        with self._gathered(self.hf_model.parameters()):
-            if self.rank != 0:
-                return None
-            buckets = pack(dict(self.hf_model.named_parameters()), layout, "cpu")
-            return [ray.put(b.numpy()) for b in buckets]
+        params = dict(self.hf_model.named_parameters())
+        meter = BufferMeter()
+        for metas in layout:
+            with self._gathered([params[name] for name, *_ in metas]):
+                if self.rank == 0:
+                    send(meter.track(pack_bucket(params, metas, device)))
+        return meter.peak
+
+    def export_weights(self, layout: list) -> tuple[list, int] | None:
+        """Object-store sync: rank 0 gathers, packs and puts each bucket in the object store, one at a time;
+        returns (bucket refs, peak bytes of packed buckets alive at once)."""
+        refs: list = []
+        peak = self._send_buckets(layout, "cpu", lambda flat: refs.append(ray.put(flat.numpy())))
+        return (refs, peak) if self.rank == 0 else None
 
     def join_sync_group(self, backend: str, host: str, port: int, rank: int, world: int, timeout_s: float):
         from rlt_ray.weight_sync import open_group
 
         self.sync_group = open_group(backend, host, port, rank, world, timeout_s)
 
-    def broadcast_weights(self, layout: list) -> None:
-        """Collective sync: rank 0 broadcasts every bucket to the engines (gloo here, nccl on GPU)."""
-        from rlt_ray.weight_sync import broadcast, pack
+    def broadcast_weights(self, layout: list) -> int | None:
+        """Collective sync: rank 0 gathers, packs and broadcasts each bucket to the engines (gloo here, nccl on
+        GPU), one at a time; returns the peak bytes of packed buckets alive at once."""
+        from rlt_ray.weight_sync import broadcast
 
-        with self._gathered(self.hf_model.parameters()):
-            if self.rank != 0:
-                return
-            device = self.device if self.cfg.resources.backend == "nccl" else "cpu"
-            for flat in pack(dict(self.hf_model.named_parameters()), layout, device):
-                broadcast(self.sync_group, flat)
+        device = self.device if self.cfg.resources.backend == "nccl" else "cpu"
+        peak = self._send_buckets(layout, device, lambda flat: broadcast(self.sync_group, flat))
+        return peak if self.rank == 0 else None
 
     def leave_sync_group(self) -> None:
         self.sync_group = None
 
     # -- the step -----------------------------------------------------------------------------------------
 
-    def completion_logprobs(self, rollout_refs: Sequence[ray.ObjectRef], temperature: float) -> dict[int, np.ndarray]:
-        """Policy log-probs of the completion tokens of this rank's shard (index over the whole step → array):
-        the teacher term of the reward when reward.teacher_logprobs_from=learner."""
+    def completion_logprobs(self, rollout_refs: Sequence[ray.ObjectRef], temperature: float,
+                            prompt_tail: int = 0) -> dict[int, np.ndarray]:
+        """Policy log-probs of this rank's shard (index over the whole step → array): the teacher term of the
+        reward when reward.teacher_logprobs_from=learner. Each array holds the log-probs of the prompt's last
+        ``prompt_tail`` tokens (the padding the reference's explanation span starts with), then the completion's."""
         from rlt_ray.batch import concat_rollouts, micro_batches, policy_tensors, rank_shard
 
         batch = concat_rollouts(ray.get(list(rollout_refs)))
@@ -172,9 +183,34 @@ class LearnerRank:
         with torch.no_grad():
             for idx in micro_batches(mine, lengths, self.cfg.learner.micro_batch_size):
                 ids, attn, mask, _ = policy_tensors(batch, idx, self.pad_id, self.device)
+                for row, i in enumerate(idx):
+                    p = len(batch["prompt_ids"][i // batch["n"]])
+                    mask[row, max(1, p - prompt_tail):p] = True
                 lp = self.engine(ids, attn, mask, float(temperature)).cpu()
                 for row, i in enumerate(idx):
                     out[i] = lp[row][mask[row].cpu()].numpy()
+        self.engine.train()
+        return out
+
+    def prompt_tail_logprobs(self, prompts: Sequence[Sequence[int]], tail: int,
+                             temperature: float) -> dict[bytes, np.ndarray]:
+        """{prompt key: policy log-probs of its last ``tail`` tokens} for this rank's share of ``prompts`` (the
+        teacher side of the padding that ends the RL prompt, with reward.teacher_logprobs_from=rollout: vLLM gives
+        prompt log-probs only at temperature 1). One forward per prompt, the same count on every rank (ZeRO-3)."""
+        from rlt_ray.logprobs import pad_batch
+        from rlt_ray.scoring import prompt_key
+
+        per = -(-len(prompts) // self.world)
+        mine = [(self.rank + self.world * j) % len(prompts) for j in range(per)]
+        out = {}
+        self.engine.eval()
+        with torch.no_grad():
+            for i in mine:
+                ids, attn = pad_batch([list(prompts[i])], self.pad_id, self.device)
+                mask = torch.zeros_like(ids, dtype=torch.bool)
+                mask[0, max(1, len(prompts[i]) - tail):] = True
+                lp = self.engine(ids, attn, mask, float(temperature)).cpu()
+                out[prompt_key(prompts[i])] = lp[0][mask[0].cpu()].numpy()
         self.engine.train()
         return out
 
@@ -289,6 +325,8 @@ class LearnerRank:
                 ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature)
         loss, m = policy_loss(logp, mask, advantages[idx].to(self.device), ref_logp, g.beta, g.loss_aggregation,
                               old if g.clip_eps is not None else None, g.clip_eps, denominator)
+        if self.cfg.run.fault_injection == f"nan_loss@{self.optimizer_steps}":  # tests only (rlt_ray.config)
+            loss = loss * float("nan")
         self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales
         self.engine.step()  # steps the optimizer at the accumulation boundary only
         self.sums["loss"] += float(loss.detach())

@@ -8,13 +8,13 @@ extension) after checking their names, shapes and dtypes.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import ray
-import torch
 
 from actors import actor_options
 from rlt_ray.weight_sync import check_layout
@@ -44,6 +44,22 @@ class RolloutWorker:
         self.llm = build_llm(model, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
                              worker_extension_cls="rlt_ray.engine.WeightUpdateExtension")
         self.spec = parameter_spec(model, cfg.model.dtype)
+        threading.Thread(target=self._watch_engine_core, daemon=True, name="rlt-engine-watchdog").start()
+
+    def _watch_engine_core(self) -> None:
+        """vllm 0.32: when a multi-process engine core dies, the client marks itself dead and stops its output
+        thread, but a caller already waiting in get_output() is never woken: LLMEngine.step() blocks forever
+        (a training step hung for 10 minutes). This puts vLLM's own EngineDeadError into that queue, so the
+        step raises and the controller replaces the worker (rlt_ray.cluster.worker_lost)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        resources, queue = getattr(core, "resources", None), getattr(core, "outputs_queue", None)
+        if resources is None or queue is None:  # in-process engine: nothing to watch
+            return
+        while not getattr(resources, "engine_dead", False):
+            time.sleep(1.0)
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        queue.put_nowait(EngineDeadError("the engine core process died"))
 
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "version": self.version, "pid": os.getpid()}
@@ -51,34 +67,34 @@ class RolloutWorker:
     def weight_spec(self) -> dict:
         return self.spec
 
-    def load_weights(self, version: int, layout: list, bucket_refs: Sequence[ray.ObjectRef]) -> float:
-        """Object-store sync: one call with every bucket's ref. Checked before the engine sees anything."""
+    def load_weights(self, version: int, layout: list, bucket_refs: Sequence[ray.ObjectRef]) -> dict[str, float]:
+        """Object-store sync: one call with every bucket's ref. Checked before the engine sees anything. An
+        in-process engine fetches each bucket (the store's zero-copy buffer) only when its loader reaches it; a
+        multi-process engine's RPC needs every bucket's bytes at once."""
         t0 = time.perf_counter()
         check_layout(self.spec, layout)
-        buckets = ray.get(list(bucket_refs))
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
-            # the engine lives in this process: hand it the object store's zero-copy buffers (read-only; the
-            # reload only reads them)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                payload = [torch.frombuffer(memoryview(b), dtype=torch.uint8) for b in buckets]
+            payload = list(bucket_refs)  # the engine lives in this process and can read the object store
         else:
-            # tensors would arrive as lists through a multi-process engine's RPC: send bytes
-            payload = [memoryview(b).tobytes() for b in buckets]
-        self.llm.collective_rpc("rlt_load", args=(layout, payload))
+            payload = [memoryview(b).tobytes() for b in ray.get(list(bucket_refs))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch.frombuffer on the store's read-only buffers
+            peak = self.llm.collective_rpc("rlt_load", args=(layout, payload))[0]
+        if payload and isinstance(payload[0], bytes):
+            peak = max(peak, sum(len(b) for b in payload))  # every bucket crossed the RPC at once
         self._loaded(version)
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "peak_buffer_bytes": peak}
 
     def join_sync_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
         self.llm.collective_rpc("rlt_join_group", args=(backend, host, port, rank_offset, world, timeout_s))
 
-    def receive_weights(self, version: int, layout: list) -> float:
-        """Collective sync: receive learner rank 0's broadcast of every bucket, then reload."""
+    def receive_weights(self, version: int, layout: list) -> dict[str, float]:
+        """Collective sync: receive learner rank 0's broadcast, one bucket at a time as the loader needs it."""
         t0 = time.perf_counter()
         check_layout(self.spec, layout)
-        self.llm.collective_rpc("rlt_receive", args=(layout,))
+        peak = max(self.llm.collective_rpc("rlt_receive", args=(layout,)))
         self._loaded(version)
-        return time.perf_counter() - t0
+        return {"seconds": time.perf_counter() - t0, "peak_buffer_bytes": peak}
 
     def leave_sync_group(self) -> None:
         self.llm.collective_rpc("rlt_leave_group")
@@ -152,6 +168,8 @@ class RolloutWorker:
         order; ``prompt_index`` says which of ``prompt_ids`` each group answers. Each chunk's ``seconds`` runs
         from the call's start."""
         self._check_version(version)
+        if self.cfg.run.fault_injection == f"rollout_error@{self.version}":  # tests only (rlt_ray.config)
+            raise RuntimeError(f"injected fault: rollout worker {self.index} fails sampling with version {version}")
         t0 = time.perf_counter()
         n = int(self.cfg.rollout.n)
         done: list = []

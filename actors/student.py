@@ -41,52 +41,85 @@ class StudentScorer:
 
     def score(self, rows: Sequence[Any], rollout: dict[str, Any],
               teacher_logprobs: Optional[Sequence[Any]] = None, offset: int = 0,
-              skip_errors: bool = False) -> dict[str, Any]:
+              prompt_tails: Optional[Sequence[Any]] = None, explanation_span: Optional[str] = None) -> dict[str, Any]:
         """Reward parts for every completion of ``rollout`` (rows[j] is prompt j's row).
 
         teacher_logprobs: None uses the rollout's processed log-probs; otherwise the refs the learner ranks
-        returned (rlt_ray.batch order over the whole step), of which this rollout is [offset, offset + len).
-        skip_errors: a completion that cannot be aligned is reported in ``errors`` and gets NaN parts instead
-        of failing the batch (distillation; training fails loudly)."""
-        from rlt_ray.scoring import score_sequences
+        returned (rlt_ray.batch order over the whole step), of which this rollout is [offset, offset + len); each
+        array holds the last prompt tokens' log-probs first, then the completion's.
+        prompt_tails: with rollout log-probs and reward.explanation_span=with_prompt_pad, refs of the learners'
+        {prompt key: log-probs of the prompt's last tokens} (rlt_ray.scoring.prompt_key), for the padding that
+        ends the prompt. explanation_span: None takes the config's.
+        A sample that cannot be scored (alignment, a non-finite reward) gets rlt_ray.rewards.penalty_parts with
+        the total of rlt_ray.rewards.unscorable_totals (below its group's worst), is flagged in ``failed`` and
+        reported in ``errors``; the batch goes on."""
+        from rlt_ray.rewards import penalty_parts, unscorable_totals
+        from rlt_ray.scoring import prompt_key, score_sequences
         from rlt_ray.spans import build_reward_sequence
 
         t0 = time.perf_counter()
         n = int(rollout["n"])
         completions = rollout["completion_ids"]
+        span = explanation_span or self.cfg.reward.explanation_span
+        tails: dict = {}
         if teacher_logprobs is None:
             completion_lp = rollout["logprobs"]
+            for part in ray.get(list(prompt_tails or [])):
+                tails.update(part)
         else:
             merged: dict[int, np.ndarray] = {}
             for part in ray.get(list(teacher_logprobs)):
                 merged.update(part)
-            completion_lp = [merged[offset + i] for i in range(len(completions))]
+            completion_lp = []
+            for i, comp in enumerate(completions):
+                both = np.asarray(merged[offset + i])
+                head = len(both) - len(comp)
+                completion_lp.append(both[head:])
+                tails[(i // n, "learner", i)] = both[:head]
         seqs, teacher_expl, kept, errors = [], [], [], []
         for i, comp in enumerate(completions):
             prompt = rollout["prompt_ids"][i // n]
+            row = rows[i // n]
             try:
-                seq = build_reward_sequence(rows[i // n], prompt, [int(t) for t in comp], self.teacher_fmt,
-                                            self.student_fmt)
-            except Exception as exc:
-                if not skip_errors:
-                    raise
-                errors.append({"completion": i, "row": getattr(rows[i // n], "id", None), "error": repr(exc)})
+                seq = build_reward_sequence(row, prompt, [int(t) for t in comp], self.teacher_fmt, self.student_fmt,
+                                            self.cfg.reward.solution_span, span)
+                k = seq.prompt_pad_tokens
+                tail = tails.get((i // n, "learner", i), tails.get(prompt_key(prompt))) if k else np.zeros(0)
+                if tail is None or len(tail) < k:
+                    raise ValueError(f"no teacher log-probs for the prompt's last {k} tokens (the padding the "
+                                     f"explanation span starts with; reward.explanation_span={span})")
+                b = seq.teacher_explanation[1] - len(prompt)
+                if len(completion_lp[i]) < b:
+                    raise ValueError(f"teacher log-probs cover {len(completion_lp[i])} completion tokens, the "
+                                     f"explanation has {b}")
+                lp = np.concatenate([np.asarray(tail)[len(tail) - k:], np.asarray(completion_lp[i])[:b]])
+            except Exception as exc:  # one odd sample never ends a run: it gets the penalty reward
+                errors.append({"completion": i, "row": getattr(row, "id", None),
+                               "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            a, b = seq.teacher_explanation
             seqs.append(seq)
             kept.append(i)
-            teacher_expl.append(torch.tensor(np.asarray(completion_lp[i][a - len(prompt): b - len(prompt)])))
-        out: dict[str, Any] = {}
+            teacher_expl.append(torch.tensor(lp, dtype=torch.float32))
+        penalty = penalty_parts(self.spec, len(completions))
+        out: dict[str, Any] = {k: v.cpu().numpy().astype(np.float32) for k, v in penalty.items()}
+        failed = np.ones(len(completions), dtype=bool)
         if seqs:
             parts = score_sequences(self.student, seqs, teacher_expl, self.spec, self.pad_id,
-                                    self.student_temperature, device=self.device)
-            for k, v in parts.items():
-                full = np.full(len(completions), np.nan, dtype=np.float32)
-                full[kept] = v.cpu().numpy()
-                out[k] = full
+                                    self.student_temperature, self.cfg.reward.max_batch_tokens, device=self.device)
+            finite = torch.isfinite(parts["total"]).cpu().numpy()
+            for j in np.flatnonzero(~finite):
+                errors.append({"completion": kept[j], "row": getattr(rows[kept[j] // n], "id", None),
+                               "error": "non-finite reward"})
+            good = [i for i, f in zip(kept, finite) if f]
+            for key, v in parts.items():
+                out[key][good] = v.cpu().numpy()[finite]
+            failed[good] = False
+        out["total"] = unscorable_totals(torch.from_numpy(out["total"]), torch.from_numpy(failed), n,
+                                         self.spec.not_matched_penalty, float(penalty["total"][0])).numpy()
         explanations: list[Optional[str]] = [None] * len(completions)
         for i, s in zip(kept, seqs):
             explanations[i] = s.explanation
+        out["failed"] = failed
         out["explanations"] = explanations
         out["errors"] = errors
         out["scorer"] = self.index

@@ -32,7 +32,7 @@ def choose(scored: dict[str, Any], row_index: int, k: int, keep: str) -> list[in
     if totals is None:
         return []
     closed = [j for j in range(k) if scored["match"][row_index * k + j] == 0.0
-              and np.isfinite(totals[row_index * k + j])]
+              and not scored["failed"][row_index * k + j]]
     if keep == "all" or not closed:
         return closed
     return [max(closed, key=lambda j: totals[row_index * k + j])]
@@ -109,7 +109,11 @@ def main(argv: list[str]) -> int:
                 parts = [p for p in np.array_split(np.arange(len(prompts)), len(workers)) if len(p)]
                 generated = [w.generate.remote([prompts[j] for j in part], step_seeds(cfg.run.seed, 0, [indices[j] for j in part]),
                                                0, dc.k) for w, part in zip(workers, parts)]
-                scored = [scorers[n % len(scorers)].score.remote([rows_in[j] for j in part], ref, None, 0, True)
+                # the prompt's closing padding is left out of the explanation span here: its teacher log-probs
+                # would need an HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1),
+                # and it is the same for every candidate of a row (docs/design.md)
+                scored = [scorers[n % len(scorers)].score.remote([rows_in[j] for j in part], ref,
+                                                                 explanation_span="sampled")
                           for n, (ref, part) in enumerate(zip(generated, parts))]
                 records, rows_done = [], 0
                 for part, result in zip(parts, ray.get(scored)):

@@ -15,6 +15,7 @@ the clipped importance ratio in the loss).
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -84,6 +85,12 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     return m
 
 
+def prompt_tail_tokens(cfg) -> int:
+    """How many of the prompt's last tokens may belong to the explanation span: those of the padding that ends
+    the RL prompt (reward.explanation_span=with_prompt_pad; a token is at least one character)."""
+    return len(cfg.format.padding) if cfg.reward.explanation_span == "with_prompt_pad" else 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -91,7 +98,7 @@ def _raise_interrupt(signum, frame):
 def learner_get(ray, refs, step: int, out: Path):
     """The learners' results; a dead rank stops the run with the checkpoint to resume from."""
     from rlt_ray.checkpoint import latest
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.cluster import LearnerLost
 
     try:
         # one at a time: the survivors of a dead rank may hang in a collective, so never wait for all first
@@ -104,7 +111,7 @@ def learner_get(ray, refs, step: int, out: Path):
         last = latest(out)
         where = (f"resume from {last} (run.resume_from={last} or run.resume_from=latest)" if last
                  else "no checkpoint was written yet: start again")
-        raise RunStopped(f"a learner rank died during step {step + 1} ({type(exc).__name__}); the run stops "
+        raise LearnerLost(f"a learner rank died during step {step + 1} ({type(exc).__name__}); the run stops "
                          f"because DeepSpeed ranks cannot be replaced one by one: {where}") from None
 
 
@@ -164,7 +171,8 @@ class BatchFeed:
 
 
 def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log,
-                       feed: BatchFeed | None = None, learner_version: int | None = None) -> list[dict[str, Any]]:
+                       feed: BatchFeed | None = None, learner_version: int | None = None,
+                       prompt_tails: list | None = None) -> list[dict[str, Any]]:
     """Stages 2-4 (and, given a ``feed``, 5) of a step, streamed: each worker samples its groups in one engine
     batch and hands them over ``rollout.stream_groups`` at a time as they finish (0: all at once); each chunk is
     scored as soon as it arrives, and a scored chunk goes straight into ``feed``. Learner teacher log-probs need
@@ -173,9 +181,12 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
     The workers sample with weights ``version``. A worker that dies is replaced, brought to the learner's weights
     BEFORE it samples (a fresh engine holds the weights on disk), and samples only the groups it had not handed
     over; ``learner_version`` is the version that sync delivers (off-policy prefetch: the one this step's learning,
-    queued before the sync on the learners, ends at). A dead scorer's chunk is scored again. Returns the chunks:
+    queued before the sync on the learners, ends at). A dead scorer's chunk is scored again. ``prompt_tails``: the
+    learners' refs of the prompts' closing-padding log-probs (reward.explanation_span=with_prompt_pad with
+    rollout log-probs). Returns the chunks:
     {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
     from rlt_ray.batch import step_seeds
+    from rlt_ray.cluster import worker_lost
     from rlt_ray.config import temperatures
 
     pending: dict[Any, tuple] = {}
@@ -190,7 +201,7 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
     def score(c):
         chunk, slot = chunks[c], c % len(scorers)
         chunk["scored"] = scorers[slot].score.remote([rows[i] for i in chunk["rows"]], chunk["ref"], teacher_lp,
-                                                     chunk["lp_offset"])
+                                                     chunk["lp_offset"], prompt_tails)
         pending[chunk["scored"]] = ("score", c, scorers.generation[slot])
 
     for k, shard in enumerate(shards):
@@ -206,7 +217,9 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
                 rollout = ray.get(ref)
             except StopIteration:
                 continue
-            except ray.exceptions.RayActorError as exc:
+            except Exception as exc:
+                if not worker_lost(exc):  # a bug or a bad input: the run stops, with a checkpoint
+                    raise
                 new = workers.replace(k)
                 sync.replace_worker(k, new)
                 stats = sync.sync(version if learner_version is None else learner_version)
@@ -228,7 +241,7 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
                 if cfg.reward.teacher_logprobs_from == "learner":
                     # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
                     teacher_lp = learners.call("completion_logprobs", [c["ref"] for c in chunks],
-                                               temperatures(cfg)["teacher"])
+                                               temperatures(cfg)["teacher"], prompt_tail_tokens(cfg))
                     offset = 0
                     for c, chunk in enumerate(chunks):
                         chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
@@ -237,7 +250,7 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
             c, generation = what
             try:
                 ray.get(ready)
-            except ray.exceptions.RayActorError as exc:
+            except ray.exceptions.RayActorError as exc:  # an error inside score() itself is a bug: it propagates
                 slot = c % len(scorers)
                 # the dead scorer held several chunks: replace it once, then score each of them on the new one
                 if scorers.generation[slot] == generation:
@@ -251,11 +264,28 @@ def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, 
     return chunks
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line: the exception (the original one, for an error raised inside an actor) and its message."""
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the actor's own exception
+    where = f" in {exc.function_name}" if cause is not None and getattr(exc, "function_name", None) else ""
+    err = cause if cause is not None else exc
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}{where}: {text[-1][:300] if text else ''}"
+
+
+def inject_fault(cfg, kind: str, step: int) -> None:
+    """Tests only (run.fault_injection, refused unless RLT_ALLOW_FAULT_INJECTION=1): fail here at this step."""
+    if cfg.run.fault_injection == f"{kind}@{step}":
+        raise RuntimeError(f"injected fault {kind} at step {step} (run.fault_injection)")
+
+
 def main(argv: list[str]) -> int:
     from rlt_ray.batch import sample_staleness
-    from rlt_ray.checkpoint import check_resume_compatible, read_state, resolve_resume, step_dir, write_state
-    from rlt_ray.cluster import connect_ray
-    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
+    from rlt_ray.checkpoint import (check_resume_compatible, latest, read_state, resolve_resume, step_dir,
+                                    write_state)
+    from rlt_ray.cluster import LearnerLost, RunStopped, connect_ray
+    from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
+    from rlt_ray.weight_sync import WorkersLost
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -299,10 +329,10 @@ def main(argv: list[str]) -> int:
         # named, so that operators (and the fault-injection tests) can find them: rlt:<run>:rollout:<i>[:r<n>]
         workers = ActorSlots(lambda i, g: RolloutWorker.options(
             name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
-        ).remote(cfg, i), cfg.rollout.num_workers)
+        ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
         scorers = ActorSlots(lambda i, g: StudentScorer.options(
             name=f"rlt:{run_name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
-            cfg.resources.scorer_workers)
+            cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
         sync = make_weight_sync(cfg.resources.weight_sync, learners, workers.actors, cfg.resources.sync_bucket_mb << 20,
                                 cfg.resources.backend, cfg.rollout.tensor_parallel_size)
         sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
@@ -319,34 +349,63 @@ def main(argv: list[str]) -> int:
         def shards(step: int) -> list:  # the step's questions over the workers; groups never straddle two
             return [s for s in np.array_split(np.asarray(order.step_indices(step)), len(workers)) if len(s)]
 
-        def stream(step: int, feed: BatchFeed | None = None, learner_version: int | None = None) -> list:
+        def synced(version: int):
+            """sync.sync, replacing workers whose actor or engine died during it (then syncing them all again)."""
+            for _ in range(2 * len(workers) + 1):
+                try:
+                    return sync.sync(version)
+                except WorkersLost as lost:
+                    for k in lost.indices:
+                        sync.replace_worker(k, workers.replace(k))
+                        log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
+                                  synced_to_version=version, error=str(lost), during="sync")
+            raise RunStopped(f"the weight sync to version {version} kept losing rollout workers")
+
+        def tails(step: int) -> list | None:
+            """Start the teacher log-probs of the step's prompts' closing padding (the reference's explanation
+            span starts with it; vLLM gives prompt log-probs only at temperature 1), with the weights the step's
+            samples are drawn with: call before any learning call of the step."""
+            if not prompt_tail_tokens(cfg) or cfg.reward.teacher_logprobs_from == "learner":
+                return None
+            return learners.call("prompt_tail_logprobs", [prompts[i] for i in order.step_indices(step)],
+                                 prompt_tail_tokens(cfg), temperatures(cfg)["teacher"])
+
+        def stream(step: int, step_tails: list | None, feed: BatchFeed | None = None,
+                   learner_version: int | None = None) -> list:
             return generate_and_score(ray, step, version, shards(step), prompts, rows, cfg, workers, scorers, sync,
-                                      learners, log, feed, learner_version)
+                                      learners, log, feed, learner_version, step_tails)
 
         batch_size = cfg.run.questions_per_step * cfg.rollout.n
         prefetched = None  # grpo.max_staleness=1: the next step's chunks, sampled while this step learns
+        nonfinite_in_a_row = 0
         for step in range(start, cfg.run.steps):
             t_step = time.perf_counter()
+            inject_fault(cfg, "controller_error", step)
             # 1. sync: workers sample with the learner's current weights
-            sync_stats = sync.sync(version) if sync.is_stale(version) else None
+            sync_stats = synced(version) if sync.is_stale(version) else None
 
-            feed = BatchFeed(learners, cfg, batch_size)
             if not cfg.grpo.max_staleness:
+                step_tails = tails(step)
+                feed = BatchFeed(learners, cfg, batch_size)
                 # 2-5. generate → (teacher log-probs →) score → learn, streamed: chunks of finished groups are
                 # scored as they arrive and go straight into gradient accumulation; one optimizer step per batch
                 in_flight = feed
-                chunks = stream(step, feed)
+                chunks = stream(step, step_tails, feed)
                 feed.finish()
             else:
                 # one-step off-policy: learn the samples drawn while the previous step learned (on the first step,
                 # and after a resume, draw them now), and meanwhile sample the next step's with these weights
-                chunks = prefetched or stream(step)
+                step_tails = None if prefetched else tails(step)
+                next_tails = tails(step + 1) if step + 1 < cfg.run.steps else None
+                chunks = prefetched or stream(step, step_tails)
+                feed = BatchFeed(learners, cfg, batch_size)
                 in_flight = feed
                 for chunk in chunks:
                     feed.add(chunk)
                 feed.all_generated(sum(c["tokens"] for c in chunks))
                 feed.finish()
-                prefetched = stream(step + 1, learner_version=step + 1) if step + 1 < cfg.run.steps else None
+                prefetched = (stream(step + 1, next_tails, learner_version=step + 1) if step + 1 < cfg.run.steps
+                              else None)
             learner_get(ray, feed.refs, step, out)
             trained = ray.get(feed.finish_refs)
             in_flight = None
@@ -360,26 +419,57 @@ def main(argv: list[str]) -> int:
             metrics["weights_version"] = float(version)
             metrics["staleness"] = float(staleness)
             metrics["chunks"] = float(len(chunks))  # hand-overs from the workers (rollout.stream_groups)
+            metrics["unscorable_samples"] = float(sum(len(part["errors"]) for part in scored))
+            for part in scored:  # samples that got the penalty reward, with the reason
+                for e in part["errors"]:
+                    log.event(step, "sample_unscorable", row=e["row"], error=e["error"])
             log.log(step, metrics)
             log.samples(step, sample_records(rows, chunks, scored))
+            skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))
             print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "
                   f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.3e}  "
-                  f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s", flush=True)
+                  f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s"
+                  + ("  SKIPPED (non-finite)" if skipped else ""), flush=True)
+            # a non-finite gradient makes DeepSpeed skip the optimizer step (the weights stay as they were)
+            nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
+            if skipped:
+                log.event(step, "step_skipped_nonfinite", loss=metrics["loss"], grad_norm=metrics["grad_norm"],
+                          in_a_row=nonfinite_in_a_row)
+            if nonfinite_in_a_row >= cfg.run.max_nonfinite_steps:
+                raise RunStopped(f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                                 f"(run.max_nonfinite_steps={cfg.run.max_nonfinite_steps}); steps {step + 2 - nonfinite_in_a_row}"
+                                 f"-{step + 1} were skipped")
 
             # 7. checkpoint: HF teacher + full training state; COMPLETE is written last
             every = cfg.run.checkpoint_every
             if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
                 checkpoint(step + 1)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `ray job stop`
-        if in_flight is not None:  # the learners are mid-step: let them finish the calls they have
-            learner_get(ray, in_flight.refs, step, out)
-            if in_flight.finish_refs is not None:  # the whole batch was in: the step is complete
-                version = step + 1
-            # else a partial batch: its accumulated gradients are dropped, the weights are still the last step's
-        log.event(version, "interrupted", completed_steps=version)
-        if cfg.run.checkpoint_on_interrupt and learners is not None and version > start:
-            checkpoint(version)
-        raise
+    except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, SIGTERM from `ray job stop`, or any failure
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        saved = None
+        if learners is not None and not isinstance(exc, LearnerLost):
+            try:
+                if in_flight is not None:  # the learners are mid-step: let them finish the calls they have
+                    learner_get(ray, in_flight.refs, step, out)
+                    if in_flight.finish_refs is not None:  # the whole batch was in: the step is complete
+                        version = step + 1
+                    # else a partial batch: its accumulated gradients are dropped, the weights are the last step's
+                if version > start and (cfg.run.checkpoint_on_interrupt or not interrupted):
+                    checkpoint(version)
+                    saved = step_dir(out, version)
+            except Exception as save_exc:  # the learners' state is unknown: keep the last good checkpoint
+                log.event(version, "checkpoint_failed", error=f"{type(save_exc).__name__}: {save_exc}")
+        if interrupted:
+            log.event(version, "interrupted", completed_steps=version)
+            raise
+        last = saved or latest(out)
+        log.event(version, "error", completed_steps=version, error=describe_error(exc),
+                  checkpoint=str(last) if last else None)
+        if isinstance(exc, RunStopped):
+            raise
+        where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"
+                 if last else "no checkpoint was written yet: start again")
+        raise RunStopped(f"step {step + 1} failed with {describe_error(exc)}; {where}") from exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

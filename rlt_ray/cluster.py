@@ -8,7 +8,31 @@ from typing import Callable
 
 
 class RunStopped(RuntimeError):
-    """The run cannot go on (e.g. a learner rank died); the message says what to do next."""
+    """The run cannot go on; the message says what to do next (which checkpoint resumes it)."""
+
+
+class LearnerLost(RunStopped):
+    """A learner rank died: its state is gone, so the last checkpoint is where the run resumes."""
+
+
+# vLLM's errors when its engine core process is gone: the actor lives on, but its engine never works again
+ENGINE_DEAD_ERRORS = ("EngineDeadError",)
+
+
+def worker_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the worker must be replaced: its actor died, or its vLLM engine core did (Ray
+    reports that as a RayTaskError wrapping vLLM's EngineDeadError). Any other error is the caller's."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return True
+    seen, cause = 0, exc
+    while cause is not None and seen < 10:  # the cause chain: RayTaskError.cause, __cause__, __context__
+        if type(cause).__name__ in ENGINE_DEAD_ERRORS:
+            return True
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+        seen += 1
+    return isinstance(exc, ray.exceptions.RayTaskError) and any(name in str(exc) for name in ENGINE_DEAD_ERRORS)
 
 
 def connect_ray():

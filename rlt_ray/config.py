@@ -84,6 +84,8 @@ class RolloutConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.45
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    max_num_seqs: Optional[int] = None  # vLLM's concurrent sequences; None: vLLM's default (the memory plan
+    # prints how many full-length sequences the KV cache holds)
     seed: int = 0
     # True: the engine runs inside the rollout actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0): starts in
     # seconds, decodes slower. False: vLLM's own engine-core process (the GPU default).
@@ -117,6 +119,7 @@ class RewardConfig:
     # padding that ends the RL prompt (its think span starts with that padding).
     solution_span: str = "padded"  # padded (reference) | bare: the solution text only
     explanation_span: str = "with_prompt_pad"  # with_prompt_pad (reference) | sampled: sampled tokens only
+    max_batch_tokens: int = 8192  # the scorer's packed micro-batches (padded tokens per student forward)
 
 
 @dataclass
@@ -162,6 +165,8 @@ class ResourcesConfig:
     weight_sync: str = "object_store"  # object_store | collective
     sync_bucket_mb: int = 256  # flat buckets of at most this size per weight sync
     placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group
+    ready_timeout_s: float = 900.0  # how long a rollout worker or scorer may take to start (load its model)
+    gpu_memory_gib: float = 80.0  # per GPU, for the memory plan (rlt_ray.memory) checked at start on GPUs
 
 
 @dataclass
@@ -176,6 +181,10 @@ class RunConfig:
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
     # run with a checkpoint of the completed steps
     max_nonfinite_steps: int = 3
+    # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
+    # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2). Refused unless
+    # the environment variable RLT_ALLOW_FAULT_INJECTION=1 is set, so a preset cannot turn it on by accident.
+    fault_injection: Optional[str] = None
 
 
 @dataclass
@@ -284,11 +293,12 @@ CHOICES = {
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s",
+    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib",
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
+    "reward.max_batch_tokens",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
@@ -373,6 +383,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
     if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
         raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
+    if cfg.run.fault_injection is not None:
+        import os
+        import re
+
+        if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
+            raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
+                              "RLT_ALLOW_FAULT_INJECTION=1 is set")
+        if not re.fullmatch(r"(rollout_error|controller_error|nan_loss)@\d+", cfg.run.fault_injection):
+            raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
+                              f"<rollout_error|controller_error|nan_loss>@<step>")
     tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
     if len(set(tags)) != 3 or not all(tags):
         raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")

@@ -96,15 +96,30 @@ class WeightUpdateExtension:
     def rlt_device(self) -> str:
         return str(next(self.model_runner.model.parameters()).device)
 
-    def rlt_load(self, layout, buckets) -> None:
-        """``buckets``: bytes (multi-process engines: RPC arguments are serialised) or uint8 tensors."""
-        from rlt_ray.weight_sync import unpack
+    def rlt_load(self, layout, buckets) -> int:
+        """``buckets``: one per layout entry, each bytes (multi-process engines: RPC arguments are serialised),
+        a uint8 tensor, or an object-store ref (in-process engines: fetched only when the loader reaches it).
+        Returns the peak bytes of bucket buffers alive at once."""
+        from rlt_ray.weight_sync import BufferMeter, unpack
 
-        named = []
-        for metas, data in zip(layout, buckets, strict=True):
-            flat = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            named.extend(unpack(metas, flat))
-        self._rlt_reload(named)
+        meter = BufferMeter()
+
+        def named():
+            for i, metas in enumerate(layout):
+                data = buckets[i]
+                if not isinstance(data, (bytes, bytearray, memoryview, torch.Tensor)):  # an ObjectRef
+                    import ray
+
+                    data = torch.frombuffer(memoryview(ray.get(data)), dtype=torch.uint8)
+                flat = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                views = unpack(metas, flat)
+                meter.track(flat, [t for _, t in views])
+                del data, flat
+                while views:  # hand each view over and forget it, so only the loader can keep it alive
+                    yield views.pop(0)
+
+        self._rlt_reload(named())
+        return meter.peak
 
     def rlt_join_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
         from rlt_ray.weight_sync import open_group
@@ -113,20 +128,34 @@ class WeightUpdateExtension:
         self._rlt_group = open_group(backend, host, port, rank_offset + int(getattr(self, "rank", 0)), world,
                                      timeout_s)
 
-    def rlt_receive(self, layout) -> None:
-        from rlt_ray.weight_sync import broadcast, bucket_nbytes, unpack
+    def rlt_receive(self, layout) -> int:
+        """Receive learner rank 0's broadcast of each bucket only when the loader reaches it; returns the peak
+        bytes of bucket buffers alive at once."""
+        from rlt_ray.weight_sync import BufferMeter, broadcast, bucket_nbytes, unpack
 
         device = self.rlt_device()
-        named = []
-        for metas in layout:
-            flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
-            broadcast(self._rlt_group, flat)
-            named.extend(unpack(metas, flat))
-        self._rlt_reload(named)
+        meter = BufferMeter()
+
+        def named():
+            for metas in layout:
+                flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
+                broadcast(self._rlt_group, flat)
+                views = unpack(metas, flat)
+                meter.track(flat, [t for _, t in views])
+                del flat
+                while views:  # hand each view over and forget it, so only the loader can keep it alive
+                    yield views.pop(0)
+
+        self._rlt_reload(named())
+        return meter.peak
 
     def rlt_leave_group(self) -> None:
         self._rlt_group = None
 
     def _rlt_reload(self, named) -> None:
+        """vLLM's in-place reload reading ``named`` lazily: a bucket is fetched when its first tensor is needed."""
         device = self.rlt_device()
-        self.reload_weights(weights_iterator=iter([(n, t.to(device)) for n, t in named]), is_checkpoint_format=True)
+        self.reload_weights(weights_iterator=((n, t.to(device)) for n, t in named), is_checkpoint_format=True)
+        import gc
+
+        gc.collect()  # views the loader let go of are freed now, so the meters' peaks are final

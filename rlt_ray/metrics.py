@@ -45,12 +45,19 @@ class RunLog:
         self._gauges: dict[str, Any] = {}
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        clean = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
+        """Every scalar; a non-finite one is written as null in JSONL and named in ``nonfinite`` (JSON has no
+        NaN), and as itself to TensorBoard, never dropped."""
+        values = {k: float(v) for k, v in scalars.items() if v is not None}
+        clean = {k: v for k, v in values.items() if math.isfinite(v)}
+        bad = sorted(set(values) - set(clean))
         if self._jsonl:
-            self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+            record = {"step": step, "time": time.time(), **{k: clean.get(k) for k in values}}
+            if bad:
+                record["nonfinite"] = bad
+            self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
         if self._tb:
-            for k, v in clean.items():
+            for k, v in values.items():
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self.cfg.ray_metrics:

@@ -149,6 +149,33 @@ def rlt_reward(
     return out
 
 
+def penalty_parts(spec: RewardSpec, count: int) -> dict[str, torch.Tensor]:
+    """The reward parts of a sample that cannot be scored (its spans cannot be aligned, or its reward is not
+    finite): those of an unclosed, empty explanation with an empty solution span, i.e. every fill value and the
+    missing-tag penalty: −1.01 − 3.03 − 1 = −5.04 with the paper's numbers. Its total is then set relative to its
+    group (``unscorable_totals``)."""
+    empty = torch.zeros((count, 1), dtype=torch.float32)
+    none = torch.zeros((count, 1), dtype=torch.bool)
+    return rlt_reward(spec, empty, none, empty, empty, none, torch.zeros(count, dtype=torch.bool))
+
+
+def unscorable_totals(totals: torch.Tensor, failed: torch.Tensor, n: int, not_matched_penalty: float,
+                      fill: float) -> torch.Tensor:
+    """Totals [G·n] with every failed sample's set to the lowest total of the scored samples of its GRPO group
+    plus ``not_matched_penalty`` (−1): never better than a real sample of its group, so GRPO pushes away from it
+    whatever the reward's scale (an untrained student's rewards are far below any fixed penalty). A group with no
+    scored sample gets ``fill`` for all (the same value: no advantage, no gradient)."""
+    out = totals.clone().float()
+    for g in range(0, len(out), n):
+        bad = failed[g:g + n].bool()
+        if not bad.any():
+            continue
+        good = out[g:g + n][~bad]
+        value = float(good.min()) + not_matched_penalty if good.numel() else fill
+        out[g:g + n][bad] = value
+    return out
+
+
 def left_align(rows: Sequence[torch.Tensor], device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """A list of 1-D tensors of different lengths → (padded [B, N] fp32, bool mask [B, N])."""
     n = max([int(r.numel()) for r in rows] + [1])

@@ -40,6 +40,13 @@ def range_logprobs(
     return out
 
 
+def prompt_key(prompt_ids: Sequence[int]) -> bytes:
+    """A prompt's identity in the prompt-tail log-prob tables (the exact token ids)."""
+    import numpy as np
+
+    return np.asarray(prompt_ids, dtype=np.int64).tobytes()
+
+
 def teacher_logprobs(model, seqs: Sequence[RewardSequence], pad_id: int, temperature: float, **kw) -> list[torch.Tensor]:
     got = range_logprobs(model, [s.teacher_ids for s in seqs], [[s.teacher_explanation] for s in seqs], pad_id,
                          temperature, **kw)

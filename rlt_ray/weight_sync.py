@@ -3,12 +3,17 @@
 The reference pushes one parameter per HTTP call; anchors report per-parameter RPCs, not bytes, dominating sync
 time at scale. Here a sync is:
 
-- ``pack``: the learner's HF-named tensors → a few flat uint8 buckets (any dtype, bf16 included) + a layout;
+- ``pack_bucket``: the learner's HF-named tensors → flat uint8 buckets (any dtype, bf16 included) + a layout,
+  ONE BUCKET AT A TIME: the learner gathers (ZeRO-3), packs and sends a bucket, then the next;
 - transport: ``ObjectStoreSync`` (one ``ray.put`` per bucket, one ``load_weights`` call per worker) or
   ``CollectiveSync`` (a process group of learner rank 0 + every engine worker, gloo on CPU / nccl on GPU, one
   broadcast per bucket);
 - ``check_layout`` against the engine's expected names, shapes and dtypes BEFORE any reload (a failed reload
-  leaves a vLLM engine dead), then ``unpack`` into views and reload in place.
+  leaves a vLLM engine dead), then the engine's weight loading reads a generator that receives (or fetches) a
+  bucket only when it needs the next tensor, so neither side ever holds more than about one bucket
+  (``BufferMeter`` measures it; ``SyncStats.peak_buffer_bytes``). Exception: an object-store sync into a
+  multi-process engine sends every bucket's bytes in its one RPC (the engine process cannot read the object
+  store); use the collective sync there (the GPU presets do).
 
 The interface is NeMo-RL's weight synchroniser: init / sync / is_stale / shutdown. Transports call the actors by
 method name (``export_weights``, ``broadcast_weights``, ``load_weights``, ...), so this module never imports them.
@@ -29,6 +34,15 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 class WeightSyncError(RuntimeError):
     """Names, shapes or dtypes of an update do not match the engine's model; nothing was loaded."""
+
+
+class WorkersLost(RuntimeError):
+    """A sync found workers whose actor or vLLM engine died (rlt_ray.cluster.worker_lost): replace them
+    (replace_worker) and sync again. The others were loaded."""
+
+    def __init__(self, indices: list[int], errors: list[str]):
+        super().__init__(f"rollout workers {indices} died during the weight sync: {errors}")
+        self.indices = indices
 
 
 # One tensor inside a bucket: (name, dtype name, shape, byte offset, byte count). Plain tuples, so the layout
@@ -60,16 +74,42 @@ def bucket_nbytes(metas: Sequence[TensorMeta]) -> int:
     return max(off + n for _, _, _, off, n in metas) if metas else 0
 
 
-def pack(named: dict[str, torch.Tensor], layout: list[list[TensorMeta]], device: str | torch.device = "cpu") -> list[torch.Tensor]:
-    """Copy tensors into flat uint8 buckets following ``layout`` (one copy per tensor, cast to the layout dtype)."""
-    out = []
-    for metas in layout:
-        flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
-        for name, dtype, shape, off, nbytes in metas:
-            t = named[name].detach().to(device=device, dtype=DTYPES[dtype]).contiguous().reshape(-1)
-            flat[off:off + nbytes].copy_(t.view(torch.uint8))
-        out.append(flat)
-    return out
+def pack_bucket(named: dict[str, torch.Tensor], metas: Sequence[TensorMeta],
+                device: str | torch.device = "cpu") -> torch.Tensor:
+    """Copy one bucket's tensors into a flat uint8 tensor (one copy per tensor, cast to the layout dtype)."""
+    flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
+    for name, dtype, shape, off, nbytes in metas:
+        t = named[name].detach().to(device=device, dtype=DTYPES[dtype]).contiguous().reshape(-1)
+        flat[off:off + nbytes].copy_(t.view(torch.uint8))
+    return flat
+
+
+class BufferMeter:
+    """The bytes of sync buffers alive at once, and their peak. A buffer counts from ``track`` until it and every
+    view handed out of it (``views``) are garbage (weakref finalisers), so whatever still holds a piece of it
+    (vLLM's loader buffering a layer, say) keeps it counted."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+
+    def track(self, buffer: torch.Tensor, views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        import weakref
+
+        nbytes = buffer.numel() * buffer.element_size()
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        holders = [buffer, *views]
+        left = [len(holders)]
+
+        def release() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                self.live -= nbytes
+
+        for h in holders:
+            weakref.finalize(h, release)
+        return buffer
 
 
 def unpack(metas: Sequence[TensorMeta], flat: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -126,7 +166,8 @@ class SyncStats:
     seconds: float
     bytes: int
     buckets: int
-    calls_per_worker: int
+    calls_per_worker: int  # remote calls made to each worker for this sync (the most any worker got)
+    peak_buffer_bytes: int = 0  # the most sync-buffer bytes alive at once on any side (BufferMeter)
 
 
 class WeightSync:
@@ -138,6 +179,12 @@ class WeightSync:
         self.bucket_bytes = int(bucket_bytes)
         self.version = 0
         self.layout: list[list[TensorMeta]] = []
+        self.calls: dict[int, int] = {}  # worker index → calls in the current sync
+
+    def _call(self, k: int, method: str, *args: Any) -> Any:
+        """A remote call to worker k, counted (SyncStats.calls_per_worker comes from these counts)."""
+        self.calls[k] = self.calls.get(k, 0) + 1
+        return getattr(self.workers[k], method).remote(*args)
 
     def init(self) -> None:
         import ray
@@ -160,16 +207,38 @@ class WeightSync:
         """True when the workers hold another version than the learner's."""
         return learner_version != self.version
 
+    def _gather_workers(self, refs: list) -> list:
+        """Each worker's result; workers whose actor or engine died are reported together (WorkersLost)."""
+        import ray
+
+        from rlt_ray.cluster import worker_lost
+
+        done, lost, errors = [], [], []
+        for k, ref in enumerate(refs):
+            try:
+                done.append(ray.get(ref))
+            except Exception as exc:
+                if not worker_lost(exc):
+                    raise
+                lost.append(k)
+                errors.append(type(getattr(exc, "cause", None) or exc).__name__)
+        if lost:
+            self.version = -1  # the lost workers hold no known version: the next sync reloads every worker
+            self.calls = {}
+            raise WorkersLost(lost, errors)
+        return done
+
     def sync(self, version: int) -> SyncStats:
         raise NotImplementedError
 
     def shutdown(self) -> None:
         pass
 
-    def _stats(self, version: int, t0: float) -> SyncStats:
+    def _stats(self, version: int, t0: float, peaks: Sequence[int]) -> SyncStats:
         self.version = version
+        calls, self.calls = self.calls, {}
         return SyncStats(version, time.perf_counter() - t0, sum(bucket_nbytes(m) for m in self.layout),
-                         len(self.layout), 1)
+                         len(self.layout), max(calls.values(), default=0), int(max(peaks, default=0)))
 
 
 class ObjectStoreSync(WeightSync):
@@ -179,10 +248,11 @@ class ObjectStoreSync(WeightSync):
         import ray
 
         t0 = time.perf_counter()
-        # Every rank joins (ZeRO-3 gathers); rank 0 returns the bucket refs.
-        refs = ray.get(self.learners.call("export_weights", self.layout))[0]
-        ray.get([w.load_weights.remote(version, self.layout, refs) for w in self.workers])
-        return self._stats(version, t0)
+        # Every rank joins (ZeRO-3 gathers per bucket); rank 0 returns the bucket refs and its peak.
+        refs, learner_peak = ray.get(self.learners.call("export_weights", self.layout))[0]
+        calls = [self._call(k, "load_weights", version, self.layout, refs) for k in range(len(self.workers))]
+        done = self._gather_workers(calls)
+        return self._stats(version, t0, [learner_peak] + [d["peak_buffer_bytes"] for d in done])
 
 
 class CollectiveSync(WeightSync):
@@ -217,9 +287,9 @@ class CollectiveSync(WeightSync):
 
         t0 = time.perf_counter()
         sends = self.learners.call("broadcast_weights", self.layout)
-        receives = [w.receive_weights.remote(version, self.layout) for w in self.workers]
-        ray.get(sends + receives)
-        return self._stats(version, t0)
+        receives = [self._call(k, "receive_weights", version, self.layout) for k in range(len(self.workers))]
+        got = ray.get(sends + receives)
+        return self._stats(version, t0, [got[0]] + [d["peak_buffer_bytes"] for d in got[len(sends):]])
 
     def shutdown(self) -> None:
         import ray

@@ -240,19 +240,31 @@ class TeacherExplainer:
 
         from rlt_ray.formats import Row
         from rlt_ray.models import pad_token_id
+        from rlt_ray.rewards import penalty_parts
         from rlt_ray.scoring import score_sequences
-        from rlt_ray.spans import build_reward_sequence
+        from rlt_ray.spans import AlignmentError, build_reward_sequence
 
         row = Row(question=req.question, solution=req.solution)
-        seqs, teacher = [], []
-        for it in items:
-            seq = build_reward_sequence(row, prompt, it["_ids"], self.fmt, self.student_fmt)
+        seqs, teacher, kept = [], [], []
+        for j, it in enumerate(items):
+            # the explanation span leaves out the prompt's closing padding: its teacher log-probs would need an
+            # HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1); docs/design.md
+            try:
+                seq = build_reward_sequence(row, prompt, it["_ids"], self.fmt, self.student_fmt,
+                                            self.cfg.reward.solution_span, "sampled")
+            except AlignmentError:  # scored like the training loop scores it: the penalty reward
+                continue
             a, b = seq.teacher_explanation
             seqs.append(seq)
+            kept.append(j)
             teacher.append(torch.tensor(it["_lp"][a - len(prompt): b - len(prompt)]))
-        parts = score_sequences(self.student, seqs, teacher, self.spec, pad_token_id(self.student_fmt.tokenizer),
-                                self.student_temperature,
-                                device=self.student_device)
+        parts = penalty_parts(self.spec, len(items))
+        if seqs:
+            got = score_sequences(self.student, seqs, teacher, self.spec, pad_token_id(self.student_fmt.tokenizer),
+                                  self.student_temperature, self.cfg.reward.max_batch_tokens,
+                                  device=self.student_device)
+            for key in parts:
+                parts[key][kept] = got[key].to(parts[key].device)
         return [{"total": float(parts["total"][i]), "r_ss": float(parts["r_ss"][i]),
                  "r_kl": float(parts["r_kl"][i]), "match": float(parts["match"][i])} for i in range(len(items))]
 

@@ -54,7 +54,7 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
     import ray
 
     from actors.rollout import StaleWeightsError
-    from rlt_ray.weight_sync import CollectiveSync, ObjectStoreSync
+    from rlt_ray.weight_sync import bucket_nbytes, CollectiveSync, ObjectStoreSync
 
     cfg, learners, worker, scorer = actors
     rows, prompts = _prompts(cfg)
@@ -70,7 +70,10 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
         sync.init()
         assert len(sync.layout) > 1  # several buckets at this size, still one call per worker
         batch = worker.generate.remote(prompts, [3, 4], version)
-        scored = scorer.score.remote(rows, batch, None, 0)
+        # the teacher log-probs of the prompts' closing padding (the reference's explanation span starts there)
+        tails = learners.call("prompt_tail_logprobs", prompts, len(cfg.format.padding), cfg.rollout.temperature)
+        scored = scorer.score.remote(rows, batch, None, 0, tails)
+        assert not ray.get(scored)["errors"]
         metrics = ray.get(learners.call("train_step", [batch], [scored]))
         assert all(np.isfinite(m["loss"]) and m["optimizer_steps"] == version + 1 for m in metrics)
         version += 1
@@ -81,6 +84,10 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
 
         stats = sync.sync(version)
         assert not sync.is_stale(version) and stats.calls_per_worker == 1 and stats.bytes > 0
+        # one bucket at a time on both sides: never more than the two largest buckets alive at once (the engine's
+        # loader may hold a bucket's last views while the next arrives), well under the model's bytes
+        largest = sorted(bucket_nbytes(m) for m in sync.layout)[-2:]
+        assert 0 < stats.peak_buffer_bytes <= sum(largest) and stats.peak_buffer_bytes < stats.bytes / 2, stats
         with pytest.raises(StaleWeightsError, match=f"holds weights version {version}"):
             ray.get(worker.generate.remote(prompts, [0, 0], version - 1))
         greedy = worker.generate.remote(prompts, [0, 0], version, 1, 0.0, 16)
@@ -142,7 +149,8 @@ def test_streamed_update_equals_the_one_call_update(actors, tmp_path):
     rows, prompts = _prompts(cfg, 2)  # questions_per_step: the batch the learners were set up for
     version = ray.get(worker.ready.remote())["version"]
     parts = [worker.generate.remote([p], [11 + i], version) for i, p in enumerate(prompts)]
-    scored = [scorer.score.remote([r], part, None, 0) for r, part in zip(rows, parts)]
+    tails = learners.call("prompt_tail_logprobs", prompts, len(cfg.format.padding), cfg.rollout.temperature)
+    scored = [scorer.score.remote([r], part, None, 0, tails) for r, part in zip(rows, parts)]
     n = cfg.rollout.n
     ray.get(learners.call("save_checkpoint", str(tmp_path / "before")))
 

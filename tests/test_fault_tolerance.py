@@ -133,3 +133,30 @@ def test_a_dead_learner_rank_stops_the_run_naming_the_last_checkpoint(ray_local,
     assert "a learner rank died" in msg and "run.resume_from=" in msg
     named = Path(msg.split("run.resume_from=")[1].split(" ")[0])
     assert (named / "COMPLETE").exists() and named.parent == out / "checkpoints"
+
+
+@pytest.mark.parametrize("when", ["generation", "sync"])
+def test_a_killed_engine_core_is_treated_as_a_dead_worker(ray_local, tmp_path, when):
+    """vLLM's engine core as a process of its own (rollout.in_process=false, the GPU default), killed from
+    outside while the worker samples, or just before a weight sync: the worker is replaced and no step is lost."""
+    from jobs.train_rlt import main
+
+    out = tmp_path / f"engine_core_{when}"
+
+    def kill_engine_core():
+        while len(_lines(out / "metrics.jsonl")) < 2:
+            time.sleep(0.05)
+        if when == "generation":
+            time.sleep(0.3)  # inside step 3's sampling
+        actor = ray_local.get_actor(f"rlt:{out.name}:rollout:0")
+        pid = ray_local.get(actor.ready.remote())["pid"]
+        for child in psutil.Process(pid).children(recursive=True):
+            child.kill()
+    killer = threading.Thread(target=kill_engine_core, daemon=True)
+    killer.start()
+    assert main([f"run.output_dir={out}", "run.steps=5", "rollout.in_process=false"] + SLOW_STEPS) == 0
+    killer.join(timeout=5)
+    metrics = _lines(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    events = [e for e in _lines(out / "events.jsonl") if e["event"] == "rollout_worker_replaced"]
+    assert len(events) == 1, events

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rlt_ray.weight_sync import (WeightSyncError, bucket_nbytes, check_layout, layout_for, pack, spec_of, unpack)
+from rlt_ray.weight_sync import (BufferMeter, WeightSyncError, bucket_nbytes, check_layout, layout_for, pack_bucket,
+                                 spec_of, unpack)
 
 
 def _named():
@@ -21,7 +22,7 @@ def test_pack_unpack_round_trip_in_few_buckets(dtype):
     spec = spec_of(named.items(), dtype)
     layout = layout_for(spec, bucket_bytes=4096)
     assert 1 < len(layout) < len(named)  # bucketed: fewer buckets than tensors, more than one at this size
-    buckets = pack(named, layout)
+    buckets = [pack_bucket(named, metas) for metas in layout]
     assert [b.numel() for b in buckets] == [bucket_nbytes(m) for m in layout]
     got = dict(kv for metas, flat in zip(layout, buckets) for kv in unpack(metas, flat))
     assert got.keys() == named.keys()
@@ -53,3 +54,29 @@ def test_check_layout_names_every_problem():
     assert "model.norm.weight: expected (17,) float32, got (16,) float32" in msg
     with pytest.raises(WeightSyncError, match="bfloat16"):
         check_layout(spec_of(named.items(), "bfloat16"), layout)
+
+
+def test_buffer_meter_counts_a_bucket_until_its_last_view_is_gone():
+    import gc
+
+    meter = BufferMeter()
+    named = _named()
+    layout = layout_for(spec_of(named.items()), bucket_bytes=4096)
+    held = []
+    for metas in layout:  # one at a time, each dropped before the next: the peak is the largest bucket
+        flat = pack_bucket(named, metas)
+        meter.track(flat, [t for _, t in unpack(metas, flat)])
+        del flat
+        gc.collect()
+    assert meter.live == 0 and meter.peak == max(bucket_nbytes(m) for m in layout)
+    for metas in layout:  # a loader that keeps one view of every bucket keeps every bucket counted
+        flat = pack_bucket(named, metas)
+        views = [t for _, t in unpack(metas, flat)]
+        meter.track(flat, views)
+        held.append(views[0])
+        del flat, views
+    gc.collect()
+    assert meter.live == sum(bucket_nbytes(m) for m in layout)
+    held.clear()
+    gc.collect()
+    assert meter.live == 0

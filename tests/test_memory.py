@@ -1,0 +1,78 @@
+"""The memory plan (rlt_ray.memory): the paper layout fits on 80 GiB, a 32B teacher on it is refused with its
+numbers, and the learner formulas agree with the peak memory of a real learner step measured on this CPU."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlt_ray.config import load_config
+from rlt_ray.memory import GIB, MemoryPlanError, check_memory, learner_rank, main, model_shape, plan
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = str(ROOT / "configs" / "paper_7b.yaml")
+
+
+def test_shipped_shapes_give_the_known_parameter_counts():
+    assert model_shape("Qwen/Qwen2.5-7B-Instruct").params == pytest.approx(7.62e9, rel=0.005)
+    assert model_shape("Qwen/Qwen2.5-32B-Instruct").params == pytest.approx(32.76e9, rel=0.005)
+    with pytest.raises(MemoryPlanError, match="no config.json for model 'nobody/nothing'"):
+        model_shape("nobody/nothing")
+
+
+def test_the_paper_preset_fits_on_80_gib(capsys):
+    assert main(["--config", PAPER]) == 0
+    out = capsys.readouterr().out
+    assert "learner rank (x4, ZeRO-3, bfloat16)" in out and "DOES NOT FIT" not in out
+    devices = check_memory(load_config(PAPER))
+    assert {d.role.split(" (")[0] for d in devices} == {"learner rank", "rollout worker", "scorer"}
+    assert all(d.peak < 80 * GIB for d in devices)
+    # the weight sync costs one bucket on each side, not the model
+    learner = devices[0]
+    assert dict(learner.items)["weight-sync bucket (rank 0)"] == 256 * (1 << 20)
+
+
+def test_a_32b_teacher_on_the_same_layout_is_refused_with_its_numbers(capsys):
+    cfg = load_config(PAPER, ["model.teacher=Qwen/Qwen2.5-32B-Instruct"])
+    with pytest.raises(MemoryPlanError) as err:
+        check_memory(cfg)
+    msg = str(err.value)
+    assert "learner rank" in msg and "rollout worker" in msg and "> 80 GiB" in msg
+    assert "learner.zero_stage" in msg and "resources.learner_ranks" in msg  # the keys to change
+    assert main(["--config", PAPER, "model.teacher=Qwen/Qwen2.5-32B-Instruct"]) == 1
+    assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_without_gradient_checkpointing_the_paper_learner_does_not_fit():
+    cfg = load_config(PAPER, ["learner.gradient_checkpointing=false"])
+    learner = plan(cfg, ("learner",))[0]
+    assert not learner.fits
+
+
+def test_cpu_layouts_are_printed_but_not_checked_at_start(cfg):
+    assert check_memory(cfg) == []
+    assert plan(cfg)  # the plan itself works for any layout
+
+
+def test_learner_formulas_match_a_measured_learner_step(tmp_path):
+    """A 57M-parameter model (the tiny presets' models are dwarfed by the Python/torch runtime, so they would test
+    nothing): one real fp32 learner step with checkpointing, peak RSS against the plan's learner items."""
+    from transformers import Qwen2Config
+
+    hidden, layers, intermediate, vocab, seq = 512, 8, 1536, 32000, 2048
+    Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
+                intermediate_size=intermediate, vocab_size=vocab, tie_word_embeddings=False).save_pretrained(tmp_path)
+    cfg = load_config(None, [f"model.teacher={tmp_path}", f"model.student={tmp_path}", "learner.zero_stage=0",
+                             "resources.learner_ranks=1", "learner.dtype=float32", "grpo.beta=0",
+                             "learner.gradient_checkpointing=true", "rollout.max_prompt_tokens=1024",
+                             "rollout.max_new_tokens=1024", "learner.micro_batch_size=1"])
+    estimate = sum(v for name, v in learner_rank(cfg, model_shape(str(tmp_path))).items
+                   if not name.startswith("weight-sync"))  # no sync during a step
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "rss_probe.py"), str(hidden),
+                           str(layers), str(intermediate), str(vocab), str(seq)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert measured["params"] == model_shape(str(tmp_path)).params
+    assert 0.7 < estimate / measured["peak_bytes"] < 1.3, (estimate / GIB, measured["peak_bytes"] / GIB)
