@@ -8,11 +8,14 @@ from typing import Any, Callable
 # Forwarded from the driver to every actor: caches (no recompiles, no downloads) and offline switches.
 FORWARDED_ENV = ("RLT_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                  "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
+FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "GLOO_")
 
 
 def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """num_cpus / num_gpus / runtime_env for one actor of the run (merged with a submitted job's runtime_env)."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    # NCCL's and torch's NCCL settings (NCCL_SOCKET_IFNAME, NCCL_DEBUG, TORCH_NCCL_...): the operator's, everywhere
+    env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra_env or {})
     return {

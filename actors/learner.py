@@ -92,7 +92,15 @@ class LearnerRank:
         self.model_name = model or cfg.model.teacher
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_name)
         self.pad_id = pad_token_id(self.tokenizer)
-        model = load_causal_lm(self.model_name, "float32")  # DeepSpeed casts to learner.dtype, keeps fp32 master
+        ds_config = deepspeed_config(cfg, self.world, batch_size)
+        if lc.zero_stage == 3:
+            # transformers builds models under zero.Init while this object lives: each rank holds 1/N of the
+            # policy and of the reference from the start, never a full copy (the memory plan counts on it)
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._zero3_init = HfDeepSpeedConfig(ds_config)
+        # DeepSpeed casts to learner.dtype and keeps the fp32 master; under zero.Init the partitions stay in place
+        model = load_causal_lm(self.model_name, "float32", None if lc.zero_stage == 3 else "cpu")
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -102,13 +110,27 @@ class LearnerRank:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(lc.lr_schedule, int(lc.warmup_ratio * total), total))
         self.engine, _, _, _ = deepspeed.initialize(model=PolicyLogprobs(model), optimizer=optimizer,
-                                                    lr_scheduler=scheduler,
-                                                    config=deepspeed_config(cfg, self.world, batch_size))
+                                                    lr_scheduler=scheduler, config=ds_config)
         self.ref = None
         if with_reference:
-            self.ref = load_causal_lm(cfg.model.reference or self.model_name, lc.dtype, str(self.device))
-            self.ref.eval().requires_grad_(False)
-        return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address()}
+            name = cfg.model.reference or self.model_name
+            if lc.zero_stage == 3:
+                # a ZeRO-3 inference engine: 1/N of the reference per rank, gathered layer by layer in forward
+                ref = load_causal_lm(name, "float32", None).eval().requires_grad_(False)
+                self.ref = deepspeed.initialize(model=ref, config=ds_config)[0].module
+            else:
+                self.ref = load_causal_lm(name, lc.dtype, str(self.device)).eval().requires_grad_(False)
+        return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                **self.local_parameter_bytes()}
+
+    def local_parameter_bytes(self) -> dict[str, int]:
+        """Bytes of the policy's and the reference's parameters this rank holds (a ZeRO-3 shard, or all)."""
+        def held(module) -> int:
+            if module is None:
+                return 0
+            return sum(int(getattr(p, "ds_tensor", p).numel()) * p.element_size() for p in module.parameters())
+        full = sum(int(getattr(p, "ds_numel", p.numel())) * p.element_size() for p in self.hf_model.parameters())
+        return {"policy_bytes": held(self.hf_model), "reference_bytes": held(self.ref), "model_bytes": full}
 
     # -- parameters ---------------------------------------------------------------------------------------
 
@@ -266,12 +288,17 @@ class LearnerRank:
             raise RuntimeError(f"learner rank {self.rank}: the loss denominator changed within a batch")
         self.sums["denominator"] = denominator
         share = rank_shard(stop - start, self.rank, self.world, start)
-        lengths = {i: len(self.batch["completion_ids"][i]) for i in share}
-        plan = micro_batches(share, lengths, self.cfg.learner.micro_batch_size)
-        if self.sums["micro_batches"] + len(plan) > self.engine.gradient_accumulation_steps():
+        # checked on counts alone, so every rank refuses the same way before touching anything
+        planned = -(-len(share) // self.cfg.learner.micro_batch_size)
+        if self.sums["micro_batches"] + planned > self.engine.gradient_accumulation_steps():
             raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
                                f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
                                f"per rank): the optimizer would step mid-batch")
+        if stop > len(self.batch["completion_ids"]):
+            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) asked for, but only "
+                               f"{len(self.batch['completion_ids'])} have arrived")
+        lengths = {i: len(self.batch["completion_ids"][i]) for i in share}
+        plan = micro_batches(share, lengths, self.cfg.learner.micro_batch_size)
         self.mine.extend(share)
         advantages = torch.cat(self.advantages)
         for idx in plan:
@@ -385,11 +412,14 @@ class LearnerRank:
         from rlt_ray.weight_sync import DTYPES
 
         dtype = DTYPES[self.cfg.model.dtype]
-        with self._gathered(self.hf_model.parameters()):
-            if self.rank == 0:
-                state = {k: v.detach().to("cpu", dtype).clone() for k, v in self.hf_model.state_dict().items()}
-                self.hf_model.save_pretrained(path, state_dict=state)
-                self.tokenizer.save_pretrained(path)
+        state = {}
+        for name, p in self.hf_model.named_parameters(remove_duplicate=False):
+            with self._gathered([p]):  # one parameter at a time under ZeRO-3, never the whole model
+                if self.rank == 0:
+                    state[name] = p.detach().to("cpu", dtype).clone()
+        if self.rank == 0:
+            self.hf_model.save_pretrained(path, state_dict=state)
+            self.tokenizer.save_pretrained(path)
         torch.distributed.barrier()
 
     def _mixup(self) -> None:
@@ -399,8 +429,33 @@ class LearnerRank:
             raise RuntimeError("reference and policy models have different parameter names; cannot mix them up")
         from rlt_ray.grpo import mixup_
 
-        with self._gathered(policy.values()):
-            mixup_([ref[n] for n in policy], [policy[n] for n in policy], self.cfg.grpo.ref_mixup_alpha)
+        if self.cfg.learner.zero_stage == 3:
+            # both models are ZeRO-3 partitioned the same way: the mixup shard by shard is the whole-model
+            # mixup, with no gather
+            mixup_([ref[n].ds_tensor for n in policy], [policy[n].ds_tensor for n in policy],
+                   self.cfg.grpo.ref_mixup_alpha)
+            return
+        mixup_([ref[n] for n in policy], [policy[n] for n in policy], self.cfg.grpo.ref_mixup_alpha)
+
+    def _reference_state(self) -> dict[str, torch.Tensor] | None:
+        """The full reference on rank 0 (CPU), gathered one parameter at a time under ZeRO-3; None elsewhere."""
+        state = {}
+        for name, p in self.ref.named_parameters(remove_duplicate=False):
+            with self._gathered([p]):
+                if self.rank == 0:
+                    state[name] = p.detach().to("cpu").clone()
+        return state if self.rank == 0 else None
+
+    def _load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.cfg.learner.zero_stage != 3:
+            self.ref.load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=True)
+            return
+        import deepspeed
+
+        for name, p in self.ref.named_parameters(remove_duplicate=False):
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):  # rank 0's values are re-partitioned
+                if self.rank == 0:
+                    p.data.copy_(state[name].to(p.device, p.dtype))
 
     # -- checkpoints --------------------------------------------------------------------------------------
 
@@ -416,9 +471,9 @@ class LearnerRank:
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
                    ckpt / f"rng_rank{self.rank}.pt")
         self.save_hf(str(ckpt / "hf"))
+        ref_state = self._reference_state()
         if self.rank == 0:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.ref.state_dict().items()},
-                      str(ckpt / "reference.safetensors"))
+            save_file({k: v.contiguous() for k, v in ref_state.items()}, str(ckpt / "reference.safetensors"))
         torch.distributed.barrier()
 
     def load_checkpoint(self, path: str) -> int:
@@ -427,8 +482,7 @@ class LearnerRank:
         ckpt = Path(path)
         _, client = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state")
         self.optimizer_steps = int((client or {}).get("optimizer_steps", 0))
-        ref_state = load_file(str(ckpt / "reference.safetensors"), device=str(self.device))
-        self.ref.load_state_dict(ref_state, strict=True)
+        self._load_reference_state(load_file(str(ckpt / "reference.safetensors")))
         rng = torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None:

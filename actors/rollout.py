@@ -119,8 +119,10 @@ class RolloutWorker:
         ids = {}
         try:
             for i, (p, s) in enumerate(zip(prompt_ids, seeds, strict=True)):
+                # detokenize=False: rollouts are token ids; the scorer decodes what it needs
                 params = sampling_params(self.cfg.rollout, n=n, seed=int(s), temperature=temperature,
-                                         max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+                                         max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY,
+                                         detokenize=False)
                 self.requests += 1
                 rid = f"rlt-{self.index}-{self.requests}"
                 engine.add_request(rid, {"prompt_token_ids": list(map(int, p))}, params)

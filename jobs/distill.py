@@ -67,10 +67,12 @@ def main(argv: list[str]) -> int:
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
     from rlt_ray.data import load_rows
     from rlt_ray.formats import RLTFormat
+    from rlt_ray.memory import check_memory
     from rlt_ray.models import load_tokenizer
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
+    check_memory(cfg, ("rollout", "scorer"))  # GPU layouts: refuse one that does not fit (rlt_ray.memory)
     dc = cfg.distill
     teacher = dc.teacher or cfg.model.teacher
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or teacher))

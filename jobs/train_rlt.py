@@ -281,16 +281,18 @@ def inject_fault(cfg, kind: str, step: int) -> None:
 
 def main(argv: list[str]) -> int:
     from rlt_ray.batch import sample_staleness
-    from rlt_ray.checkpoint import (check_resume_compatible, latest, read_state, resolve_resume, step_dir,
-                                    write_state)
+    from rlt_ray.checkpoint import (check_resume_compatible, latest, prune, read_state, resolve_resume,
+                                    step_dir, write_state)
     from rlt_ray.cluster import LearnerLost, RunStopped, connect_ray
     from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
+    from rlt_ray.memory import check_memory
     from rlt_ray.weight_sync import WorkersLost
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
     out = Path(cfg.run.output_dir)
     resume = resolve_resume(cfg.run.resume_from, out)
+    check_memory(cfg)  # GPU layouts: refuse one whose peak does not fit (rlt_ray.memory), before any start-up
     rows, prompts, dropped = load_prompts(cfg)
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources())
@@ -312,13 +314,26 @@ def main(argv: list[str]) -> int:
     learners = workers = scorers = sync = in_flight = None
     start = version = step = 0
 
+    last_checkpoint = time.monotonic()
+
     def checkpoint(steps_done: int) -> None:
-        """HF teacher + full training state after ``steps_done`` steps; COMPLETE is written last."""
+        """HF teacher + full training state after ``steps_done`` steps; COMPLETE is written last; then the
+        oldest beyond run.keep_checkpoints are deleted."""
+        nonlocal last_checkpoint
+        t0 = time.perf_counter()
         ckpt = step_dir(out, steps_done)
         ray.get(learners.call("save_checkpoint", str(ckpt)))
         write_state(ckpt, {"step": steps_done, "weights_version": steps_done, "data_seed": cfg.data.seed,
                            "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
-        print(f"train_rlt: checkpoint {ckpt}", flush=True)
+        last_checkpoint = time.monotonic()
+        pruned = prune(out, cfg.run.keep_checkpoints)
+        print(f"train_rlt: checkpoint {ckpt} ({time.perf_counter() - t0:.1f} s)"
+              + (f"; deleted {', '.join(p.name for p in pruned)}" if pruned else ""), flush=True)
+
+    def checkpoint_due(steps_done: int) -> bool:
+        every, minutes = cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes
+        return bool((every and steps_done % every == 0) or steps_done == cfg.run.steps
+                    or (minutes and time.monotonic() - last_checkpoint >= 60 * minutes))
 
     # `ray job stop` sends SIGTERM: handle it like Ctrl-C (checkpoint, then stop every actor)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -326,6 +341,10 @@ def main(argv: list[str]) -> int:
     try:
         # -- start the actors: learner group (placement group), rollout workers, student scorers
         learners = LearnerGroup(cfg, name=f"rlt:{run_name}")
+        held = learners.info[0]
+        print(f"train_rlt: {learners.world} learner ranks (ZeRO-{cfg.learner.zero_stage}); rank 0 holds policy "
+              f"{held['policy_bytes'] / 2**20:.1f} MiB and reference shard {held['reference_bytes'] / 2**20:.1f} "
+              f"of {held['model_bytes'] / 2**20:.1f} MiB", flush=True)
         # named, so that operators (and the fault-injection tests) can find them: rlt:<run>:rollout:<i>[:r<n>]
         workers = ActorSlots(lambda i, g: RolloutWorker.options(
             name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
@@ -440,9 +459,9 @@ def main(argv: list[str]) -> int:
                                  f"(run.max_nonfinite_steps={cfg.run.max_nonfinite_steps}); steps {step + 2 - nonfinite_in_a_row}"
                                  f"-{step + 1} were skipped")
 
-            # 7. checkpoint: HF teacher + full training state; COMPLETE is written last
-            every = cfg.run.checkpoint_every
-            if (every and (step + 1) % every == 0) or step + 1 == cfg.run.steps:
+            # 7. checkpoint (every run.checkpoint_every steps or run.checkpoint_every_minutes): HF teacher + full
+            # training state; COMPLETE is written last
+            if checkpoint_due(step + 1):
                 checkpoint(step + 1)
     except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, SIGTERM from `ray job stop`, or any failure
         interrupted = isinstance(exc, KeyboardInterrupt)

@@ -48,6 +48,27 @@ def latest(output_dir: str | Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
+def prune(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (run.keep_checkpoints; 0 keeps all), and any
+    incomplete one older than the newest complete one (an interrupted write). The newest complete checkpoint is
+    never deleted. Returns what was deleted."""
+    import shutil
+
+    root = Path(output_dir) / "checkpoints"
+    if keep <= 0 or not root.exists():
+        return []
+    dirs = sorted(root.glob("step_*"))
+    complete = [p for p in dirs if (p / COMPLETE).exists()]
+    if not complete:
+        return []
+    kept = set(complete[-max(1, keep):])
+    newest = complete[-1]
+    gone = [p for p in dirs if p not in kept and p < newest]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
 def resolve_resume(resume_from: Optional[str], output_dir: str | Path) -> Optional[Path]:
     """run.resume_from: null (fresh run), "latest" (newest complete checkpoint of run.output_dir, or a fresh run
     when there is none), or a checkpoint folder."""

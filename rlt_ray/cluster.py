@@ -56,13 +56,14 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int
     from rlt_ray.config import ConfigError
     from rlt_ray.data import DataError
     from rlt_ray.formats import FormatError
+    from rlt_ray.memory import MemoryPlanError
     from rlt_ray.models import ModelNotFoundError
     from rlt_ray.weight_sync import WeightSyncError
 
     try:
         return main(argv)
     except (ConfigError, CheckpointError, DataError, FormatError, ModelNotFoundError, WeightSyncError,
-            RunStopped) as exc:
+            MemoryPlanError, RunStopped) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

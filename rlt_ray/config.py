@@ -176,6 +176,8 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "runs/latest"
     checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_every_minutes: Optional[float] = None  # also checkpoint when this long has passed since the last
+    keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all); the newest is never deleted
     resume_from: Optional[str] = None
     checkpoint_on_interrupt: bool = True  # Ctrl-C / `ray job stop` (SIGTERM): checkpoint the completed steps
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
@@ -304,7 +306,7 @@ NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.gpus_per_replica", "reward.clip_log_prob", "reward.clip_kl",
-    "rollout.stream_groups",
+    "rollout.stream_groups", "run.keep_checkpoints",
 )
 
 
@@ -383,6 +385,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
     if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
         raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
+    if cfg.run.checkpoint_every_minutes is not None and not cfg.run.checkpoint_every_minutes > 0:
+        raise ConfigError("config key 'run.checkpoint_every_minutes': must be > 0 or null")
+    if cfg.rollout.max_num_seqs is not None and not cfg.rollout.max_num_seqs > 0:
+        raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
     if cfg.run.fault_injection is not None:
         import os
         import re

