@@ -38,6 +38,31 @@ def choose(scored: dict[str, Any], row_index: int, k: int, keep: str) -> list[in
     return [max(closed, key=lambda j: totals[row_index * k + j])]
 
 
+def run_on_slots(ray, slots, items: list, call) -> list:
+    """``call(actor, item)`` for each item, item j on slot j % len(slots), results in order. An item whose actor
+    died, or whose vLLM engine did (rlt_ray.cluster.worker_lost), is run again on the slot's replacement; the
+    slot is replaced once however many items it held."""
+    from rlt_ray.cluster import worker_lost
+
+    pending = {j: (j % len(slots), slots.generation[j % len(slots)], call(slots[j % len(slots)], item))
+               for j, item in enumerate(items)}
+    results = {}
+    while pending:
+        for j in list(pending):
+            slot, generation, ref = pending.pop(j)
+            try:
+                results[j] = ray.get(ref)
+            except Exception as exc:
+                if not worker_lost(exc):
+                    raise
+                if slots.generation[slot] == generation:
+                    slots.replace(slot)
+                    print(f"distill: {slots.kind} {slot} died ({type(exc).__name__}); replaced, its work redone",
+                          flush=True)
+                pending[j] = (slot, slots.generation[slot], call(slots[slot], items[j]))
+    return [results[j] for j in range(len(items))]
+
+
 def shard_done(path: Path) -> bool:
     return path.exists() or path.with_suffix(".empty").exists()
 
@@ -59,7 +84,7 @@ def write_shard(path: Path, records: list[dict[str, Any]]) -> None:
 def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
-    from actors import actor_options
+    from actors import ActorSlots, actor_options
     from actors.rollout import RolloutWorker, worker_options
     from actors.student import StudentScorer
     from rlt_ray.batch import step_seeds
@@ -90,12 +115,16 @@ def main(argv: list[str]) -> int:
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
-    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i, teacher)
-               for i in range(cfg.rollout.num_workers)]
-    scorers = [StudentScorer.options(**actor_options(cfg)).remote(cfg, i) for i in range(cfg.resources.scorer_workers)]
+    # named, like training's, so operators (and the fault tests) can find them; a dead one is replaced in its slot
+    name = f"rlt:distill:{out.name}"
+    workers = ActorSlots(lambda i, g: RolloutWorker.options(
+        name=f"{name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg)).remote(cfg, i, teacher),
+        cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
+    scorers = ActorSlots(lambda i, g: StudentScorer.options(
+        name=f"{name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
+        cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
     kept_total, errors_total = 0, 0
     try:
-        ray.get([a.ready.remote() for a in workers + scorers])
         with open(out / "errors.jsonl", "a") as errors_file:
             for shard_index, a, b in tqdm(todo, desc="distill shards", file=sys.stderr):
                 rows_in, prompts, indices = [], [], []
@@ -109,16 +138,16 @@ def main(argv: list[str]) -> int:
                     prompts.append(ids)
                     indices.append(i)
                 parts = [p for p in np.array_split(np.arange(len(prompts)), len(workers)) if len(p)]
-                generated = [w.generate.remote([prompts[j] for j in part], step_seeds(cfg.run.seed, 0, [indices[j] for j in part]),
-                                               0, dc.k) for w, part in zip(workers, parts)]
+                # the same seeds whoever samples a part: a replaced worker samples what the dead one would have
+                generated = run_on_slots(ray, workers, parts, lambda w, part: w.generate.remote(
+                    [prompts[j] for j in part], step_seeds(cfg.run.seed, 0, [indices[j] for j in part]), 0, dc.k))
                 # the prompt's closing padding is left out of the explanation span here: its teacher log-probs
                 # would need an HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1),
                 # and it is the same for every candidate of a row (docs/design.md)
-                scored = [scorers[n % len(scorers)].score.remote([rows_in[j] for j in part], ref,
-                                                                 explanation_span="sampled")
-                          for n, (ref, part) in enumerate(zip(generated, parts))]
+                scored = run_on_slots(ray, scorers, list(zip(generated, parts)), lambda s, item: s.score.remote(
+                    [rows_in[j] for j in item[1]], item[0], explanation_span="sampled"))
                 records, rows_done = [], 0
-                for part, result in zip(parts, ray.get(scored)):
+                for part, result in zip(parts, scored):
                     for e in result["errors"]:
                         errors_file.write(json.dumps(e) + "\n")
                     for local, j in enumerate(part):
@@ -139,8 +168,8 @@ def main(argv: list[str]) -> int:
                 kept_total += len(records)
                 write_shard(out / "data" / f"shard_{shard_index:05d}.parquet", records)
     finally:
-        for actor in workers + scorers:
-            ray.kill(actor)
+        workers.kill_all()
+        scorers.kill_all()
     print(f"distill: wrote {kept_total} explanations to {out / 'data'}; {errors_total} rows without one "
           f"(see {out / 'errors.jsonl'})", flush=True)
     return 0

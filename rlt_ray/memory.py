@@ -173,8 +173,11 @@ def learner_rank(cfg: Any, shape: Shape) -> Device:
 
 
 def sync_bucket_bytes(cfg: Any, shape: Shape) -> float:
-    """One bucket: the sync moves the weights a bucket at a time on both sides."""
-    return min(float(cfg.resources.sync_bucket_mb) * (1 << 20), shape.params * DTYPE_BYTES[cfg.model.dtype])
+    """One bucket: the sync moves the weights a bucket at a time on both sides; a tensor larger than a bucket
+    (the embedding, the head: 1 GiB in a 7B model) is a bucket of its own."""
+    w = DTYPE_BYTES[cfg.model.dtype]
+    largest = max(shape.vocab, shape.intermediate) * shape.hidden * w
+    return min(max(float(cfg.resources.sync_bucket_mb) * (1 << 20), largest), shape.params * w)
 
 
 def rollout_worker(cfg: Any, shape: Shape, gpu: float) -> Device:

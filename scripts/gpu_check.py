@@ -2,7 +2,7 @@
 has no vLLM, Ray or DeepSpeed, and no network).
 
     python scripts/gpu_check.py                          # a random-init Qwen2.5-7B-shaped model, on cuda
-    python scripts/gpu_check.py --device cpu --layers 2 --tokens 512 1024 --batch-tokens 1024   # a smoke run
+    python scripts/gpu_check.py --device cpu --layers 1 --vocab 4096 --dtype float32 --tokens 256  # smoke run
 
 On one GPU it measures, and prints next to the memory plan's numbers (rlt_ray.memory), as one JSON line each:
 1. log-prob forward + backward of one sequence with gradient checkpointing at each --tokens length (bf16 weights,
@@ -32,11 +32,13 @@ import torch  # noqa: E402
 GIB = 1 << 30
 
 
-def shape_config(model: str, layers: int):
+def shape_config(model: str, layers: int, vocab: int | None = None):
     from transformers import Qwen2Config
 
     data = json.loads((ROOT / "rlt_ray" / "model_configs" / (model.replace("/", "__") + ".json")).read_text())
     data["num_hidden_layers"] = layers
+    if vocab:
+        data["vocab_size"] = vocab
     data["use_cache"] = False
     return Qwen2Config(**{k: v for k, v in data.items() if k not in ("architectures", "model_type")})
 
@@ -74,6 +76,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--bucket-mb", type=int, default=256)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--vocab", type=int, default=None, help="a smaller vocabulary, for a smoke run on CPU")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="the weights' dtype (float32 for a smoke run on a CPU without bf16 kernels)")
     a = p.parse_args(argv)
     from transformers import Qwen2ForCausalLM
 
@@ -83,8 +88,8 @@ def main(argv: list[str]) -> int:
     from rlt_ray.scoring import range_logprobs
     from rlt_ray.weight_sync import BufferMeter, layout_for, pack_bucket, spec_of
 
-    dev, dtype = a.device, torch.bfloat16
-    config = shape_config(a.model, a.layers)
+    dev, dtype = a.device, getattr(torch, a.dtype)
+    config = shape_config(a.model, a.layers, a.vocab)
     shape: Shape = _shape_from_config(config.to_dict())
     full = _shape_from_config(json.loads((ROOT / "rlt_ray" / "model_configs" /
                                           (a.model.replace("/", "__") + ".json")).read_text()))
@@ -95,7 +100,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"check": "setup", "device": device_info, "model": a.model, "layers": a.layers,
                       "params": shape.params, "torch": torch.__version__}), flush=True)
 
-    w = 2
+    w = 2 if dtype == torch.bfloat16 else 4
     for n in a.tokens:  # 1. learner activations with checkpointing
         ids = torch.randint(0, config.vocab_size, (1, n), device=dev)
         mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -117,9 +122,9 @@ def main(argv: list[str]) -> int:
               flush=True)
 
     model.eval()  # 2. scorer forward at the planned batch tokens
-    rows = max(1, a.batch_tokens // 1024)
-    seqs = [torch.randint(0, config.vocab_size, (1024,)).tolist() for _ in range(rows)]
-    ranges = [[(512, 1024)] for _ in seqs]
+    rows = max(2, a.batch_tokens // 512)
+    seqs = [torch.randint(0, config.vocab_size, (512,)).tolist() for _ in range(rows)]
+    ranges = [[(256, 512)] for _ in seqs]
     measured, seconds = peak_above(dev, lambda: range_logprobs(model, seqs, ranges, 0, 0.7, a.batch_tokens, dev))
     planned = a.batch_tokens * (shape.layer_activation_bytes_per_token(w) + 2 * shape.hidden * w) + \
         2 * LOGIT_CHUNK * shape.vocab * 4
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> int:
                       "speedup": single_s / packed_s}), flush=True)
 
     named = dict(model.named_parameters())  # 3. sync buffers: one bucket at a time vs all at once
-    layout = layout_for(spec_of(named.items(), "bfloat16"), a.bucket_mb << 20)
+    layout = layout_for(spec_of(named.items(), a.dtype), a.bucket_mb << 20)
     meter = BufferMeter()
 
     def per_bucket():
@@ -142,7 +147,8 @@ def main(argv: list[str]) -> int:
     measured_all, _ = peak_above(dev, lambda: [pack_bucket(named, m, dev) for m in layout])
     print(json.dumps({"check": "sync_buffers", "buckets": len(layout), "per_bucket_gib": measured_one / GIB,
                       "all_at_once_gib": measured_all / GIB, "meter_peak_gib": meter.peak / GIB,
-                      "planned_gib": min(a.bucket_mb << 20, shape.params * w) / GIB}), flush=True)
+                      "planned_gib": min(max(a.bucket_mb << 20, max(shape.vocab, shape.intermediate) *
+                                         shape.hidden * w), shape.params * w) / GIB}), flush=True)
 
     # 4. bf16 vs fp32 reward on the same tokens: the numerics of the reward's inputs
     ids = torch.randint(0, config.vocab_size, (4, 2048), device=dev)

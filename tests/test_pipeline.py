@@ -116,3 +116,34 @@ def test_sft_student_then_evaluate(distilled, work):
     items = [json.loads(line) for line in (result / "results.jsonl").read_text().splitlines()]
     assert [it["index"] for it in items] == list(range(6))
     assert all({"gold", "prediction", "correct", "completion"} <= it.keys() for it in items)
+
+
+def test_distill_survives_a_killed_rollout_worker(ray_local, warm_teacher, work):
+    """A rollout worker killed mid-run is replaced and its rows redone: every input row ends up once, kept or
+    reported."""
+    import threading
+    import time
+
+    import datasets
+
+    from jobs.distill import main
+
+    out = work / "distill_killed"
+    args = [f"model.teacher={warm_teacher / 'final'}", f"data.source={_bad_data(work)}", "distill.k=4",
+            "distill.shard_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200"]
+
+    def kill_after_first_shard():
+        deadline = time.time() + 600
+        while not list((out / "data").glob("shard_00000.*")) and time.time() < deadline:
+            time.sleep(0.05)
+        ray_local.kill(ray_local.get_actor(f"rlt:distill:{out.name}:rollout:0"), no_restart=True)
+    killer = threading.Thread(target=kill_after_first_shard, daemon=True)
+    killer.start()
+    assert main(args) == 0
+    killer.join(timeout=5)
+    shards = sorted((out / "data").glob("shard_*.parquet"))
+    kept = list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")["id"]) \
+        if shards else []
+    errors = [json.loads(line)["row"] for line in (out / "errors.jsonl").read_text().splitlines()
+              if "completion" not in json.loads(line)]  # row-level reports (not per-sample scoring notes)
+    assert sorted(kept + errors) == sorted(["too-long"] + [f"gsm_symbolic-5-{i}" for i in range(6)])
