@@ -411,12 +411,7 @@ class LearnerRank:
         """The model in HF format (config, safetensors in model.dtype, tokenizer); loads in transformers and vLLM."""
         from rlt_ray.weight_sync import DTYPES
 
-        dtype = DTYPES[self.cfg.model.dtype]
-        state = {}
-        for name, p in self.hf_model.named_parameters(remove_duplicate=False):
-            with self._gathered([p]):  # one parameter at a time under ZeRO-3, never the whole model
-                if self.rank == 0:
-                    state[name] = p.detach().to("cpu", dtype).clone()
+        state = self._full_state(self.hf_model, DTYPES[self.cfg.model.dtype])
         if self.rank == 0:
             self.hf_model.save_pretrained(path, state_dict=state)
             self.tokenizer.save_pretrained(path)
@@ -437,13 +432,14 @@ class LearnerRank:
             return
         mixup_([ref[n] for n in policy], [policy[n] for n in policy], self.cfg.grpo.ref_mixup_alpha)
 
-    def _reference_state(self) -> dict[str, torch.Tensor] | None:
-        """The full reference on rank 0 (CPU), gathered one parameter at a time under ZeRO-3; None elsewhere."""
+    def _full_state(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:
+        """``module``'s full parameters on rank 0 (CPU, in ``dtype``), gathered one parameter at a time under
+        ZeRO-3, never the whole model at once; every rank must call this. None on the other ranks."""
         state = {}
-        for name, p in self.ref.named_parameters(remove_duplicate=False):
+        for name, p in module.named_parameters(remove_duplicate=False):
             with self._gathered([p]):
                 if self.rank == 0:
-                    state[name] = p.detach().to("cpu").clone()
+                    state[name] = p.detach().to("cpu", dtype).clone()
         return state if self.rank == 0 else None
 
     def _load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -471,7 +467,7 @@ class LearnerRank:
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
                    ckpt / f"rng_rank{self.rank}.pt")
         self.save_hf(str(ckpt / "hf"))
-        ref_state = self._reference_state()
+        ref_state = self._full_state(self.ref)
         if self.rank == 0:
             save_file({k: v.contiguous() for k, v in ref_state.items()}, str(ckpt / "reference.safetensors"))
         torch.distributed.barrier()

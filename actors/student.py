@@ -61,21 +61,22 @@ class StudentScorer:
         n = int(rollout["n"])
         completions = rollout["completion_ids"]
         span = explanation_span or self.cfg.reward.explanation_span
-        tails: dict = {}
+        # per completion: the teacher log-probs of its tokens, and of its prompt's last tokens (None: not given)
         if teacher_logprobs is None:
             completion_lp = rollout["logprobs"]
+            by_prompt: dict = {}
             for part in ray.get(list(prompt_tails or [])):
-                tails.update(part)
+                by_prompt.update(part)
+            per_prompt = [by_prompt.get(prompt_key(p)) for p in rollout["prompt_ids"]]
+            tail_lp = [per_prompt[i // n] for i in range(len(completions))]
         else:
             merged: dict[int, np.ndarray] = {}
             for part in ray.get(list(teacher_logprobs)):
                 merged.update(part)
-            completion_lp = []
-            for i, comp in enumerate(completions):
-                both = np.asarray(merged[offset + i])
-                head = len(both) - len(comp)
-                completion_lp.append(both[head:])
-                tails[(i // n, "learner", i)] = both[:head]
+            both = [np.asarray(merged[offset + i]) for i in range(len(completions))]
+            heads = [len(b) - len(c) for b, c in zip(both, completions)]
+            completion_lp = [b[h:] for b, h in zip(both, heads)]
+            tail_lp = [b[:h] for b, h in zip(both, heads)]
         seqs, teacher_expl, kept, errors = [], [], [], []
         for i, comp in enumerate(completions):
             prompt = rollout["prompt_ids"][i // n]
@@ -84,7 +85,7 @@ class StudentScorer:
                 seq = build_reward_sequence(row, prompt, [int(t) for t in comp], self.teacher_fmt, self.student_fmt,
                                             self.cfg.reward.solution_span, span)
                 k = seq.prompt_pad_tokens
-                tail = tails.get((i // n, "learner", i), tails.get(prompt_key(prompt))) if k else np.zeros(0)
+                tail = tail_lp[i] if k else np.zeros(0)
                 if tail is None or len(tail) < k:
                     raise ValueError(f"no teacher log-probs for the prompt's last {k} tokens (the padding the "
                                      f"explanation span starts with; reward.explanation_span={span})")

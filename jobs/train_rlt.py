@@ -474,21 +474,21 @@ def main(argv: list[str]) -> int:
                         version = step + 1
                     # else a partial batch: its accumulated gradients are dropped, the weights are the last step's
                 if version > start and (cfg.run.checkpoint_on_interrupt or not interrupted):
-                    checkpoint(version)
+                    if latest(out) != step_dir(out, version):  # not already written at that step's end
+                        checkpoint(version)
                     saved = step_dir(out, version)
             except Exception as save_exc:  # the learners' state is unknown: keep the last good checkpoint
                 log.event(version, "checkpoint_failed", error=f"{type(save_exc).__name__}: {save_exc}")
         if interrupted:
             log.event(version, "interrupted", completed_steps=version)
             raise
-        last = saved or latest(out)
-        log.event(version, "error", completed_steps=version, error=describe_error(exc),
-                  checkpoint=str(last) if last else None)
+        last, error = saved or latest(out), describe_error(exc)
+        log.event(version, "error", completed_steps=version, error=error, checkpoint=str(last) if last else None)
         if isinstance(exc, RunStopped):
             raise
         where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"
                  if last else "no checkpoint was written yet: start again")
-        raise RunStopped(f"step {step + 1} failed with {describe_error(exc)}; {where}") from exc
+        raise RunStopped(f"step {step + 1} failed with {error}; {where}") from exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
