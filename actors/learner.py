@@ -186,7 +186,10 @@ class LearnerRank:
         return peak if self.rank == 0 else None
 
     def leave_sync_group(self) -> None:
-        self.sync_group = None
+        from rlt_ray.weight_sync import close_group
+
+        group, self.sync_group = self.sync_group, None
+        close_group(group, self.cfg.resources.backend)
 
     # -- the step -----------------------------------------------------------------------------------------
 

@@ -1,175 +1,322 @@
-"""The offline demo (README's first command): the whole RLT pipeline on this machine in a few minutes.
+"""The offline demo (README's first command): the paper's Table 1 in miniature, on this machine, in minutes.
 
-    python jobs/demo.py [--config PRESET] [key=value ...]        (bash scripts/demo.sh)
+    python jobs/demo.py [--config PRESET] [key=value ...] [--verbose]         (bash scripts/demo.sh)
 
-On one local Ray, with the tiny offline models (rlt_ray.models) and reasoning-gym's gsm_symbolic questions:
-  1. warm up the teacher (SFT in the teacher format)         jobs/sft_teacher.py
-  2. warm up the student (SFT in the student format)         jobs/sft_student.py
-  3. RL: GRPO with the RLT reward, the student as scorer     jobs/train_rlt.py
-  4. distil the RL teacher's explanations (best of k)        jobs/distill.py
-  5. evaluate the student, fine-tune it on the distilled explanations, evaluate it again
-                                                             jobs/evaluate.py, jobs/sft_student.py
-  6. serve the RL teacher on Ray Serve and ask it for one explanation   serve/app.py
-Prints a summary table; writes <out>/reward_curve.png, TensorBoard logs under <out>/*/tensorboard and
-<out>/summary.json. ``demo.out`` defaults to runs/demo; pass run.output_dir=... to move it.
-The tiny models learn the format and the reward rises, but they are far too small to solve the questions, so
-expect accuracies near zero. The same jobs run the paper's models on a GPU cluster (README).
+The task is chained sums of single digits (rlt_ray.demo_task): R1-like reference traces (correct but long-winded
+and oddly ordered) play the paper's R1 traces; 4-layer models trained from scratch play the 7B models. On one local
+Ray (docs/demo.md):
+  1. write the task: train questions with reference traces, held-out test questions        rlt_ray.demo_task
+  2. warm up the teacher on the reference traces (teacher format)                            jobs/sft_teacher.py
+  3. student (b): SFT on the reference traces; it is also the RL reward's student           jobs/sft_student.py
+  4. RL: GRPO with the RLT reward                                                            jobs/train_rlt.py
+  5. distil the warm-up teacher's and the RL teacher's explanations (one per question)       jobs/distill.py
+  6. students (a) question -> solution only, (c) warm-up teacher's, (d) RL teacher's explanations: the same
+     student init, rows, epochs and batch as (b)                                             jobs/sft_student.py
+  7. evaluate the four students on the held-out questions (95 % Wilson intervals)            jobs/evaluate.py
+  8. serve the RL teacher on Ray Serve and ask it for one explanation                        serve/app.py
+Writes <out>/summary.json (``students``: one entry per arm), <out>/demo.png (the table as bars with intervals, and
+the RL curves), TensorBoard logs and, under <out>/logs/, every stage's output and the Ray/vLLM/DeepSpeed logs.
+``demo.out`` is runs/demo unless run.output_dir=... says otherwise. An experiment: the table is printed as it
+comes out, and the exit code is 0 whenever every stage ran (the reward's rise, or not, is reported).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
-RL_STEPS = 40
+TRAIN_QUESTIONS, TEST_QUESTIONS = 1024, 256
+# every student arm trains on this many rows (the first ones of its data): distillation drops the rows whose
+# explanation never closed its tag, so the distilled sets can be a little shorter than the task's train set
+STUDENT_ROWS = 960
+ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up teacher's explanations",
+        "d": "RL teacher's explanations"}
 
 
-def stage_args(out: Path) -> dict[str, list[str]]:
+def stage_args(out: Path, steps: int) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides)."""
-    gsm = ["data.source=reasoning_gym:gsm_symbolic", "data.size=256", "logging.tensorboard=true"]
-    sft = ["sft.batch_size=16", "learner.lr=3e-3"]
+    task = out / "task"
+    sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
+    rl_teacher = out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
+    distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.shard_rows=256",
+               f"model.student={out / 'student_b' / 'final'}"]
     return {
-        "sft_teacher": gsm + sft + ["sft.epochs=6", f"sft.output_dir={out / 'teacher_sft'}"],
-        "sft_student": gsm + sft + ["sft.epochs=3", f"sft.output_dir={out / 'student_sft'}"],
-        "train_rlt": gsm + [f"model.teacher={out / 'teacher_sft' / 'final'}",
-                            f"model.student={out / 'student_sft' / 'final'}", f"run.steps={RL_STEPS}",
-                            "run.questions_per_step=4", "rollout.n=8", "rollout.max_new_tokens=192",
-                            "learner.lr=3e-4", "run.checkpoint_every=0", f"run.output_dir={out / 'rl'}"],
-        "distill": ["data.source=reasoning_gym:gsm_symbolic", "data.size=64", "data.seed=7",
-                    f"model.teacher={out / 'rl' / 'checkpoints' / f'step_{RL_STEPS:06d}' / 'hf'}",
-                    f"model.student={out / 'student_sft' / 'final'}", "distill.k=4",
-                    "rollout.max_new_tokens=192", f"distill.output_dir={out / 'distill'}"],
-        "student_distilled": [f"data.source={out / 'distill' / 'data'}", "sft.epochs=2", "sft.batch_size=8",
-                              "learner.lr=3e-4", f"sft.model={out / 'student_sft' / 'final'}",
-                              f"sft.output_dir={out / 'student_distilled'}"],
-        "evaluate": ["eval.source=reasoning_gym:gsm_symbolic", "eval.size=32", "eval.max_new_tokens=192"],
+        "sft_teacher": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'teacher_sft'}"],
+        "student_b": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'student_b'}",
+                            f"data.max_rows={STUDENT_ROWS}"],
+        "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
+                      f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
+                      f"run.output_dir={out / 'rl'}", "logging.tensorboard=true", "learner.lr=5e-4",
+                      "learner.lr_schedule=constant", "learner.warmup_ratio=0"],
+        "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
+                                f"distill.output_dir={out / 'distill_warmup'}"],
+        "distill_d": distill + [f"model.teacher={rl_teacher}", f"distill.output_dir={out / 'distill_rl'}"],
+        "student_a": sft + [f"data.source={task / 'train_answer_only.jsonl'}", f"sft.output_dir={out / 'student_a'}"],
+        "student_c": sft + [f"data.source={out / 'distill_warmup' / 'data'}", f"sft.output_dir={out / 'student_c'}"],
+        "student_d": sft + [f"data.source={out / 'distill_rl' / 'data'}", f"sft.output_dir={out / 'student_d'}"],
+        "evaluate": [f"eval.source={task / 'test.jsonl'}"],
+        "serve": [f"serve.model={rl_teacher}", f"serve.student={out / 'student_b' / 'final'}", "serve.max_tokens=128"],
     }
 
 
-def reward_curve(metrics_file: Path, png: Path) -> list[float]:
+def distilled_rows(folder: Path) -> list[dict]:
+    import datasets
+
+    shards = sorted((folder / "data").glob("shard_*.parquet"))
+    return list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")) if shards else []
+
+
+def plot(out: Path, students: dict, metrics_file: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    arms = list(students)
+    acc = [students[a]["accuracy"] for a in arms]
+    err = [[students[a]["accuracy"] - students[a]["low"] for a in arms],
+           [students[a]["high"] - students[a]["accuracy"] for a in arms]]
+    bars.bar(range(len(arms)), acc, yerr=err, capsize=6, color=["#999", "#6a9fd4", "#e0a050", "#4caf50"])
+    bars.set_xticks(range(len(arms)), [f"({a})\n{ARMS[a]}".replace("'s ", "'s\n") for a in arms], fontsize=8)
+    bars.set_ylabel(f"accuracy on {students[arms[0]]['n']} held-out questions (95 % CI)")
+    bars.set_ylim(0, 1)
+    bars.set_title("students distilled four ways")
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     steps = [r["step"] + 1 for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS (student log-lik. of solution)"),
-                       ("r_kl_mean", "r_KL (explanation log-ratio)")):
-        sign = -1.0 if key == "r_kl_mean" else 1.0
-        ax.plot(steps, [sign * r[key] for r in rows], label=label if sign > 0 else f"-{label}")
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("mean over the step's completions")
-    ax.set_title("RLT on tiny models: reward per GRPO step")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    for key, label, sign in (("reward_mean", "reward", 1), ("r_ss_mean", "r_SS", 1), ("r_kl_mean", "-r_KL", -1)):
+        curves.plot(steps, [sign * (r[key] if r[key] is not None else float("nan")) for r in rows], label=label)
+    curves.set_xlabel("RL step")
+    curves.set_ylabel("mean over the step's completions")
+    twin = curves.twinx()
+    twin.plot(steps, [r["closed_tag_fraction"] for r in rows], "k:", label="closed-tag fraction")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("closed-tag fraction")
+    curves.legend(loc="lower left")
+    twin.legend(loc="lower right")
+    curves.set_title("teacher RL (GRPO, RLT reward)")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    fig.savefig(out / "demo.png", dpi=110)
     plt.close(fig)
-    return [r["reward_mean"] for r in rows]
 
 
-def ask_the_endpoint(preset: str, overrides: list[str], out: Path) -> dict:
+def ask_the_endpoint(preset: str, overrides: list[str], row: dict) -> dict:
     """Serve the RL teacher (with the student, for rewards) on Ray Serve and ask for the best of 4 explanations."""
     import socket
     import urllib.request
 
     from ray import serve
 
-    from rlt_ray.data import reasoning_gym_rows
     from serve.app import app_builder
 
-    print("\n=== demo: 6. serve the RL teacher and ask it for an explanation", flush=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(app_builder({"config": preset, "overrides": list(overrides) + [
-            f"serve.model={out / 'rl' / 'checkpoints' / f'step_{RL_STEPS:06d}' / 'hf'}",
-            f"serve.student={out / 'student_sft' / 'final'}", "serve.max_tokens=192"]}),
-            name="rlt-demo", route_prefix="/")
-        row = reasoning_gym_rows("gsm_symbolic", 1, 99)[0]
-        body = json.dumps({"question": row.question, "solution": row.solution, "n": 4, "best_of": True,
-                           "seed": 0, "max_tokens": 192}).encode()
+        serve.run(app_builder({"config": preset, "overrides": overrides}), name="rlt-demo", route_prefix="/")
+        body = json.dumps({"question": row["question"], "solution": row["solution"], "n": 4, "best_of": True,
+                           "seed": 0}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/explain", body,
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as r:
-            answer = json.loads(r.read())
+            return json.loads(r.read())
     finally:
         serve.shutdown()
-    best = answer["explanations"][0]
-    print(f"POST /v1/explain -> weights version {answer['weights_version']}, best of 4 by RLT reward "
-          f"{best['reward']['total']:.3f} (closed tag: {best['closed']}):")
-    print(f"  question: {row.question[:120]}...")
-    print(f"  explanation: {best['text'][:300]!r}")
-    return answer
+
+
+class StageLog:
+    """Each stage's own output (its print lines and driver-side library warnings) goes to <out>/logs/<stage>.log;
+    the console gets the demo's line per stage, the stages' progress bars, and the lines starting with one of
+    ``show`` (the RL step lines)."""
+
+    def __init__(self, logs: Path, verbose: bool):
+        self.logs, self.verbose = logs, verbose
+        logs.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, show: tuple[str, ...] = ()):
+        if self.verbose:
+            yield
+            return
+        console = sys.stdout
+        tty = console.isatty()
+        log = open(self.logs / f"{name}.log", "a", buffering=1)
+
+        class Tee:
+            pending = ""  # a line is shown or not once it is complete (print writes its newline separately)
+
+            def write(self, text: str) -> int:
+                if text.startswith("\r") or "%|" in text:  # a tqdm bar redrawing its line: on a terminal only
+                    if tty:
+                        console.write(text)
+                        console.flush()
+                    return len(text)
+                log.write(text)
+                self.pending += text
+                *lines, self.pending = self.pending.split("\n")
+                shown = [line for line in lines if show and line.startswith(show)]
+                if shown:
+                    console.write("".join(line + "\n" for line in shown))
+                    console.flush()
+                return len(text)
+
+            def flush(self) -> None:
+                log.flush()
+
+            def isatty(self) -> bool:
+                return False
+
+        try:
+            with contextlib.redirect_stdout(Tee()), contextlib.redirect_stderr(Tee()):
+                yield
+        finally:
+            log.close()
 
 
 def main(argv: list[str]) -> int:
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
-    from rlt_ray.cluster import connect_ray
+    from rlt_ray.cluster import connect_ray, library_log_dir, verbose
     from rlt_ray.config import load_config, split_argv
+    from rlt_ray.demo_task import write_task
 
+    if not any(a == "--config" or a.startswith("--config=") or a == "-c" for a in argv):
+        argv = ["--config", "demo"] + argv
     preset, overrides = split_argv(argv)
-    out = Path(load_config(preset, overrides).run.output_dir)
-    if out.name == "tiny_cpu":  # the preset's default: give the demo a folder of its own
-        out = out.parent / "demo"
+    cfg = load_config(preset, overrides)
+    out = Path(cfg.run.output_dir)
+    steps = int(cfg.run.steps)
     base = ["--config", preset] + overrides
-    args = stage_args(out)
+    args = stage_args(out, steps)
+    for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval") + tuple(f"student_{a}" for a in ARMS):
+        shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
+    logs = StageLog(out / "logs", verbose())
+    if not verbose():  # the libraries' own progress bars (dataset splits, checkpoint shards) are not stages
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
     timings: dict[str, float] = {}
     connect_ray()
+    n_stages = 8
 
-    def stage(name: str, job, extra: list[str]) -> None:
-        print(f"\n=== demo: {name}", flush=True)
+    def stage(k: int, name: str, title: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
+        print(f"[{k}/{n_stages}] {title} ...", flush=True)
         t = time.time()
-        if job.main(base + extra) != 0:
-            raise RuntimeError(f"demo: stage {name} failed")
+        with logs.stage(name, show):
+            code = job.main(base + extra)
+        if code != 0:
+            raise RuntimeError(f"demo: stage {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
         timings[name] = time.time() - t
+        print(f"      done in {timings[name]:.0f} s", flush=True)
 
-    stage("1. teacher warm-up (SFT, teacher format)", sft_teacher, args["sft_teacher"])
-    stage("2. student warm-up (SFT, student format)", sft_student, args["sft_student"])
-    stage("3. RL: GRPO with the RLT reward", train_rlt, args["train_rlt"])
-    stage("4. distil the RL teacher's explanations", distill, args["distill"])
-    stage("5a. evaluate the student before", evaluate,
-          args["evaluate"] + [f"eval.model={out / 'student_sft' / 'final'}", f"eval.output_dir={out / 'eval_before'}"])
-    stage("5b. fine-tune the student on the distilled explanations", sft_student, args["student_distilled"])
-    stage("5c. evaluate the student after", evaluate,
-          args["evaluate"] + [f"eval.model={out / 'student_distilled' / 'final'}",
-                              f"eval.output_dir={out / 'eval_after'}"])
+    print(f"[1/{n_stages}] task: chained sums, {TRAIN_QUESTIONS} train questions with reference traces, "
+          f"{TEST_QUESTIONS} held-out", flush=True)
+    files = write_task(out / "task", TRAIN_QUESTIONS, TEST_QUESTIONS, int(cfg.data.seed))
+    stage(2, "sft_teacher", "teacher warm-up on the reference traces", sft_teacher, args["sft_teacher"])
+    stage(3, "student_b", "student (b) on the reference traces (also the RL reward's student)", sft_student,
+          args["student_b"])
+    stage(4, "train_rlt", f"RL: {steps} GRPO steps with the RLT reward", train_rlt, args["train_rlt"],
+          show=("step ",))
+    stage(5, "distill_c", "distil the warm-up teacher's explanations", distill, args["distill_c"])
+    timings["distill_d"] = 0.0
+    with logs.stage("distill_d"):
+        t = time.time()
+        if distill.main(base + args["distill_d"]) != 0:
+            raise RuntimeError(f"demo: stage distill_d failed; see {out / 'logs' / 'distill_d.log'}")
+        timings["distill_d"] = time.time() - t
+    print(f"      and the RL teacher's, done in {timings['distill_d']:.0f} s", flush=True)
+    # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
+    sizes = {"a": TRAIN_QUESTIONS, "b": TRAIN_QUESTIONS, "c": len(distilled_rows(out / "distill_warmup")),
+             "d": len(distilled_rows(out / "distill_rl"))}
+    rows = min([STUDENT_ROWS] + list(sizes.values()))
+    same = [f"data.max_rows={rows}"]
+    print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
     t = time.time()
-    served = ask_the_endpoint(preset, overrides, out)
-    timings["6. serve the RL teacher and ask it"] = time.time() - t
+    for arm in "acd":
+        with logs.stage(f"student_{arm}"):
+            if sft_student.main(base + args[f"student_{arm}"] + same) != 0:
+                raise RuntimeError(f"demo: student ({arm}) failed; see {out / 'logs' / f'student_{arm}.log'}")
+    timings["students_acd"] = time.time() - t
+    if rows < STUDENT_ROWS:  # (b) was trained before distillation; retrain it on as few rows as the others
+        with logs.stage("student_b_same_rows"):
+            sft_student.main(base + args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
 
-    rewards = reward_curve(out / "rl" / "metrics.jsonl", out / "reward_curve.png")
-    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    before = json.loads((out / "eval_before" / "summary.json").read_text())
-    after = json.loads((out / "eval_after" / "summary.json").read_text())
-    distilled = sum(1 for _ in (out / "distill" / "data").glob("*.parquet"))
-    summary = {"reward_first10": first, "reward_last10": last, "reward_rose": last > first,
-               "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
-               "solution_blocks_before": before["n"] - before["no_solution_block"],
-               "solution_blocks_after": after["n"] - after["no_solution_block"], "eval_n": before["n"],
-               "distilled_shards": distilled, "served_weights_version": served["weights_version"],
+    print(f"[7/{n_stages}] evaluate the four students on {TEST_QUESTIONS} held-out questions ...", flush=True)
+    t = time.time()
+    students = {}
+    for arm in ARMS:
+        model = out / (f"student_{arm}" if arm != "b" or rows == STUDENT_ROWS else "student_b_same_rows")
+        with logs.stage(f"evaluate_{arm}"):
+            evaluate.main(base + args["evaluate"] + [f"eval.model={model / 'final'}",
+                                                     f"eval.output_dir={out / 'eval' / arm}"])
+        s = json.loads((out / "eval" / arm / "summary.json").read_text())
+        students[arm] = {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"],
+                         "n": s["n"], "correct": s["correct"], "train_rows": rows,
+                         "no_solution_block": s["no_solution_block"]}
+    timings["evaluate"] = time.time() - t
+    print(f"      done in {timings['evaluate']:.0f} s", flush=True)
+
+    test_row = json.loads(files["test"].read_text().splitlines()[0])
+    t = time.time()
+    print(f"[8/{n_stages}] serve the RL teacher on Ray Serve, POST /v1/explain ...", flush=True)
+    with logs.stage("serve"):
+        served = ask_the_endpoint(preset, overrides + args["serve"], test_row)
+    timings["serve"] = time.time() - t
+    best = served["explanations"][0]
+    print(f"      weights version {served['weights_version']}, best of 4 by RLT reward {best['reward']['total']:.3f}: "
+          f"{test_row['question']} -> {best['text'].strip()[:160]!r}", flush=True)
+
+    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    k = max(1, min(10, len(metrics) // 4))
+    curve = {key: [m[key] for m in metrics] for key in ("reward_mean", "r_ss_mean", "r_kl_mean",
+                                                         "closed_tag_fraction", "completion_tokens_mean")}
+    first = {key: sum(v[:k]) / k for key, v in curve.items()}
+    last = {key: sum(v[-k:]) / k for key, v in curve.items()}
+    warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
+    by_id = {r["id"]: r for r in rl}
+    examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": None,
+                 "warm_up": r["explanation"], "rl": by_id[r["id"]]["explanation"]}
+                for r in warm if r["id"] in by_id][:3]
+    traces = {json.loads(line)["id"]: json.loads(line)["reasoning_trace"]
+              for line in files["train"].read_text().splitlines()}
+    for e, r in zip(examples, [r for r in warm if r["id"] in by_id]):
+        e["reference_trace"] = traces.get(r["id"])
+    plot(out, students, out / "rl" / "metrics.jsonl")
+    library_logs = library_log_dir(out / "logs" / "ray")
+    summary = {"students": students, "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
+                                            "reward_rose": last["reward_mean"] > first["reward_mean"]},
+               "distilled_rows": sizes, "examples": examples, "served_weights_version": served["weights_version"],
                "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    print("\n=== demo: summary")
-    print(f"{'':34} {'value':>12}")
-    print(f"{'RL mean reward, first 10 steps':34} {first:12.3f}")
-    print(f"{'RL mean reward, last 10 steps':34} {last:12.3f}   {'rose' if last > first else 'DID NOT RISE'}")
-    print(f"{'student accuracy before':34} {before['accuracy']:12.3f}   "
-          f"({summary['solution_blocks_before']}/{before['n']} answers with a solution block)")
-    print(f"{'student accuracy after':34} {after['accuracy']:12.3f}   "
-          f"({summary['solution_blocks_after']}/{after['n']} answers with a solution block)")
-    print(f"{'total time':34} {summary['seconds']:11.0f}s")
-    print(f"\nreward curve: {out / 'reward_curve.png'}; TensorBoard: tensorboard --logdir {out}; "
-          f"summary: {out / 'summary.json'}")
-    return 0 if last > first else 1
+    print("\n=== demo: students distilled four ways (the paper's Table 1 in miniature)")
+    print(f"{'student trained on':40} {'accuracy':>9} {'95 % interval':>16}")
+    for arm, s in students.items():
+        print(f"({arm}) {s['arm']:36} {s['accuracy']:9.3f}   [{s['low']:.3f}, {s['high']:.3f}]  "
+              f"({s['correct']}/{s['n']})")
+    print(f"\nteacher RL, mean of the first / last {k} steps:")
+    for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS"), ("r_kl_mean", "r_KL"),
+                       ("closed_tag_fraction", "closed tag"), ("completion_tokens_mean", "explanation tokens")):
+        print(f"  {label:20} {first[key]:9.3f} -> {last[key]:9.3f}")
+    if examples:
+        e = examples[0]
+        print(f"\n{e['question']}  (solution {e['solution']})\n  reference trace: {e['reference_trace']}\n"
+              f"  warm-up teacher: {e['warm_up'].strip()}\n  RL teacher:      {e['rl'].strip()}")
+    print(f"\ntotal {summary['seconds']:.0f} s; figures {out / 'demo.png'}, {out / 'summary.json'}; "
+          f"TensorBoard: tensorboard --logdir {out}; logs: {out / 'logs'}"
+          + (f" (Ray, vLLM, DeepSpeed: {library_logs})" if library_logs else ""))
+    if not summary["rl"]["reward_rose"]:
+        print(f"note: the RL reward did not rise (mean of the first {k} steps {first['reward_mean']:.3f}, of the last "
+              f"{k} {last['reward_mean']:.3f}); docs/demo.md discusses why it barely moves on this task")
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,31 +38,6 @@ def choose(scored: dict[str, Any], row_index: int, k: int, keep: str) -> list[in
     return [max(closed, key=lambda j: totals[row_index * k + j])]
 
 
-def run_on_slots(ray, slots, items: list, call) -> list:
-    """``call(actor, item)`` for each item, item j on slot j % len(slots), results in order. An item whose actor
-    died, or whose vLLM engine did (rlt_ray.cluster.worker_lost), is run again on the slot's replacement; the
-    slot is replaced once however many items it held."""
-    from rlt_ray.cluster import worker_lost
-
-    pending = {j: (j % len(slots), slots.generation[j % len(slots)], call(slots[j % len(slots)], item))
-               for j, item in enumerate(items)}
-    results = {}
-    while pending:
-        for j in list(pending):
-            slot, generation, ref = pending.pop(j)
-            try:
-                results[j] = ray.get(ref)
-            except Exception as exc:
-                if not worker_lost(exc):
-                    raise
-                if slots.generation[slot] == generation:
-                    slots.replace(slot)
-                    print(f"distill: {slots.kind} {slot} died ({type(exc).__name__}); replaced, its work redone",
-                          flush=True)
-                pending[j] = (slot, slots.generation[slot], call(slots[slot], items[j]))
-    return [results[j] for j in range(len(items))]
-
-
 def shard_done(path: Path) -> bool:
     return path.exists() or path.with_suffix(".empty").exists()
 
@@ -84,7 +59,7 @@ def write_shard(path: Path, records: list[dict[str, Any]]) -> None:
 def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
-    from actors import ActorSlots, actor_options
+    from actors import ActorSlots, actor_options, run_on_slots
     from actors.rollout import RolloutWorker, worker_options
     from actors.student import StudentScorer
     from rlt_ray.batch import step_seeds
@@ -139,12 +114,12 @@ def main(argv: list[str]) -> int:
                     indices.append(i)
                 parts = [p for p in np.array_split(np.arange(len(prompts)), len(workers)) if len(p)]
                 # the same seeds whoever samples a part: a replaced worker samples what the dead one would have
-                generated = run_on_slots(ray, workers, parts, lambda w, part: w.generate.remote(
+                generated = run_on_slots(workers, parts, lambda w, part: w.generate.remote(
                     [prompts[j] for j in part], step_seeds(cfg.run.seed, 0, [indices[j] for j in part]), 0, dc.k))
                 # the prompt's closing padding is left out of the explanation span here: its teacher log-probs
                 # would need an HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1),
                 # and it is the same for every candidate of a row (docs/design.md)
-                scored = run_on_slots(ray, scorers, list(zip(generated, parts)), lambda s, item: s.score.remote(
+                scored = run_on_slots(scorers, list(zip(generated, parts)), lambda s, item: s.score.remote(
                     [rows_in[j] for j in item[1]], item[0], explanation_span="sampled"))
                 records, rows_done = [], 0
                 for part, result in zip(parts, scored):

@@ -20,6 +20,7 @@ import numpy as np
 
 def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""
+    from actors import ActorSlots, run_on_slots
     from actors.rollout import RolloutWorker, worker_options
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster
@@ -39,15 +40,18 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout",))
-    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i, model)
-               for i in range(cfg.rollout.num_workers)]
+    # named, so operators (and the fault tests) can find them; a dead one (or a dead engine core) is replaced in
+    # its slot and its questions asked again: greedy decoding, so the answers are the same
+    name = f"rlt:evaluate:{out.name}"
+    workers = ActorSlots(lambda i, g: RolloutWorker.options(
+        name=f"{name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg)).remote(cfg, i, model),
+        cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
     try:
         parts = [p for p in np.array_split(np.asarray(keep, dtype=int), len(workers)) if len(p)]
-        outputs = ray.get([w.generate.remote([prompts[i] for i in part], [0] * len(part), 0, 1, 0.0,
-                                             ec.max_new_tokens) for w, part in zip(workers, parts)])
+        outputs = run_on_slots(workers, parts, lambda w, part: w.generate.remote(
+            [prompts[i] for i in part], [0] * len(part), 0, 1, 0.0, ec.max_new_tokens), job="evaluate")
     finally:
-        for w in workers:
-            ray.kill(w)
+        workers.kill_all()
     items: list[dict[str, Any]] = []
     for part, result in zip(parts, outputs):
         for j, i in enumerate(part):

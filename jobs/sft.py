@@ -4,12 +4,14 @@ optimizer step per sft.batch_size sequences, the model saved in HF format at the
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 
 def run_sft(argv: list[str], role: str) -> int:
     import numpy as np
+    from tqdm import tqdm
 
     from actors.learner import LearnerGroup
     from rlt_ray.cluster import connect_ray
@@ -50,7 +52,8 @@ def run_sft(argv: list[str], role: str) -> int:
     log = RunLog(out, cfg.logging, out.name)
     try:
         ray.get(learners.call("set_sft_examples", ray.put(examples)))
-        step = 0
+        step, first_nll = 0, None
+        bar = tqdm(total=cfg.sft.epochs * steps_per_epoch, desc=f"sft_{role}", file=sys.stderr, leave=False)
         for epoch in range(cfg.sft.epochs):
             for batch in epoch_batches(len(examples.ids), cfg.sft.batch_size, cfg.run.seed, epoch):
                 t0 = time.perf_counter()
@@ -63,13 +66,15 @@ def run_sft(argv: list[str], role: str) -> int:
                 if not np.isfinite(metrics["nll"]):
                     raise RuntimeError(f"sft_{role}: non-finite loss at step {step}")
                 log.log(step, metrics)
+                first_nll = metrics["nll"] if first_nll is None else first_nll
                 step += 1
-                if step % max(1, steps_per_epoch // 4) == 0 or step == 1:
-                    print(f"sft_{role}: epoch {epoch + 1}/{cfg.sft.epochs} step {step}  nll {metrics['nll']:.4f}",
-                          flush=True)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, nll=f"{metrics['nll']:.4f}")
             final = out / ("final" if epoch + 1 == cfg.sft.epochs else f"epoch_{epoch + 1}")
             ray.get(learners.call("save_hf", str(final)))
-            print(f"sft_{role}: saved {final}", flush=True)
+        bar.close()
+        print(f"sft_{role}: {cfg.sft.epochs} epochs, {step} steps, nll {first_nll:.4f} -> {metrics['nll']:.4f}; "
+              f"saved {out / 'final'} (and epoch_N/)", flush=True)
     finally:
         log.close()
         learners.shutdown()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 
 class RunStopped(RuntimeError):
@@ -35,18 +36,48 @@ def worker_lost(exc: BaseException) -> bool:
     return isinstance(exc, ray.exceptions.RayTaskError) and any(name in str(exc) for name in ENGINE_DEAD_ERRORS)
 
 
+def verbose() -> bool:
+    """``--verbose`` on a job's command line (run_cli) or RLT_VERBOSE=1: the libraries' logs on the console."""
+    return os.environ.get("RLT_VERBOSE", "0") not in ("0", "", "false", "False")
+
+
 def connect_ray():
     """Inside `ray job submit` (RAY_ADDRESS set): the job's cluster. Otherwise a local Ray of our own, never
-    someone else's cluster by accident. A caller that already called ray.init (tests, notebooks) keeps its own."""
+    someone else's cluster by accident. A caller that already called ray.init (tests, notebooks) keeps its own.
+    The actors' output (vLLM, DeepSpeed, Ray's own) stays in Ray's log files unless verbose(): the console shows
+    the job's own lines; library_log_dir() says where the rest is."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return ray
+    quiet = {} if verbose() else {"log_to_driver": False, "logging_level": logging.ERROR}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**quiet)
     else:
-        ray.init(address="local")
+        ray.init(address="local", **quiet)
     return ray
+
+
+def library_log_dir(copy_to: Optional[Path] = None) -> Optional[Path]:
+    """The folder of this (local) Ray session's logs: every actor's stdout/stderr, hence vLLM's and DeepSpeed's.
+    With ``copy_to``: copy the actors' logs there (they outlive `ray stop`) and return that folder instead."""
+    import shutil
+
+    import ray
+
+    try:
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # not connected, or a remote cluster: its logs are in the dashboard
+        return None
+    if copy_to is None:
+        return logs
+    copy_to.mkdir(parents=True, exist_ok=True)
+    for f in logs.iterdir():
+        if f.is_file() and f.suffix in (".out", ".err", ".log"):
+            shutil.copy2(f, copy_to / f.name)
+    return copy_to
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int:
@@ -60,6 +91,9 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int
     from rlt_ray.models import ModelNotFoundError
     from rlt_ray.weight_sync import WeightSyncError
 
+    if "--verbose" in argv:  # the libraries' logs back on the console (connect_ray)
+        os.environ["RLT_VERBOSE"] = "1"
+        argv = [a for a in argv if a != "--verbose"]
     try:
         return main(argv)
     except (ConfigError, CheckpointError, DataError, FormatError, ModelNotFoundError, WeightSyncError,

@@ -127,6 +127,7 @@ class WeightUpdateExtension:
         from rlt_ray.weight_sync import open_group
 
         # one group rank per tensor-parallel worker of this engine
+        self._rlt_backend = backend
         self._rlt_group = open_group(backend, host, port, rank_offset + int(getattr(self, "rank", 0)), world,
                                      timeout_s)
 
@@ -152,7 +153,10 @@ class WeightUpdateExtension:
         return meter.peak
 
     def rlt_leave_group(self) -> None:
-        self._rlt_group = None
+        from rlt_ray.weight_sync import close_group
+
+        group, self._rlt_group = getattr(self, "_rlt_group", None), None
+        close_group(group, getattr(self, "_rlt_backend", "gloo"))
 
     def _rlt_reload(self, named) -> None:
         """vLLM's in-place reload reading ``named`` lazily: a bucket is fetched when its first tensor is needed."""

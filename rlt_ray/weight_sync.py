@@ -151,6 +151,20 @@ def open_group(backend: str, host: str, port: int, rank: int, world: int, timeou
     raise ValueError(f"unknown collective backend {backend!r}")
 
 
+def close_group(group, backend: str) -> None:
+    """Leave a sync group for good. An NCCL communicator is aborted, not just dropped: a communicator whose peer
+    died can hang in its destructor, or keep a broadcast blocked, and then the group formed for the replacement
+    worker waits behind it. A gloo group (CPU) needs nothing: its sockets close with the object. Never raises."""
+    if group is None or backend != "nccl":
+        return
+    abort = getattr(group, "abort", None) or getattr(group, "shutdown", None)  # torch < 2.3 had only shutdown
+    try:
+        if abort is not None:
+            abort()
+    except Exception:  # already torn down: nothing left to release
+        pass
+
+
 def broadcast(group, tensor: torch.Tensor, root: int = 0) -> None:
     import torch.distributed as dist
 

@@ -13,17 +13,37 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 
-def test_demo_runs_the_pipeline_and_the_reward_rises(tmp_path):
+def test_demo_runs_every_stage_and_reports_the_table(tmp_path):
+    """Mechanics only (the experiment's outcome is reported, not asserted; docs/demo.md): every stage ran, the RL
+    steps trained (finite rewards, the policy moved away from the warm-up), the four-student table is complete,
+    the console is quiet and the library logs are in files."""
     out = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RLT_VERBOSE")}
     proc = subprocess.run([sys.executable, "jobs/demo.py", f"run.output_dir={out}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["reward_rose"] and summary["reward_last10"] > summary["reward_first10"]
-    assert summary["seconds"] < 15 * 60
-    assert (out / "reward_curve.png").stat().st_size > 10_000
+    steps = summary["rl"]["steps"]
+    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(steps))
+    assert all(m["reward_mean"] is not None and m["grad_norm"] > 0 for m in metrics)
+    assert max(m["policy_kl"] for m in metrics) > 0  # the teacher moved away from its warm-up reference
+    assert isinstance(summary["rl"]["reward_rose"], bool)
+    assert set(summary["students"]) == {"a", "b", "c", "d"}
+    for arm in summary["students"].values():
+        assert arm["n"] == 256 and arm["low"] <= arm["accuracy"] <= arm["high"]
+        assert arm["correct"] == round(arm["accuracy"] * arm["n"])
+    assert len({arm["train_rows"] for arm in summary["students"].values()}) == 1  # the same data size
+    assert summary["examples"] and all(e["warm_up"] and e["rl"] and e["reference_trace"] for e in summary["examples"])
+    assert (out / "demo.png").stat().st_size > 10_000
     assert any((out / "rl" / "tensorboard").iterdir())
-    assert summary["distilled_shards"] >= 1 and summary["eval_n"] == 32
-    assert summary["served_weights_version"] == 40 and "POST /v1/explain -> weights version 40" in proc.stdout
-    assert "=== demo: summary" in proc.stdout and "rose" in proc.stdout
+    assert summary["served_weights_version"] == steps
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("step ") for line in lines) == steps  # one line per RL step
+    for arm in "abcd":
+        assert any(line.startswith(f"({arm}) ") for line in lines)
+    assert len(lines) < steps + 60, proc.stdout  # quiet: stage lines, step lines and the table, no library logs
+    assert "INFO" not in proc.stdout and "vLLM" not in proc.stdout
+    logs = out / "logs"
+    assert (logs / "train_rlt.log").stat().st_size > 0 and list((logs / "ray").glob("worker-*"))
+    assert str(logs) in proc.stdout

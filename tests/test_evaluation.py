@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlt_ray.evaluation import AnswerChecker, boxed_content, predicted_solution, summarize_results
+from rlt_ray.evaluation import AnswerChecker, boxed_content, predicted_solution, summarize_results, wilson_interval
 from rlt_ray.formats import Row
 
 # (gold answer, predicted solution, hand-checked verdict)
@@ -47,4 +47,19 @@ def test_predicted_solution_and_boxed(fmt):
     assert boxed_content("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}" and boxed_content("none") is None
     s = summarize_results([{"correct": True, "prediction": "x", "finish_reason": "stop"},
                            {"correct": False, "prediction": None, "finish_reason": "length"}])
-    assert s == {"n": 2, "correct": 1, "accuracy": 0.5, "no_solution_block": 1, "truncated": 1}
+    assert {k: s[k] for k in ("n", "correct", "accuracy", "no_solution_block", "truncated")} == \
+        {"n": 2, "correct": 1, "accuracy": 0.5, "no_solution_block": 1, "truncated": 1}
+
+
+@pytest.mark.parametrize("correct,n,low,high", [
+    (0, 32, 0.0, 0.1072), (32, 32, 0.8928, 1.0), (50, 200, 0.1951, 0.3143), (100, 200, 0.4314, 0.5686)])
+def test_wilson_interval_matches_published_values(correct, n, low, high):
+    # values from the closed form (Wilson 1927), e.g. statsmodels' proportion_confint(method="wilson")
+    lo, hi = wilson_interval(correct, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_summary_carries_the_interval():
+    items = [{"correct": i < 3, "prediction": "x", "finish_reason": "stop"} for i in range(10)]
+    s = summarize_results(items)
+    assert (s["correct"], s["n"], s["accuracy"]) == (3, 10, 0.3) and s["low"] < 0.3 < s["high"]

@@ -80,3 +80,31 @@ def test_buffer_meter_counts_a_bucket_until_its_last_view_is_gone():
     held.clear()
     gc.collect()
     assert meter.live == 0
+
+
+def test_close_group_aborts_nccl_and_leaves_gloo_alone(tmp_path):
+    """NCCL communicators are aborted on leave (a dead peer can hang a dropped one); gloo groups need nothing and
+    must stay usable until dropped. A real single-rank gloo group; NCCL needs a GPU, so its side is a recorder."""
+    import socket
+
+    from rlt_ray.weight_sync import broadcast, close_group, open_group
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gloo = open_group("gloo", "127.0.0.1", port, 0, 1, 30)
+    close_group(gloo, "gloo")
+    t = torch.arange(4.0)
+    broadcast(gloo, t)  # still a working group
+    assert t.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+    class Communicator:
+        calls: list = []
+
+        def abort(self):
+            self.calls.append("abort")
+            raise RuntimeError("already aborted")  # swallowed: leaving never fails
+
+    close_group(Communicator(), "nccl")
+    close_group(None, "nccl")
+    assert Communicator.calls == ["abort"]
