@@ -48,9 +48,10 @@ class RolloutWorker:
 
     def _watch_engine_core(self) -> None:
         """vllm 0.32: when a multi-process engine core dies, the client marks itself dead and stops its output
-        thread, but a caller already waiting in get_output() is never woken: LLMEngine.step() blocks forever
-        (a training step hung for 10 minutes). This puts vLLM's own EngineDeadError into that queue, so the
-        step raises and the controller replaces the worker (rlt_ray.cluster.worker_lost)."""
+        thread, but a caller already waiting in get_output() or on a utility call's future (collective_rpc) is
+        never woken: LLMEngine.step() or a weight load blocks forever (a training step hung for 10 minutes). This
+        raises vLLM's own EngineDeadError in both, so the call fails and the controller replaces the worker
+        (rlt_ray.cluster.worker_lost)."""
         core = getattr(self.llm.llm_engine, "engine_core", None)
         resources, queue = getattr(core, "resources", None), getattr(core, "outputs_queue", None)
         if resources is None or queue is None:  # in-process engine: nothing to watch
@@ -60,6 +61,11 @@ class RolloutWorker:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         queue.put_nowait(EngineDeadError("the engine core process died"))
+        # The same for a utility call (collective_rpc: a weight load, a group join) already sent: its future is
+        # only ever completed by the dead engine's answer. Calls sent from now on fail at once (ensure_alive).
+        for future in list(getattr(core, "utility_results", {}).values()):
+            if not future.done():
+                future.set_exception(EngineDeadError("the engine core process died"))
 
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "version": self.version, "pid": os.getpid()}

@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
     from rlt_ray.data import load_rows
-    from rlt_ray.formats import RLTFormat
+    from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.memory import check_memory
     from rlt_ray.models import load_tokenizer
 
@@ -103,9 +103,10 @@ def main(argv: list[str]) -> int:
         with open(out / "errors.jsonl", "a") as errors_file:
             for shard_index, a, b in tqdm(todo, desc="distill shards", file=sys.stderr):
                 rows_in, prompts, indices = [], [], []
-                for i in range(a, b):
-                    ids = fmt.tokenizer(fmt.teacher_prompt(rows[i]), add_special_tokens=False)["input_ids"]
-                    if len(ids) > cfg.rollout.max_prompt_tokens:
+                shard_ids = prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in range(a, b)],
+                                       cfg.rollout.max_prompt_tokens)
+                for i, ids in zip(range(a, b), shard_ids):
+                    if ids is None:
                         errors_file.write(json.dumps({"row": rows[i].id, "error": "teacher prompt longer than "
                                                       f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"}) + "\n")
                         continue

@@ -26,7 +26,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     from rlt_ray.config import check_cluster
     from rlt_ray.data import load_rows
     from rlt_ray.evaluation import AnswerChecker, predicted_solution, summarize_results
-    from rlt_ray.formats import RLTFormat
+    from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
 
     ec = cfg.eval
@@ -34,8 +34,8 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     fmt = RLTFormat(cfg.format, tokenizer)
     rows = load_rows(source, split=ec.split, size=ec.size, seed=ec.seed, max_rows=ec.max_rows, fmt_cfg=cfg.format)
     checker = AnswerChecker(source, ec.size, ec.seed)
-    prompts = [tokenizer(fmt.student_prompt(r), add_special_tokens=False)["input_ids"] for r in rows]
-    long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
+    prompts = prompt_ids(tokenizer, [fmt.student_prompt(r) for r in rows], cfg.rollout.max_prompt_tokens)
+    long = [i for i, p in enumerate(prompts) if p is None]
     keep = [i for i in range(len(rows)) if i not in set(long)]
 
     ray = connect_ray()

@@ -23,7 +23,7 @@ def run_sft(argv: list[str], role: str) -> int:
     from rlt_ray.sft import build_examples, epoch_batches
 
     preset, overrides = split_argv(argv)
-    cfg = load_config(preset, overrides)
+    cfg = load_config(preset, overrides, job="sft")
     check_sft_batch(cfg)
     model = cfg.sft.model or (cfg.model.teacher if role == "teacher" else cfg.model.student)
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or model))

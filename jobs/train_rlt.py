@@ -10,283 +10,29 @@ the learners' gradient accumulation; the optimizer steps once per batch, so the 
 a step costs about its slowest stage. Stages pass ObjectRefs to each other's actors: the controller never carries
 a batch. Rollout workers sample only with the learner's current weights (on-policy GRPO), unless
 grpo.max_staleness=1: then the next step's samples are drawn while this step learns (one step off-policy, with
-the clipped importance ratio in the loss).
+the clipped importance ratio in the loss). The streaming machinery and its failure handling: jobs/rl_step.py.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-
-def load_prompts(cfg: Any):
-    """Rows and their tokenized teacher prompts; prompts over rollout.max_prompt_tokens are dropped (counted)."""
-    from rlt_ray.config import ConfigError
-    from rlt_ray.data import load_rows
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.models import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
-    fmt = RLTFormat(cfg.format, tokenizer)
-    rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
-                     max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
-    kept, prompts = [], []
-    for row in rows:
-        ids = tokenizer(fmt.teacher_prompt(row), add_special_tokens=False)["input_ids"]
-        if len(ids) <= cfg.rollout.max_prompt_tokens:
-            kept.append(row)
-            prompts.append(ids)
-    if len(kept) < cfg.run.questions_per_step:
-        raise ConfigError(f"config key 'rollout.max_prompt_tokens': only {len(kept)} of {len(rows)} rows have a "
-                          f"teacher prompt of at most {cfg.rollout.max_prompt_tokens} tokens, fewer than "
-                          f"run.questions_per_step={cfg.run.questions_per_step}")
-    return kept, prompts, len(rows) - len(kept)
-
-
-def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
-    from rlt_ray.metrics import summarize
-
-    total = np.concatenate([s["total"] for s in scored])
-    lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
-    finish = [f for r in rollouts for f in r["finish_reason"]]
-    # busy time per stage: a worker's chunks each count from its call's start; a scorer's and a rank's add up
-    gen_s = max(r["seconds"] for r in rollouts)
-    per_scorer: dict[int, float] = {}
-    for s in scored:
-        per_scorer[s["scorer"]] = per_scorer.get(s["scorer"], 0.0) + s["seconds"]
-    score_s = max(per_scorer.values())
-    learn_s = max(t["seconds"] for t in trained)
-    m: dict[str, float] = {}
-    m.update(summarize("reward", total))
-    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens"):
-        m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
-    m["closed_tag_fraction"] = float(np.mean(np.concatenate([s["match"] for s in scored]) == 0.0))
-    m.update(summarize("completion_tokens", lengths))
-    m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
-    m["loss"] = float(np.mean([t["loss"] for t in trained]))
-    m["policy_kl"] = float(np.mean([t["kl"] for t in trained]))
-    m["clip_fraction"] = float(np.mean([t["clip_fraction"] for t in trained]))  # grpo.clip_eps: tokens clipped
-    m["grad_norm"] = float(trained[0]["grad_norm"])
-    m["lr"] = float(trained[0]["lr"])
-    m["sync_seconds"] = sync_stats.seconds if sync_stats else 0.0
-    m["sync_bytes"] = float(sync_stats.bytes) if sync_stats else 0.0
-    m["generate_seconds"], m["score_seconds"], m["learn_seconds"] = gen_s, score_s, learn_s
-    m["generate_tokens_per_s"] = sum(lengths) / max(gen_s, 1e-9)
-    m["score_tokens_per_s"] = sum(s["tokens"] for s in scored) / max(score_s, 1e-9)
-    m["learn_tokens_per_s"] = sum(t["tokens"] for t in trained) / max(learn_s, 1e-9)
-    m["step_seconds"] = time.perf_counter() - t_step
-    return m
-
-
-def prompt_tail_tokens(cfg) -> int:
-    """How many of the prompt's last tokens may belong to the explanation span: those of the padding that ends
-    the RL prompt (reward.explanation_span=with_prompt_pad; a token is at least one character)."""
-    return len(cfg.format.padding) if cfg.reward.explanation_span == "with_prompt_pad" else 0
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def learner_get(ray, refs, step: int, out: Path):
-    """The learners' results; a dead rank stops the run with the checkpoint to resume from."""
-    from rlt_ray.checkpoint import latest
-    from rlt_ray.cluster import LearnerLost
-
-    try:
-        # one at a time: the survivors of a dead rank may hang in a collective, so never wait for all first
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-        return ray.get(list(refs))
-    except ray.exceptions.RayActorError as exc:
-        last = latest(out)
-        where = (f"resume from {last} (run.resume_from={last} or run.resume_from=latest)" if last
-                 else "no checkpoint was written yet: start again")
-        raise LearnerLost(f"a learner rank died during step {step + 1} ({type(exc).__name__}); the run stops "
-                         f"because DeepSpeed ranks cannot be replaced one by one: {where}") from None
-
-
-def sample_records(rows, chunks, scored) -> list[dict[str, Any]]:
-    records = []
-    for chunk, part in zip(chunks, scored):
-        n = chunk["sequences"] // len(chunk["rows"])
-        for j, (explanation, reward) in enumerate(zip(part["explanations"], part["total"])):
-            records.append({"row": rows[chunk["rows"][j // n]].id, "explanation": explanation,
-                            "reward": float(reward)})
-    return records
-
-
-class BatchFeed:
-    """A step's batch into the learners' gradient accumulation while it is still arriving: scored chunks are
-    appended in arrival order and learned as soon as they give every rank whole micro-batches
-    (rlt_ray.batch.learnable_stop). Every rank gets the same calls in the same order; the optimizer steps once,
-    at finish. A token-mean loss needs the batch's token count, so it starts learning when generation is done."""
-
-    def __init__(self, learners, cfg, batch_size: int):
-        self.learners, self.cfg, self.batch_size = learners, cfg, batch_size
-        self.parts: list[tuple[int, Any, Any]] = []  # (offset, rollout ref, scored ref), in arrival order
-        self.sent = self.consumed = self.available = 0
-        self.tokens: int | None = None
-        self.finish_refs: list | None = None  # set by finish()
-        self.refs = learners.call("begin_step")  # every learner call of the step, to wait on and to fail on
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        self.parts.append((self.available, chunk["ref"], chunk["scored"]))
-        self.available += chunk["sequences"]
-        self._learn()
-
-    def all_generated(self, tokens: int) -> None:
-        self.tokens = tokens
-        self._learn()
-
-    def _learn(self) -> None:
-        from rlt_ray.batch import learnable_stop, loss_denominator
-
-        aggregation = self.cfg.grpo.loss_aggregation
-        if aggregation == "token_mean" and self.tokens is None:
-            return
-        stop = learnable_stop(self.consumed, self.available, self.learners.world, self.cfg.learner.micro_batch_size)
-        if stop == self.consumed:
-            return
-        denominator = loss_denominator(aggregation, self.batch_size, self.tokens or 0, self.learners.world)
-        self.refs += self.learners.call("accumulate", self.parts[self.sent:], self.consumed, stop, denominator)
-        self.sent, self.consumed = len(self.parts), stop
-
-    def finish(self) -> list:
-        """Issue the end of the batch; returns the refs of every rank's metrics (after all the step's calls)."""
-        if self.consumed != self.batch_size:
-            raise RuntimeError(f"the learners got {self.consumed} of the batch's {self.batch_size} sequences")
-        self.finish_refs = self.learners.call("finish_step")
-        self.refs += self.finish_refs
-        return self.finish_refs
-
-
-def generate_and_score(ray, step, version, shards, prompts, rows, cfg, workers, scorers, sync, learners, log,
-                       feed: BatchFeed | None = None, learner_version: int | None = None,
-                       prompt_tails: list | None = None) -> list[dict[str, Any]]:
-    """Stages 2-4 (and, given a ``feed``, 5) of a step, streamed: each worker samples its groups in one engine
-    batch and hands them over ``rollout.stream_groups`` at a time as they finish (0: all at once); each chunk is
-    scored as soon as it arrives, and a scored chunk goes straight into ``feed``. Learner teacher log-probs need
-    the whole batch, so then scoring starts once every sample is in.
-
-    The workers sample with weights ``version``. A worker that dies is replaced, brought to the learner's weights
-    BEFORE it samples (a fresh engine holds the weights on disk), and samples only the groups it had not handed
-    over; ``learner_version`` is the version that sync delivers (off-policy prefetch: the one this step's learning,
-    queued before the sync on the learners, ends at). A dead scorer's chunk is scored again. ``prompt_tails``: the
-    learners' refs of the prompts' closing-padding log-probs (reward.explanation_span=with_prompt_pad with
-    rollout log-probs). Returns the chunks:
-    {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
-    from rlt_ray.batch import step_seeds
-    from rlt_ray.cluster import worker_lost
-    from rlt_ray.config import temperatures
-
-    pending: dict[Any, tuple] = {}
-    chunks: list[dict[str, Any]] = []
-    teacher_lp = None  # learner log-prob refs (reward.teacher_logprobs_from=learner), over `chunks` in order
-
-    def generate(k, row_ids, weights_version=version):
-        gen = workers[k].generate_stream.remote([prompts[i] for i in row_ids], step_seeds(cfg.run.seed, step, row_ids),
-                                                weights_version, cfg.rollout.stream_groups or len(row_ids))
-        pending[gen] = ("generate", k, row_ids)
-
-    def score(c):
-        chunk, slot = chunks[c], c % len(scorers)
-        chunk["scored"] = scorers[slot].score.remote([rows[i] for i in chunk["rows"]], chunk["ref"], teacher_lp,
-                                                     chunk["lp_offset"], prompt_tails)
-        pending[chunk["scored"]] = ("score", c, scorers.generation[slot])
-
-    for k, shard in enumerate(shards):
-        generate(k, [int(i) for i in shard])
-    left = {k: len(shard) for k, shard in enumerate(shards)}  # groups still to arrive, per worker
-    while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        stage, *what = pending.pop(ready)
-        if stage == "generate":
-            k, row_ids = what
-            try:
-                ref = next(ready)
-                rollout = ray.get(ref)
-            except StopIteration:
-                continue
-            except Exception as exc:
-                if not worker_lost(exc):  # a bug or a bad input: the run stops, with a checkpoint
-                    raise
-                new = workers.replace(k)
-                sync.replace_worker(k, new)
-                stats = sync.sync(version if learner_version is None else learner_version)
-                log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
-                          synced_to_version=stats.version, error=type(exc).__name__)
-                handed_over = {r for chunk in chunks if chunk["worker"] == k for r in chunk["rows"]}
-                generate(k, [i for i in row_ids if i not in handed_over], stats.version)
-                continue
-            pending[ready] = ("generate", k, row_ids)  # more chunks to come
-            chunk_rows = [row_ids[i] for i in rollout["prompt_index"]]
-            chunks.append({"ref": ref, "worker": k, "rows": chunk_rows, "sequences": len(rollout["completion_ids"]),
-                           "tokens": rollout["tokens"], "lp_offset": 0, "scored": None})
-            left[k] -= len(chunk_rows)
-            if cfg.reward.teacher_logprobs_from == "rollout":
-                score(len(chunks) - 1)
-            if not any(left.values()):
-                if feed is not None:
-                    feed.all_generated(sum(c["tokens"] for c in chunks))
-                if cfg.reward.teacher_logprobs_from == "learner":
-                    # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
-                    teacher_lp = learners.call("completion_logprobs", [c["ref"] for c in chunks],
-                                               temperatures(cfg)["teacher"], prompt_tail_tokens(cfg))
-                    offset = 0
-                    for c, chunk in enumerate(chunks):
-                        chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
-                        score(c)
-        else:
-            c, generation = what
-            try:
-                ray.get(ready)
-            except ray.exceptions.RayActorError as exc:  # an error inside score() itself is a bug: it propagates
-                slot = c % len(scorers)
-                # the dead scorer held several chunks: replace it once, then score each of them on the new one
-                if scorers.generation[slot] == generation:
-                    scorers.replace(slot)
-                    log.event(step, "scorer_replaced", scorer=slot, generation=scorers.generation[slot],
-                              error=type(exc).__name__)
-                score(c)
-                continue
-            if feed is not None:
-                feed.add(chunks[c])
-    return chunks
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line: the exception (the original one, for an error raised inside an actor) and its message."""
-    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the actor's own exception
-    where = f" in {exc.function_name}" if cause is not None and getattr(exc, "function_name", None) else ""
-    err = cause if cause is not None else exc
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}{where}: {text[-1][:300] if text else ''}"
-
-
-def inject_fault(cfg, kind: str, step: int) -> None:
-    """Tests only (run.fault_injection, refused unless RLT_ALLOW_FAULT_INJECTION=1): fail here at this step."""
-    if cfg.run.fault_injection == f"{kind}@{step}":
-        raise RuntimeError(f"injected fault {kind} at step {step} (run.fault_injection)")
-
-
 def main(argv: list[str]) -> int:
-    from rlt_ray.batch import sample_staleness
-    from rlt_ray.checkpoint import (check_resume_compatible, latest, prune, read_state, resolve_resume,
-                                    step_dir, write_state)
-    from rlt_ray.cluster import LearnerLost, RunStopped, connect_ray
-    from rlt_ray.config import check_cluster, load_config, split_argv, temperatures, to_yaml
+    from jobs.rl_step import Checkpoints, RLStep, inject_fault, load_prompts
+    from rlt_ray.checkpoint import resolve_resume
+    from rlt_ray.cluster import connect_ray
+    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
     from rlt_ray.memory import check_memory
-    from rlt_ray.weight_sync import WorkersLost
+    from rlt_ray.metrics import RunLog
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -296,210 +42,41 @@ def main(argv: list[str]) -> int:
     rows, prompts, dropped = load_prompts(cfg)
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources())
-
-    from actors import ActorSlots, actor_options
-    from actors.learner import LearnerGroup
-    from actors.rollout import RolloutWorker, worker_options
-    from actors.student import StudentScorer
-    from rlt_ray.data import DataOrder
-    from rlt_ray.metrics import RunLog
-    from rlt_ray.weight_sync import make_weight_sync
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    run_name = out.name
-    log = RunLog(out, cfg.logging, run_name)
+    log = RunLog(out, cfg.logging, out.name)
     print(f"train_rlt: {len(rows)} rows ({dropped} over rollout.max_prompt_tokens dropped); output {out}", flush=True)
 
-    learners = workers = scorers = sync = in_flight = None
+    rl = RLStep(ray, cfg, rows, prompts, out, log)
+    checkpoints = Checkpoints(ray, cfg, out, rl)
     start = version = step = 0
-
-    last_checkpoint = time.monotonic()
-
-    def checkpoint(steps_done: int) -> None:
-        """HF teacher + full training state after ``steps_done`` steps; COMPLETE is written last; then the
-        oldest beyond run.keep_checkpoints are deleted."""
-        nonlocal last_checkpoint
-        t0 = time.perf_counter()
-        ckpt = step_dir(out, steps_done)
-        ray.get(learners.call("save_checkpoint", str(ckpt)))
-        write_state(ckpt, {"step": steps_done, "weights_version": steps_done, "data_seed": cfg.data.seed,
-                           "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
-        last_checkpoint = time.monotonic()
-        pruned = prune(out, cfg.run.keep_checkpoints)
-        print(f"train_rlt: checkpoint {ckpt} ({time.perf_counter() - t0:.1f} s)"
-              + (f"; deleted {', '.join(p.name for p in pruned)}" if pruned else ""), flush=True)
-
-    def checkpoint_due(steps_done: int) -> bool:
-        every, minutes = cfg.run.checkpoint_every, cfg.run.checkpoint_every_minutes
-        return bool((every and steps_done % every == 0) or steps_done == cfg.run.steps
-                    or (minutes and time.monotonic() - last_checkpoint >= 60 * minutes))
-
     # `ray job stop` sends SIGTERM: handle it like Ctrl-C (checkpoint, then stop every actor)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
-        # -- start the actors: learner group (placement group), rollout workers, student scorers
-        learners = LearnerGroup(cfg, name=f"rlt:{run_name}")
-        held = learners.info[0]
-        print(f"train_rlt: {learners.world} learner ranks (ZeRO-{cfg.learner.zero_stage}); rank 0 holds policy "
-              f"{held['policy_bytes'] / 2**20:.1f} MiB and reference shard {held['reference_bytes'] / 2**20:.1f} "
-              f"of {held['model_bytes'] / 2**20:.1f} MiB", flush=True)
-        # named, so that operators (and the fault-injection tests) can find them: rlt:<run>:rollout:<i>[:r<n>]
-        workers = ActorSlots(lambda i, g: RolloutWorker.options(
-            name=f"rlt:{run_name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
-        ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
-        scorers = ActorSlots(lambda i, g: StudentScorer.options(
-            name=f"rlt:{run_name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
-            cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
-        sync = make_weight_sync(cfg.resources.weight_sync, learners, workers.actors, cfg.resources.sync_bucket_mb << 20,
-                                cfg.resources.backend, cfg.rollout.tensor_parallel_size)
-        sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
-
-        if resume is not None:
-            state = read_state(resume)
-            check_resume_compatible(state, cfg.data.seed, cfg.run.questions_per_step)
-            start = int(state["step"])
-            ray.get(learners.call("load_checkpoint", str(resume)))
-            print(f"train_rlt: resumed from {resume} (step {start})", flush=True)
-        order = DataOrder(len(rows), cfg.run.questions_per_step, cfg.data.seed)
-        version = start  # the learner's weights version: one per completed RL step
-
-        def shards(step: int) -> list:  # the step's questions over the workers; groups never straddle two
-            return [s for s in np.array_split(np.asarray(order.step_indices(step)), len(workers)) if len(s)]
-
-        def synced(version: int):
-            """sync.sync, replacing workers whose actor or engine died during it (then syncing them all again)."""
-            for _ in range(2 * len(workers) + 1):
-                try:
-                    return sync.sync(version)
-                except WorkersLost as lost:
-                    for k in lost.indices:
-                        sync.replace_worker(k, workers.replace(k))
-                        log.event(step, "rollout_worker_replaced", worker=k, generation=workers.generation[k],
-                                  synced_to_version=version, error=str(lost), during="sync")
-            raise RunStopped(f"the weight sync to version {version} kept losing rollout workers")
-
-        def tails(step: int) -> list | None:
-            """Start the teacher log-probs of the step's prompts' closing padding (the reference's explanation
-            span starts with it; vLLM gives prompt log-probs only at temperature 1), with the weights the step's
-            samples are drawn with: call before any learning call of the step."""
-            if not prompt_tail_tokens(cfg) or cfg.reward.teacher_logprobs_from == "learner":
-                return None
-            return learners.call("prompt_tail_logprobs", [prompts[i] for i in order.step_indices(step)],
-                                 prompt_tail_tokens(cfg), temperatures(cfg)["teacher"])
-
-        def stream(step: int, step_tails: list | None, feed: BatchFeed | None = None,
-                   learner_version: int | None = None) -> list:
-            return generate_and_score(ray, step, version, shards(step), prompts, rows, cfg, workers, scorers, sync,
-                                      learners, log, feed, learner_version, step_tails)
-
-        batch_size = cfg.run.questions_per_step * cfg.rollout.n
-        prefetched = None  # grpo.max_staleness=1: the next step's chunks, sampled while this step learns
-        nonfinite_in_a_row = 0
+        rl.start()  # the learner group, the rollout workers, the student scorers, the weight sync
+        start = version = rl.resume(resume)  # the learner's weights version: one per completed RL step
         for step in range(start, cfg.run.steps):
             t_step = time.perf_counter()
             inject_fault(cfg, "controller_error", step)
-            # 1. sync: workers sample with the learner's current weights
-            sync_stats = synced(version) if sync.is_stale(version) else None
-
-            if not cfg.grpo.max_staleness:
-                step_tails = tails(step)
-                feed = BatchFeed(learners, cfg, batch_size)
-                # 2-5. generate → (teacher log-probs →) score → learn, streamed: chunks of finished groups are
-                # scored as they arrive and go straight into gradient accumulation; one optimizer step per batch
-                in_flight = feed
-                chunks = stream(step, step_tails, feed)
-                feed.finish()
-            else:
-                # one-step off-policy: learn the samples drawn while the previous step learned (on the first step,
-                # and after a resume, draw them now), and meanwhile sample the next step's with these weights
-                step_tails = None if prefetched else tails(step)
-                next_tails = tails(step + 1) if step + 1 < cfg.run.steps else None
-                chunks = prefetched or stream(step, step_tails)
-                feed = BatchFeed(learners, cfg, batch_size)
-                in_flight = feed
-                for chunk in chunks:
-                    feed.add(chunk)
-                feed.all_generated(sum(c["tokens"] for c in chunks))
-                feed.finish()
-                prefetched = (stream(step + 1, next_tails, learner_version=step + 1) if step + 1 < cfg.run.steps
-                              else None)
-            learner_get(ray, feed.refs, step, out)
-            trained = ray.get(feed.finish_refs)
-            in_flight = None
+            # 1. sync: the workers sample with the learner's current weights
+            sync_stats = rl.sync_if_stale(step, version)
+            # 2-5. generate → (teacher log-probs →) score → learn, streamed: chunks of finished groups are scored as
+            # they arrive and go straight into gradient accumulation; one optimizer step per batch
+            chunks, trained = rl.learn(step, version)
             version = step + 1
-
-            # 6. log
-            rollouts, scored = ray.get([c["ref"] for c in chunks]), ray.get([c["scored"] for c in chunks])
-            # workers and the loop's order refuse this already; never log it
-            staleness = sample_staleness([r["version"] for r in rollouts], version - 1, cfg.grpo.max_staleness)
-            metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
-            metrics["weights_version"] = float(version)
-            metrics["staleness"] = float(staleness)
-            metrics["chunks"] = float(len(chunks))  # hand-overs from the workers (rollout.stream_groups)
-            metrics["unscorable_samples"] = float(sum(len(part["errors"]) for part in scored))
-            for part in scored:  # samples that got the penalty reward, with the reason
-                for e in part["errors"]:
-                    log.event(step, "sample_unscorable", row=e["row"], error=e["error"])
-            log.log(step, metrics)
-            log.samples(step, sample_records(rows, chunks, scored))
-            skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))
-            print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "
-                  f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.3e}  "
-                  f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s"
-                  + ("  SKIPPED (non-finite)" if skipped else ""), flush=True)
-            # a non-finite gradient makes DeepSpeed skip the optimizer step (the weights stay as they were)
-            nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
-            if skipped:
-                log.event(step, "step_skipped_nonfinite", loss=metrics["loss"], grad_norm=metrics["grad_norm"],
-                          in_a_row=nonfinite_in_a_row)
-            if nonfinite_in_a_row >= cfg.run.max_nonfinite_steps:
-                raise RunStopped(f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
-                                 f"(run.max_nonfinite_steps={cfg.run.max_nonfinite_steps}); steps {step + 2 - nonfinite_in_a_row}"
-                                 f"-{step + 1} were skipped")
-
-            # 7. checkpoint (every run.checkpoint_every steps or run.checkpoint_every_minutes): HF teacher + full
-            # training state; COMPLETE is written last
-            if checkpoint_due(step + 1):
-                checkpoint(step + 1)
+            # 6. log: metrics, events, the console line (non-finite steps were skipped by DeepSpeed)
+            rl.log_step(step, version, chunks, trained, sync_stats, t_step)
+            # 7. checkpoint (every run.checkpoint_every steps or run.checkpoint_every_minutes, and at the end)
+            if checkpoints.due(version):
+                checkpoints.save(version)
     except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, SIGTERM from `ray job stop`, or any failure
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        saved = None
-        if learners is not None and not isinstance(exc, LearnerLost):
-            try:
-                if in_flight is not None:  # the learners are mid-step: let them finish the calls they have
-                    learner_get(ray, in_flight.refs, step, out)
-                    if in_flight.finish_refs is not None:  # the whole batch was in: the step is complete
-                        version = step + 1
-                    # else a partial batch: its accumulated gradients are dropped, the weights are the last step's
-                if version > start and (cfg.run.checkpoint_on_interrupt or not interrupted):
-                    if latest(out) != step_dir(out, version):  # not already written at that step's end
-                        checkpoint(version)
-                    saved = step_dir(out, version)
-            except Exception as save_exc:  # the learners' state is unknown: keep the last good checkpoint
-                log.event(version, "checkpoint_failed", error=f"{type(save_exc).__name__}: {save_exc}")
-        if interrupted:
-            log.event(version, "interrupted", completed_steps=version)
-            raise
-        last, error = saved or latest(out), describe_error(exc)
-        log.event(version, "error", completed_steps=version, error=error, checkpoint=str(last) if last else None)
-        if isinstance(exc, RunStopped):
-            raise
-        where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"
-                 if last else "no checkpoint was written yet: start again")
-        raise RunStopped(f"step {step + 1} failed with {error}; {where}") from exc
+        rl.stop_with_checkpoint(exc, step, version, start, checkpoints)  # raises, after saving what it can
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         log.close()
-        if sync is not None:
-            sync.shutdown()
-        for slots in (workers, scorers):
-            if slots is not None:
-                slots.kill_all()
-        if learners is not None:
-            learners.shutdown()
+        rl.shutdown()
     return 0
 
 

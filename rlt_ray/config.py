@@ -241,8 +241,7 @@ class ServeConfig:
     max_body_bytes: int = 65536
     max_field_chars: int = 20000  # question and solution, each
     auth_token_env: Optional[str] = None  # name of an environment variable holding a bearer token; None: no auth
-    host: str = "127.0.0.1"  # serve.start / the Serve config's http_options
-    port: int = 8000
+    # the HTTP host and port are Ray Serve's own (serve/config.yaml http_options, or `serve start --http-host`)
 
 
 @dataclass
@@ -314,8 +313,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that span several keys or values; every message names the key(s)."""
+def validate(cfg: DictConfig, job: str = "rl") -> None:
+    """Checks that span several keys or values; every message names the key(s). The RL batch's checks (how
+    completions split over ranks and workers) only for job="rl"."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {list(allowed)}")
@@ -372,12 +372,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
     batch = cfg.run.questions_per_step * cfg.rollout.n
     per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
-    if batch % per_step:
+    if job == "rl" and batch % per_step:
         raise ConfigError(
             f"config keys 'run.questions_per_step' x 'rollout.n' = {batch} completions per step do not split into "
             f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}: every rank needs the same number "
             f"of whole micro-batches")
-    if cfg.rollout.num_workers > cfg.run.questions_per_step:
+    if job == "rl" and cfg.rollout.num_workers > cfg.run.questions_per_step:
         raise ConfigError(
             f"config key 'rollout.num_workers': {cfg.rollout.num_workers} workers for "
             f"{cfg.run.questions_per_step} questions per step would leave some idle (groups are not split)")
@@ -485,8 +485,9 @@ def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"config key '{key}' ({where}): {msg}")
 
 
-def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Schema ← preset YAML ← dotted overrides, then validate(). Returns a read-only DictConfig."""
+def load_config(preset: str | Path | None = None, overrides: list[str] | None = None, job: str = "rl") -> DictConfig:
+    """Schema ← preset YAML ← dotted overrides, then validate(). Returns a read-only DictConfig. ``job``: "rl"
+    (training, distillation, evaluation, Serve) or "sft" (the SFT jobs, which skip the checks of the RL batch)."""
     cfg = OmegaConf.structured(RLTConfig)
     layers: list[tuple[str, DictConfig]] = []
     if preset is not None:
@@ -513,7 +514,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         raise _wrap(exc, "resolving") from exc
-    validate(cfg)
+    validate(cfg, job)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -252,6 +252,16 @@ class RLTFormat:
             and text.endswith(self.pad)
 
 
+def prompt_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> list[Optional[list[int]]]:
+    """The token ids of each rendered prompt, or None for one longer than ``max_tokens``
+    (rollout.max_prompt_tokens): the caller drops or reports those rows (train, distill, evaluate)."""
+    out: list[Optional[list[int]]] = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(ids if len(ids) <= max_tokens else None)
+    return out
+
+
 def _between(text: str, open_tag: str, close_tag: str) -> Optional[str]:
     """The text between the first open tag and the first close tag after it (the reference's non-greedy match)."""
     a = text.find(open_tag)

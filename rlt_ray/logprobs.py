@@ -30,14 +30,6 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: str | tor
     return ids.to(device), mask.to(device)
 
 
-def ranges_to_mask(ranges: Sequence[tuple[int, int]], length: int, device: str | torch.device = "cpu") -> torch.Tensor:
-    """[(start, end)] per row → bool [B, length]."""
-    pos = torch.arange(length, device=device)
-    starts = torch.tensor([r[0] for r in ranges], device=device)[:, None]
-    ends = torch.tensor([r[1] for r in ranges], device=device)[:, None]
-    return (pos >= starts) & (pos < ends)
-
-
 def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, inv_temp: float):
     logits = head(hidden).float() * inv_temp
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)

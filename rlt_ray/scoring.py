@@ -47,12 +47,6 @@ def prompt_key(prompt_ids: Sequence[int]) -> bytes:
     return np.asarray(prompt_ids, dtype=np.int64).tobytes()
 
 
-def teacher_logprobs(model, seqs: Sequence[RewardSequence], pad_id: int, temperature: float, **kw) -> list[torch.Tensor]:
-    got = range_logprobs(model, [s.teacher_ids for s in seqs], [[s.teacher_explanation] for s in seqs], pad_id,
-                         temperature, **kw)
-    return [g[0] for g in got]
-
-
 def score_sequences(
     student: torch.nn.Module,
     seqs: Sequence[RewardSequence],

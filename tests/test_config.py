@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from rlt_ray.config import ConfigError, load_config, split_argv, temperatures
@@ -138,10 +140,52 @@ def test_cluster_yaml_is_a_valid_launcher_config_for_the_paper_preset():
 def test_paper_teacher_sft_preset_matches_the_reference():
     from rlt_ray.config import check_cluster, check_sft_batch, deepspeed_config
 
-    cfg = load_config("configs/paper_teacher_sft.yaml")
+    cfg = load_config("configs/paper_teacher_sft.yaml", job="sft")
     check_sft_batch(cfg)
     check_cluster(cfg, {"GPU": 8.0, "CPU": 192.0}, roles=("learner",))
     ds = deepspeed_config(cfg, 8, cfg.sft.batch_size)
     assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
     assert (cfg.sft.epochs, cfg.learner.lr, cfg.learner.lr_schedule, cfg.learner.warmup_ratio) == (10, 1e-5, "cosine", 0.05)
     assert list(cfg.learner.adam_betas) == [0.9, 0.95] and cfg.learner.weight_decay == 1e-4
+
+
+def _code_without_strings() -> str:
+    """The library's, actors', jobs' and Serve app's code with every string literal removed, so that a key
+    mentioned only in a message or a validation list does not count as read."""
+    import io
+    import tokenize
+
+    root = Path(__file__).resolve().parent.parent
+    out = []
+    for folder in ("rlt_ray", "actors", "jobs", "serve"):
+        for path in sorted((root / folder).rglob("*.py")):
+            toks = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+            out.append(" ".join(t.string for t in toks if t.type != tokenize.STRING))
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")))
+def test_every_preset_key_is_read_by_the_code(preset):
+    """A key that nothing reads is a setting that silently does nothing: each key of each preset must be read as
+    an attribute somewhere (cfg.section.key, or section_cfg.key)."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    code = _code_without_strings()
+    data = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / preset))
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    unread = [k for k in keys(data) if not re.search(rf"\.\s*{re.escape(k.rsplit('.', 1)[1])}\b", code)]
+    assert not unread, f"{preset}: keys nothing reads: {unread}"
+    load_config(preset.removesuffix(".yaml"), job="sft" if "sft" in preset else "rl")  # and it validates
+
+
+def test_sft_jobs_skip_the_rl_only_checks():
+    # 3 learner ranks x 1 sequence do not divide a 2 x 4 RL batch: refused for RL, irrelevant for SFT
+    with pytest.raises(ConfigError, match="learner_ranks"):
+        load_config(None, ["resources.learner_ranks=3"])
+    assert load_config(None, ["resources.learner_ranks=3"], job="sft").resources.learner_ranks == 3

@@ -71,7 +71,9 @@ def test_loss_is_mean_of_per_sequence_token_means_and_ratio_is_one(policy_and_re
                 for j in range(12) if mask[i, j]]
         per_seq.append(sum(toks) / len(toks))
     assert loss.item() == pytest.approx(sum(per_seq) / 3, abs=1e-6)
-    assert metrics["kl"] >= 0
+    # the logged KL is the token mean of k3 over the masked tokens, computed here by hand
+    k3 = [k3_kl(logp[i, j], ref_lp[i, j]).item() for i in range(3) for j in range(12) if mask[i, j]]
+    assert metrics["kl"] == pytest.approx(sum(k3) / len(k3), rel=1e-5) and metrics["kl"] > 0
     # ratio ≡ 1: without KL, the gradient is exactly that of −A·ℓ (sequence means)
     policy.zero_grad()
     policy_loss(logp, mask, adv, aggregation="sequence_mean")[0].backward(retain_graph=True)

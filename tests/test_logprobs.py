@@ -1,6 +1,6 @@
 import torch
 
-from rlt_ray.logprobs import pack_by_length, pad_batch, ranges_to_mask, token_logprobs
+from rlt_ray.logprobs import pack_by_length, pad_batch, token_logprobs
 
 
 def full_logprobs(model, ids, temperature):
@@ -13,7 +13,9 @@ def test_batched_padded_equals_one_by_one(teacher):
     torch.manual_seed(0)
     seqs = [torch.randint(3, 500, (n,)).tolist() for n in (7, 19, 12)]
     ids, attn = pad_batch(seqs, 0)
-    mask = ranges_to_mask([(1, len(s)) for s in seqs], ids.shape[1])
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        mask[i, 1:len(s)] = True
     with torch.no_grad():
         lp = token_logprobs(teacher, ids, attn, mask, temperature=0.7, chunk_tokens=5)
         for i, s in enumerate(seqs):

@@ -7,7 +7,7 @@ import torch
 
 from rlt_ray.formats import Row
 from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
-from rlt_ray.scoring import score_sequences, teacher_logprobs
+from rlt_ray.scoring import range_logprobs, score_sequences
 from rlt_ray.spans import build_reward_sequence
 
 
@@ -122,6 +122,13 @@ def test_k3_is_non_negative_and_k1_can_be_negative():
                     torch.tensor([True]))
     assert k1["explanation_kl_min"].item() == pytest.approx(-2.0)
     assert k3["explanation_kl_min"].item() >= 0.0
+
+
+def teacher_logprobs(model, seqs, pad_id, temperature, **kw):
+    """The teacher's explanation log-probs by an HF forward (what the learners' completion_logprobs computes)."""
+    got = range_logprobs(model, [s.teacher_ids for s in seqs], [[s.teacher_explanation] for s in seqs], pad_id,
+                         temperature, **kw)
+    return [g[0] for g in got]
 
 
 ROW = Row(question="Tom has 3 apples and buys 4 more. How many?", solution="He has \\boxed{7} apples.",
