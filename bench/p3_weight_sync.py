@@ -1,30 +1,34 @@
-"""P3: weight-sync time ÷ a plain in-memory copy of the same bytes, and RPC calls per sync, for both
-transports (object store, collective broadcast), in one run on real actors (learner group + rollout workers).
+"""P3: weight-sync time ÷ a plain memcpy of the same bytes, and RPC calls per sync, for both transports (object
+store, collective broadcast), in one run on real actors (learner group + rollout workers).
 
-    python bench/p3_weight_sync.py [--model smollm2-135m-instruct] [--workers 1] [--repeats 3]
+    python bench/p3_weight_sync.py [--model smollm2-135m-instruct] [--workers 1] [--rounds 5]
                                    [--config configs/tiny_cpu.yaml] [key=value ...]
 
+The three sides (memcpy, object-store sync, collective sync) run in interleaved rounds (bench/common.py); the
+baseline is ``Tensor.copy_`` of every bucket's bytes into a preallocated buffer. Prints min and median of each
+side, the ratios of the minima and of the medians, and a last JSON line with the machine.
 Target (issue 7): sync <= 2x the copy, with one call per worker per sync.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
+
+from common import emit, interleaved, ratios
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--config", default="configs/tiny_cpu.yaml")
     a, overrides = p.parse_known_args(argv)
 
     import ray
+    import torch
+
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutWorker, worker_options
     from rlt_ray.cluster import connect_ray
@@ -39,42 +43,46 @@ def main(argv: list[str]) -> int:
     workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i) for i in range(a.workers)]
     ray.get([w.ready.remote() for w in workers])
 
-    # the baseline: one plain copy of the same bytes, in one process (packing the HF parameters into buckets)
+    # the baseline: a memcpy of the same bytes, bucket by bucket, into buffers allocated once
     model = load_causal_lm(a.model, cfg.model.dtype)
     named = dict(model.named_parameters())
     layout = layout_for(spec_of(named.items(), cfg.model.dtype), cfg.resources.sync_bucket_mb << 20)
     nbytes = sum(t.numel() * t.element_size() for t in named.values())
-    copies = []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter()
-        for metas in layout:
-            pack_bucket(named, metas)
-        copies.append(time.perf_counter() - t0)
-    copy_s = statistics.median(copies)
+    sources = [pack_bucket(named, metas) for metas in layout]
+    targets = [torch.empty_like(src) for src in sources]
 
-    results = {"bench": "P3", "model": a.model, "bytes": nbytes, "workers": a.workers, "copy_s": copy_s}
-    version = 0
-    for name, sync in (("object_store", ObjectStoreSync(learners, workers, cfg.resources.sync_bucket_mb << 20)),
-                       ("collective", CollectiveSync(learners, workers, cfg.resources.sync_bucket_mb << 20,
-                                                     cfg.resources.backend))):
+    def memcpy() -> None:
+        for src, dst in zip(sources, targets):
+            dst.copy_(src)
+
+    bucket = cfg.resources.sync_bucket_mb << 20
+    syncs = {"object_store": ObjectStoreSync(learners, workers, bucket),
+             "collective": CollectiveSync(learners, workers, bucket, cfg.resources.backend)}
+    for sync in syncs.values():
         sync.init()
-        times, calls = [], []
-        for _ in range(a.repeats):
-            version += 1
-            stats = sync.sync(version)
-            times.append(stats.seconds)
-            calls.append(stats.calls_per_worker)
+    version, calls = [0], {name: [] for name in syncs}
+
+    def run_sync(name: str):
+        def run() -> None:
+            version[0] += 1
+            calls[name].append(syncs[name].sync(version[0]).calls_per_worker)
+        return run
+
+    times = interleaved({"memcpy": memcpy, **{name: run_sync(name) for name in syncs}}, a.rounds)
+    results = {"bench": "P3", "model": a.model, "bytes": nbytes, "workers": a.workers, "rounds": a.rounds,
+               "buckets": len(layout), "memcpy": times["memcpy"]}
+    for name, sync in syncs.items():
+        r = ratios(times, name, "memcpy")
+        results[name] = {**times[name], **r, "calls_per_worker": max(calls[name]), "met": r["ratio_of_min"] <= 2.0}
+        print(f"P3 {name}: {nbytes / 2**20:.0f} MiB to {a.workers} worker(s): min {times[name]['min_s']:.3f} s, "
+              f"median {times[name]['median_s']:.3f} s; memcpy min {times['memcpy']['min_s']:.3f} s, median "
+              f"{times['memcpy']['median_s']:.3f} s -> {r['ratio_of_min']:.1f}x (min) / {r['ratio_of_median']:.1f}x "
+              f"(median); {len(layout)} buckets, {max(calls[name])} call(s) per worker")
         sync.shutdown()
-        s = statistics.median(times)
-        results[name] = {"sync_s": s, "ratio_to_copy": s / copy_s, "calls_per_worker": max(calls),
-                         "buckets": len(sync.layout), "met": s / copy_s <= 2.0}
-        print(f"P3 {name}: {nbytes / 2**20:.0f} MiB to {a.workers} worker(s) in {s:.3f}s = "
-              f"{s / copy_s:.1f}x a plain copy ({copy_s:.3f}s); {len(sync.layout)} buckets, "
-              f"{max(calls)} call(s) per worker")
     learners.shutdown()
     for w in workers:
         ray.kill(w)
-    print(json.dumps(results))
+    emit(results)
     return 0
 
 

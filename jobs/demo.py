@@ -3,7 +3,7 @@
     python jobs/demo.py [--config PRESET] [key=value ...] [--verbose]         (bash scripts/demo.sh)
 
 The task is chained sums of single digits (rlt_ray.demo_task): R1-like reference traces (correct but long-winded
-and oddly ordered) play the paper's R1 traces; 4-layer models trained from scratch play the 7B models. On one local
+and oddly ordered) play the paper's R1 traces; 3-layer models trained from scratch play the 7B models. On one local
 Ray (docs/demo.md):
   1. write the task: train questions with reference traces, held-out test questions        rlt_ray.demo_task
   2. warm up the teacher on the reference traces (teacher format)                            jobs/sft_teacher.py
