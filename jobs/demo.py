@@ -206,14 +206,18 @@ def main(argv: list[str]) -> int:
     connect_ray()
     n_stages = 8
 
-    def stage(k: int, name: str, title: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
-        print(f"[{k}/{n_stages}] {title} ...", flush=True)
+    def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
+        """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
         t = time.time()
         with logs.stage(name, show):
             code = job.main(base + extra)
         if code != 0:
             raise RuntimeError(f"demo: stage {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
         timings[name] = time.time() - t
+
+    def stage(k: int, name: str, title: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
+        print(f"[{k}/{n_stages}] {title} ...", flush=True)
+        run(name, job, extra, show)
         print(f"      done in {timings[name]:.0f} s", flush=True)
 
     print(f"[1/{n_stages}] task: chained sums, {TRAIN_QUESTIONS} train questions with reference traces, "
@@ -225,28 +229,20 @@ def main(argv: list[str]) -> int:
     stage(4, "train_rlt", f"RL: {steps} GRPO steps with the RLT reward", train_rlt, args["train_rlt"],
           show=("step ",))
     stage(5, "distill_c", "distil the warm-up teacher's explanations", distill, args["distill_c"])
-    timings["distill_d"] = 0.0
-    with logs.stage("distill_d"):
-        t = time.time()
-        if distill.main(base + args["distill_d"]) != 0:
-            raise RuntimeError(f"demo: stage distill_d failed; see {out / 'logs' / 'distill_d.log'}")
-        timings["distill_d"] = time.time() - t
+    run("distill_d", distill, args["distill_d"])
     print(f"      and the RL teacher's, done in {timings['distill_d']:.0f} s", flush=True)
     # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
-    sizes = {"a": TRAIN_QUESTIONS, "b": TRAIN_QUESTIONS, "c": len(distilled_rows(out / "distill_warmup")),
-             "d": len(distilled_rows(out / "distill_rl"))}
+    warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
+    sizes = {"a": TRAIN_QUESTIONS, "b": TRAIN_QUESTIONS, "c": len(warm), "d": len(rl)}
     rows = min([STUDENT_ROWS] + list(sizes.values()))
     same = [f"data.max_rows={rows}"]
     print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
     t = time.time()
     for arm in "acd":
-        with logs.stage(f"student_{arm}"):
-            if sft_student.main(base + args[f"student_{arm}"] + same) != 0:
-                raise RuntimeError(f"demo: student ({arm}) failed; see {out / 'logs' / f'student_{arm}.log'}")
-    timings["students_acd"] = time.time() - t
+        run(f"student_{arm}", sft_student, args[f"student_{arm}"] + same)
     if rows < STUDENT_ROWS:  # (b) was trained before distillation; retrain it on as few rows as the others
-        with logs.stage("student_b_same_rows"):
-            sft_student.main(base + args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
+        run("student_b_same_rows", sft_student,
+            args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
     print(f"      done in {time.time() - t:.0f} s", flush=True)
 
     print(f"[7/{n_stages}] evaluate the four students on {TEST_QUESTIONS} held-out questions ...", flush=True)
@@ -254,15 +250,13 @@ def main(argv: list[str]) -> int:
     students = {}
     for arm in ARMS:
         model = out / (f"student_{arm}" if arm != "b" or rows == STUDENT_ROWS else "student_b_same_rows")
-        with logs.stage(f"evaluate_{arm}"):
-            evaluate.main(base + args["evaluate"] + [f"eval.model={model / 'final'}",
-                                                     f"eval.output_dir={out / 'eval' / arm}"])
+        run(f"evaluate_{arm}", evaluate,
+            args["evaluate"] + [f"eval.model={model / 'final'}", f"eval.output_dir={out / 'eval' / arm}"])
         s = json.loads((out / "eval" / arm / "summary.json").read_text())
         students[arm] = {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"],
                          "n": s["n"], "correct": s["correct"], "train_rows": rows,
                          "no_solution_block": s["no_solution_block"]}
-    timings["evaluate"] = time.time() - t
-    print(f"      done in {timings['evaluate']:.0f} s", flush=True)
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
 
     test_row = json.loads(files["test"].read_text().splitlines()[0])
     t = time.time()
@@ -280,15 +274,11 @@ def main(argv: list[str]) -> int:
                                                          "closed_tag_fraction", "completion_tokens_mean")}
     first = {key: sum(v[:k]) / k for key, v in curve.items()}
     last = {key: sum(v[-k:]) / k for key, v in curve.items()}
-    warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
     by_id = {r["id"]: r for r in rl}
-    examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": None,
+    traces = {r["id"]: r["reasoning_trace"] for r in map(json.loads, files["train"].read_text().splitlines())}
+    examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": traces.get(r["id"]),
                  "warm_up": r["explanation"], "rl": by_id[r["id"]]["explanation"]}
                 for r in warm if r["id"] in by_id][:3]
-    traces = {json.loads(line)["id"]: json.loads(line)["reasoning_trace"]
-              for line in files["train"].read_text().splitlines()}
-    for e, r in zip(examples, [r for r in warm if r["id"] in by_id]):
-        e["reference_trace"] = traces.get(r["id"])
     plot(out, students, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
