@@ -234,13 +234,22 @@ class ServeConfig:
     model: Optional[str] = None  # teacher checkpoint (HF folder, built-in name, hub id); None: model.teacher
     student: Optional[str] = None  # set to return each explanation's RLT reward and allow best_of
     num_replicas: int = 1
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
+    model_id: Optional[str] = None  # the name clients pass as "model"; None: serve.model's name (or folder name)
+    cpus_per_replica: float = 1.0  # the teacher replica on CPU; on GPUs it takes rollout.tensor_parallel_size GPUs
     max_tokens: int = 512  # cap on a request's max_tokens (and the default when it gives none)
     max_n: int = 8  # cap on explanations per request
     max_body_bytes: int = 65536
     max_field_chars: int = 20000  # question and solution, each
     auth_token_env: Optional[str] = None  # name of an environment variable holding a bearer token; None: no auth
+    # (read in each replica's own environment: set it where the Ray nodes start, never in a config file)
+    max_ongoing_requests: int = 64  # per replica of every deployment; more wait in Serve's queue
+    request_timeout_s: float = 300.0  # a request still unanswered after this gets 408
+    body_timeout_s: float = 10.0  # a request body not fully received after this gets 408 (slow or short clients)
+    max_json_depth: int = 32  # deeper nesting of JSON arrays/objects gets 422
+    scorer_replicas: int = 1  # the student scorer deployment (with serve.student)
+    scorer_cpus: float = 1.0
+    scorer_gpus: float = 0.0  # 1 on a GPU node: the student gets a GPU of its own, beside the engine's
+    scorer_batch_size: int = 16  # concurrent scoring requests batched into one student forward (@serve.batch)
     # the HTTP host and port are Ray Serve's own (serve/config.yaml http_options, or `serve start --http-host`)
 
 
@@ -296,7 +305,8 @@ POSITIVE = (
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
     "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib",
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
-    "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
+    "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
+    "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
     "reward.max_batch_tokens",
@@ -304,7 +314,8 @@ POSITIVE = (
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
-    "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.gpus_per_replica", "reward.clip_log_prob", "reward.clip_kl",
+    "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
+    "reward.clip_log_prob", "reward.clip_kl",
     "rollout.stream_groups", "run.keep_checkpoints",
 )
 

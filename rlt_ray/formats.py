@@ -18,7 +18,7 @@ divider is never searched for in text that the question or solution could contai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 
@@ -74,6 +74,16 @@ class RLTFormat:
         self.solution = tag_pair(cfg.tag_style, cfg.solution_tag)
         self.explanation = tag_pair(cfg.tag_style, cfg.explanation_tag)
         self.eos_text = tokenizer.eos_token or ""
+        self.specials = special_token_strings(tokenizer)
+
+    def user_row(self, row: Row) -> Row:
+        """The row with every special-token string in its data text broken up (``escape_special_tokens``): a
+        question, solution or trace never becomes a control token of the chat template. A no-op for clean rows."""
+        fields = ("question", "solution", "reasoning_trace", "trace_explanation", "system")
+        changed = {f: escape_special_tokens(getattr(row, f), self.specials) for f in fields
+                   if getattr(row, f) is not None}
+        changed = {f: v for f, v in changed.items() if v != getattr(row, f)}
+        return replace(row, **changed) if changed else row
 
     # ------------------------------------------------------------------ prompts
     def _fill(self, prompt: str) -> str:
@@ -134,6 +144,7 @@ class RLTFormat:
         ``prompt`` [0, explanation start): what RL generation continues from;
         ``explanation``: the explanation text; ``target``: explanation + close tag + end-of-turn token (SFT loss);
         ``solution``: the solution inside the teacher's own solution block."""
+        row = self.user_row(row)
         if explanation is None:
             explanation = self.reference_explanation(row)
             if explanation is None:
@@ -176,6 +187,7 @@ class RLTFormat:
     def student_chat(self, row: Row, explanation: str) -> Formatted:
         """The student's chat the reward scores. Spans ``explanation`` and ``solution`` (the solution content after
         the explanation, never a copy the explanation may contain)."""
+        row = self.user_row(row)
         assistant = self.student_assistant(row, explanation)
         messages = [
             {"role": "system", "content": self.student_system_prompt(row)},
@@ -250,6 +262,29 @@ class RLTFormat:
         """Wrapped the way the reference requires of custom rows: padding + text + padding."""
         return bool(self.pad) and len(text) >= 2 * len(self.pad) and text.startswith(self.pad) \
             and text.endswith(self.pad)
+
+
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The text of every special token of ``tokenizer`` (chat markers, end of text, padding): the strings that
+    tokenise to a control token wherever they appear, longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(tok.content))
+    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
+
+
+def escape_special_tokens(text: str, specials: tuple[str, ...]) -> str:
+    """``text`` with a zero-width space after the first character of every special-token string in it, so that
+    user text (a request's fields, a data set's question or solution) is tokenised as text and never as a
+    control token: ``<|im_end|>`` in a question can not close the user turn. Text without them is unchanged."""
+    for tok in specials:
+        if tok in text:
+            text = text.replace(tok, tok[0] + ZERO_WIDTH_SPACE + tok[1:])
+    return text
 
 
 def prompt_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> list[Optional[list[int]]]:

@@ -229,20 +229,20 @@ def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) ->
     if "scorer" in roles:
         out.append(scorer(cfg, student))
     if "serve" in roles:
-        # serve/app.py: one replica holds the engine and, when serve.student is set, the student on the same GPU
+        # serve/app.py: the teacher's vLLM engine is one deployment (its own GPU); the student scorer another
         model = model_shape(cfg.serve.model or cfg.model.teacher)
         w = DTYPE_BYTES[cfg.model.dtype]
-        d = Device("serve replica (vLLM engine + student on one GPU)", keys=(
-            "rollout.gpu_memory_utilization", "serve.student", "reward.max_batch_tokens"))
+        d = Device("serve teacher replica (vLLM engine)", keys=("rollout.gpu_memory_utilization",))
         pool = float(cfg.rollout.gpu_memory_utilization) * gpu
         d.add(f"vLLM pool ({cfg.rollout.gpu_memory_utilization} x GPU): weights "
               f"{model.params * w / GIB:.1f} GiB, activations, KV cache", pool)
         d.reserved = pool
-        if cfg.serve.student:
-            student_shape = model_shape(cfg.serve.student)
-            for name, value in scorer(cfg, student_shape, "serve scorer").items:
-                d.add(f"student: {name}", value)
         out.append(d)
+        if cfg.serve.student:
+            d = scorer(cfg, model_shape(cfg.serve.student))
+            d.role, d.count = "serve scorer replica (the student, on a GPU of its own)", int(cfg.serve.scorer_replicas)
+            d.keys = ("serve.student", "reward.max_batch_tokens", "serve.scorer_gpus")
+            out.append(d)
     for d in out:
         d.budget = gpu
     return out

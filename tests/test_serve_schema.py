@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from serve.schema import Limits, RequestError, parse_body, parse_explain
@@ -30,12 +32,12 @@ def test_best_of_needs_a_student():
     assert parse_explain({"question": "q", "solution": "s", "best_of": True}, ok, 0.7).best_of
 
 
-def test_serve_config_file_is_valid_and_builds():
+def test_serve_config_file_is_valid_and_builds(monkeypatch):
     import yaml
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from rlt_ray.config import REPO_ROOT
+    from rlt_ray.config import REPO_ROOT, ConfigError
     from serve.app import app_builder
 
     raw = yaml.safe_load((REPO_ROOT / "serve" / "config.yaml").read_text())
@@ -43,4 +45,91 @@ def test_serve_config_file_is_valid_and_builds():
     assert schema.http_options.host == "127.0.0.1"
     (app,) = schema.applications
     assert app.import_path == "serve.app:app_builder"
+    assert "serve.auth_token_env=RLT_SERVE_TOKEN" in app.args["overrides"]  # safe by default
+    monkeypatch.delenv("RLT_SERVE_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="RLT_SERVE_TOKEN"):  # no token: refused before anything starts
+        app_builder(app.args)
+    monkeypatch.setenv("RLT_SERVE_TOKEN", "t")
     assert isinstance(app_builder(app.args), serve.Application)
+
+
+@pytest.mark.parametrize("raw,field", [
+    (b'{"question": "a\\ud800b", "solution": "s"}', "question"),
+    (b'{"messages": [{"role": "user", "content": "x\\udc00"}]}', "messages[0].content"),
+    (b'{"a\\ud800": 1}', None),
+    (b"[" * 5000 + b"]" * 5000, None),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "a" + "[0]" * 31),
+])
+def test_json_limits_name_where_the_problem_is(raw, field):
+    with pytest.raises(RequestError) as err:
+        parse_body(raw, Limits(max_body_bytes=20000))
+    assert err.value.status == 422 and err.value.field == field
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "n", "seed", "temperature", "stream", "best_of"])
+def test_an_explicit_null_is_refused_naming_the_field(name):
+    with pytest.raises(RequestError, match="null") as err:
+        parse_explain({"question": "q", "solution": "s", name: None}, LIMITS, 0.7)
+    assert err.value.status == 422 and err.value.field == name
+
+
+def test_errors_carry_the_openai_error_fields_too():
+    body = RequestError(401, "authorization", "no").body()["error"]
+    assert body == {"status": 401, "field": "authorization", "message": "no", "type": "authentication_error",
+                    "param": "authorization", "code": 401}
+
+
+def _asgi_call(guard, headers, chunks, delay_s=0.0):
+    """Drive the guard like a server would: the body in ``chunks`` (a None chunk: the client stops sending)."""
+    import asyncio
+
+    sent, seen = [], {}
+
+    async def inner(scope, receive, send):
+        msg = await receive()
+        seen["body"] = msg["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard.app = inner
+    queue = list(chunks)
+
+    async def receive():
+        if queue and queue[0] is None:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(delay_s)
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/v1/explain", "method": "POST",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(guard(scope, receive, send))
+    status = sent[0]["status"]
+    payload = sent[1]["body"]
+    return status, (json.loads(payload) if status != 200 else payload), seen.get("body")
+
+
+def test_the_guard_checks_token_size_deadline_and_json_before_the_route(monkeypatch):
+    from serve.guard import RequestGuard
+
+    monkeypatch.setenv("GUARD_TOKEN", "s3cret")
+    guard = RequestGuard(None, "GUARD_TOKEN", Limits(max_body_bytes=100, max_json_depth=4), body_timeout_s=0.3)
+    ok = {"authorization": "Bearer s3cret", "content-type": "application/json"}
+    status, _, body = _asgi_call(guard, ok, [b'{"a": ', b'"b"}'])
+    assert status == 200 and body == b'{"a": "b"}'  # the route sees the whole body, replayed
+    assert _asgi_call(guard, {**ok, "authorization": "Bearer nope"}, [b"{}"])[0] == 401
+    assert _asgi_call(guard, {**ok, "content-length": "101"}, [b"{}"])[0] == 413
+    status, err, _ = _asgi_call(guard, {**ok, "content-type": "text/plain"}, [b"{}"])
+    assert status == 415 and err["error"]["field"] == "content-type"
+    assert _asgi_call(guard, ok, [b"x" * 60, b"x" * 60])[0] == 413
+    status, err, _ = _asgi_call(guard, ok, [b'{"a": ', None])  # the client stops sending
+    assert status == 408 and "serve.body_timeout_s" in err["error"]["message"]
+    status, err, _ = _asgi_call(guard, ok, [b'{"a": [[[[1]]]]}'])
+    assert status == 422 and err["error"]["field"] == "a[0][0][0]"
+    assert _asgi_call(guard, ok, [b"not json"])[0] == 200  # the route names invalid JSON in its own words
+    monkeypatch.delenv("GUARD_TOKEN")
+    with pytest.raises(RuntimeError, match="GUARD_TOKEN"):  # fail closed
+        RequestGuard(None, "GUARD_TOKEN", Limits(), 1.0)
