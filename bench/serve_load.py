@@ -33,14 +33,17 @@ QUESTIONS = [
 ]
 
 
-def body(route: str, i: int, max_tokens: int, stream: bool, model: str) -> dict:
+def body(route: str, i: int, max_tokens: int, stream: bool, model: str,
+         prompt_ids: list[list[int]] | None = None) -> dict:
+    """Request i: question i mod 4; ``prompt_ids`` (completions only): token ids to send instead of the text,
+    e.g. the teacher prompts /v1/explain builds, so both routes do the same engine work."""
     q, s = QUESTIONS[i % len(QUESTIONS)]
     if route == "explain":
         return {"question": q, "solution": s, "max_tokens": max_tokens, "seed": i, "stream": stream}
     common = {"model": model, "max_tokens": max_tokens, "seed": i, "stream": stream, "ignore_eos": True}
     if route == "chat":
         return {**common, "messages": [{"role": "user", "content": q}]}
-    return {**common, "prompt": q}
+    return {**common, "prompt": prompt_ids[i % len(prompt_ids)] if prompt_ids else q}
 
 
 def one(session: requests.Session, url: str, route: str, payload: dict) -> tuple[float, bool, int]:
@@ -77,7 +80,7 @@ def one(session: requests.Session, url: str, route: str, payload: dict) -> tuple
 
 
 def run_load(url: str, route: str, requests_n: int, concurrency: int, max_tokens: int, stream_share: float,
-             token: str | None, model: str) -> dict:
+             token: str | None, model: str, prompt_ids: list[list[int]] | None = None) -> dict:
     sessions = []
     for _ in range(concurrency):
         s = requests.Session()
@@ -85,7 +88,7 @@ def run_load(url: str, route: str, requests_n: int, concurrency: int, max_tokens
             s.headers["Authorization"] = f"Bearer {token}"
         sessions.append(s)
     every = round(1 / stream_share) if stream_share > 0 else 0
-    payloads = [body(route, i, max_tokens, bool(every) and i % every == 0, model) for i in range(requests_n)]
+    payloads = [body(route, i, max_tokens, bool(every) and i % every == 0, model, prompt_ids) for i in range(requests_n)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda i: one(sessions[i % concurrency], url, route, payloads[i]), range(requests_n)))
