@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from common import emit, interleaved, ratios
 
@@ -68,9 +69,29 @@ def main(argv: list[str]) -> int:
             calls[name].append(syncs[name].sync(version[0]).calls_per_worker)
         return run
 
-    times = interleaved({"memcpy": memcpy, **{name: run_sync(name) for name in syncs}}, a.rounds)
+    # the object-store sync in its two halves, to say what bounds it: the learner's export (ZeRO gather, pack
+    # into buckets, put in the object store) and the engine's load (fetch, unpack, vLLM's reload_weights)
+    parts: dict[str, list[float]] = {"export_s": [], "engine_load_s": []}
+
+    def object_store_by_parts() -> None:
+        version[0] += 1
+        t0 = time.perf_counter()
+        refs, _ = ray.get(learners.call("export_weights", syncs["object_store"].layout))[0]
+        t1 = time.perf_counter()
+        ray.get([w.load_weights.remote(version[0], syncs["object_store"].layout, refs) for w in workers])
+        parts["export_s"].append(t1 - t0)
+        parts["engine_load_s"].append(time.perf_counter() - t1)
+
+    times = interleaved({"memcpy": memcpy, **{name: run_sync(name) for name in syncs},
+                         "object_store_by_parts": object_store_by_parts}, a.rounds)
+    import statistics
+
+    times.pop("object_store_by_parts")
+    parts_summary = {k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in parts.items()}
+    print(f"P3 object_store by parts: learner export min {parts_summary['export_s']['min_s']:.3f} s, engine load min "
+          f"{parts_summary['engine_load_s']['min_s']:.3f} s", file=sys.stderr)
     results = {"bench": "P3", "model": a.model, "bytes": nbytes, "workers": a.workers, "rounds": a.rounds,
-               "buckets": len(layout), "memcpy": times["memcpy"]}
+               "buckets": len(layout), "memcpy": times["memcpy"], "object_store_parts": parts_summary}
     for name, sync in syncs.items():
         r = ratios(times, name, "memcpy")
         results[name] = {**times[name], **r, "calls_per_worker": max(calls[name]), "met": r["ratio_of_min"] <= 2.0}

@@ -28,19 +28,15 @@ raw["applications"][0]["args"]["overrides"] += [f"serve.max_tokens={sys.argv[2]}
 print(yaml.safe_dump(raw))
 EOF
   serve deploy "$logs/config.yaml" -a "$address" >>"$logs/deploy.log" 2>&1 || return 1
-  python - "$port" <<'EOF' || return 1
-import os, sys, time, requests
-url = f"http://127.0.0.1:{sys.argv[1]}/v1/models"
-for _ in range(300):
-    try:
-        if requests.get(url, headers={"Authorization": f"Bearer {os.environ['RLT_SERVE_TOKEN']}"}, timeout=5).ok:
-            sys.exit(0)
-    except requests.RequestException:
-        pass
-    time.sleep(2)
-sys.exit("the app did not come up")
-EOF
-  sleep 5  # a redeploy: let the old replicas drain
+  # ready = the application RUNNING, i.e. every deployment of the new version healthy: /v1/models answers as soon
+  # as the ingress is up while the engine (which a redeploy replaces too) may still be starting
+  sleep 5
+  for _ in $(seq 300); do
+    serve status -a "$address" 2>/dev/null | python -c "import sys, yaml
+sys.exit(0 if yaml.safe_load(sys.stdin)['applications']['rlt-teacher']['status'] == 'RUNNING' else 1)" && return 0
+    sleep 2
+  done
+  return 1
 }
 
 load() {  # route, label

@@ -48,6 +48,12 @@ def body(route: str, i: int, max_tokens: int, stream: bool, model: str,
 
 def one(session: requests.Session, url: str, route: str, payload: dict) -> tuple[float, bool, int]:
     """(seconds, ok, completion tokens) of one request, read to its end."""
+    started = time.perf_counter()
+    out = _one(session, url, route, payload)
+    return out + (started,)
+
+
+def _one(session: requests.Session, url: str, route: str, payload: dict) -> tuple[float, bool, int]:
     path = {"explain": "/v1/explain", "chat": "/v1/chat/completions", "completions": "/v1/completions"}[route]
     stream = payload["stream"]
     if stream and route != "explain":
@@ -95,10 +101,13 @@ def run_load(url: str, route: str, requests_n: int, concurrency: int, max_tokens
     wall = time.perf_counter() - t0
     latencies = sorted(r[0] for r in results if r[1])
     q = (lambda f: round(latencies[min(len(latencies) - 1, int(f * len(latencies)))], 3) if latencies else None)
+    # the stragglers (over 5x the median): when they started, to tell a cold start from a stall
+    slow = sorted((round(r[3] - t0, 1), round(r[0], 1)) for r in results if latencies and r[0] > 5 * q(0.5))
     return {"route": route, "requests": requests_n, "concurrency": concurrency, "max_tokens": max_tokens,
             "stream_share": stream_share, "errors": sum(1 for r in results if not r[1]),
             "p50_s": q(0.5), "p95_s": q(0.95), "p99_s": q(0.99), "requests_per_s": round(requests_n / wall, 2),
-            "tokens_per_s": round(sum(r[2] for r in results) / wall, 1), "wall_s": round(wall, 1)}
+            "tokens_per_s": round(sum(r[2] for r in results) / wall, 1), "wall_s": round(wall, 1),
+            "stragglers": {"count": len(slow), "first_10_started_at_s_and_took_s": slow[:10]}}
 
 
 def main(argv: list[str]) -> int:

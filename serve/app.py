@@ -55,9 +55,15 @@ def weights_version(model_dir: str) -> int:
 
 
 def served_model_id(cfg: Any) -> str:
-    """The name clients pass as "model": serve.model_id, else the model's built-in name or folder name."""
-    name = cfg.serve.model_id or cfg.serve.model or cfg.model.teacher
-    return name if cfg.serve.model_id or "/" not in name else Path(name.rstrip("/")).name
+    """The name clients pass as "model": serve.model_id, else the built-in name or hub id, else the checkpoint
+    folder's name (runs/x/checkpoints/step_000040/hf -> step_000040; runs/x/teacher_sft/final -> teacher_sft)."""
+    if cfg.serve.model_id:
+        return cfg.serve.model_id
+    name = cfg.serve.model or cfg.model.teacher
+    if not Path(name).exists():
+        return name
+    parts = [p for p in Path(name).resolve().parts if p not in ("hf", "final")]
+    return parts[-1]
 
 
 def limits_of(cfg: Any) -> Limits:
@@ -174,6 +180,7 @@ class TeacherIngress(OpenAiIngress):
         self.cfg = cfg = load_config(preset, overrides)
         read_token(cfg.serve.auth_token_env)  # refuse to start without the token the config asks for
         self.model_id = served_model_id(cfg)
+        self.version = model_cards[self.model_id].metadata["weights_version"]
         self.tokenizer = load_tokenizer(cfg.serve.model or cfg.model.teacher)
         self.fmt = RLTFormat(cfg.format, self.tokenizer)
         self.limits = limits_of(cfg)
@@ -295,11 +302,7 @@ class TeacherIngress(OpenAiIngress):
     async def _collect(choices: AsyncIterator[dict]) -> dict[int, dict]:
         outs: dict[int, dict] = {}
         async for c in choices:
-            out = outs.setdefault(c["index"], {"text": "", "ids": [], "logprobs": [], "finish_reason": None})
-            out["text"] += c.get("text") or ""
-            out["ids"].extend(c.get("token_ids") or [])
-            out["logprobs"].extend((c.get("logprobs") or {}).get("token_logprobs") or [])
-            out["finish_reason"] = c.get("finish_reason") or out["finish_reason"]
+            _add_choice(outs, c)
         return outs
 
     async def _stream(self, req: ExplainRequest, prompt: list[int], t0: float):
@@ -319,22 +322,12 @@ class TeacherIngress(OpenAiIngress):
             out, sent[i] = text[sent.get(i, 0):limit], limit
             return json.dumps({"index": i, "delta": out}) + "\n"
 
-        async def one(c: dict) -> AsyncIterator[dict]:
-            yield c
-
         deadline = time.monotonic() + self.timeout_s
         try:
             async for c in self._teacher(req, prompt):
                 if time.monotonic() > deadline:
                     raise RequestError(408, None, f"no answer within {self.timeout_s:g} s (serve.request_timeout_s)")
-                new = await self._collect(one(c))
-                i = c["index"]
-                if i in outs:
-                    for key in ("text", "ids", "logprobs"):
-                        outs[i][key] += new[i][key]
-                    outs[i]["finish_reason"] = new[i]["finish_reason"] or outs[i]["finish_reason"]
-                else:
-                    outs[i] = new[i]
+                i = _add_choice(outs, c)
                 if (line := piece(i, final=outs[i]["finish_reason"] is not None)) is not None:
                     yield line
             for i in sorted(outs):
@@ -364,16 +357,19 @@ class TeacherIngress(OpenAiIngress):
                 item["reward"] = reward
             if req.best_of:
                 items = [max(items, key=lambda it: it["reward"]["total"])]
-        return {"model": self.model_id, "weights_version": weights_version(self._model_dir()),
+        return {"model": self.model_id, "weights_version": self.version,
                 "prompt_tokens": len(prompt), "completion_tokens": sum(it["tokens"] for it in items),
                 "explanations": items}
 
-    def _model_dir(self) -> str:
-        from rlt_ray.models import resolve_model
 
-        if not hasattr(self, "_dir"):
-            self._dir = resolve_model(self.cfg.serve.model or self.cfg.model.teacher)
-        return self._dir
+def _add_choice(outs: dict[int, dict], c: dict) -> int:
+    """Add one completion choice (a stream delta, or a whole choice) to ``outs``; returns its index."""
+    out = outs.setdefault(c["index"], {"text": "", "ids": [], "logprobs": [], "finish_reason": None})
+    out["text"] += c.get("text") or ""
+    out["ids"].extend(c.get("token_ids") or [])
+    out["logprobs"].extend((c.get("logprobs") or {}).get("token_logprobs") or [])
+    out["finish_reason"] = c.get("finish_reason") or out["finish_reason"]
+    return c["index"]
 
 
 def _choices(response: Any) -> list[dict]:

@@ -34,6 +34,14 @@ def test_paper_preset_has_the_papers_values():
     assert cfg.learner.zero_stage == 3 and cfg.learner.dtype == "bfloat16"
     assert cfg.resources.device == "cuda" and cfg.resources.backend == "nccl"
     assert cfg.reward.not_matched_penalty == -1.0
+    # ... and they reach the code that uses them: the reward's spec and the three scoring temperatures
+    from rlt_ray.config import temperatures
+    from rlt_ray.rewards import RewardSpec
+
+    spec = RewardSpec.from_config(cfg.reward)
+    assert (spec.answer_log_prob_coeff, spec.log_prob_reductions) == ((1.0, 0.01), ("mean", "min"))
+    assert (spec.kl_penalty_coeff, spec.kl_reductions, spec.not_matched_penalty) == ((3.0, 0.03), ("mean", "max"), -1.0)
+    assert temperatures(cfg) == {"teacher": 0.7, "student": 0.7, "policy": 0.7}
 
 
 def test_preset_by_name():

@@ -72,7 +72,8 @@ def server(cluster_env, tmp_path_factory):
     deadline = time.time() + 480
     while time.time() < deadline:
         try:
-            if requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok:
+            # a generation, not /v1/models: the ingress answers that before the engine is up
+            if _post(url, {**GOOD, "max_tokens": 1}).ok:
                 break
         except requests.RequestException:
             pass

@@ -133,3 +133,14 @@ def test_the_guard_checks_token_size_deadline_and_json_before_the_route(monkeypa
     monkeypatch.delenv("GUARD_TOKEN")
     with pytest.raises(RuntimeError, match="GUARD_TOKEN"):  # fail closed
         RequestGuard(None, "GUARD_TOKEN", Limits(), 1.0)
+
+
+def test_the_served_model_id_names_the_checkpoint(tmp_path):
+    from rlt_ray.config import load_config
+    from serve.app import served_model_id
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000040" / "hf"
+    ckpt.mkdir(parents=True)
+    assert served_model_id(load_config(None, [f"serve.model={ckpt}"])) == "step_000040"
+    assert served_model_id(load_config(None, [])) == "tiny-teacher"
+    assert served_model_id(load_config(None, [f"serve.model={ckpt}", "serve.model_id=my-teacher"])) == "my-teacher"

@@ -1,0 +1,34 @@
+"""bench/common.py: interleaved rounds, min/median ratios, and the last JSON line naming the machine."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+_before = os.environ.get("VLLM_LOGGING_STREAM")
+from common import emit, interleaved, ratios  # noqa: E402
+
+if _before is None:  # common.py routes vLLM's logs for the benches; leave the other tests' environment alone
+    os.environ.pop("VLLM_LOGGING_STREAM", None)
+
+
+def test_sides_alternate_every_round_and_ratios_use_min_and_median():
+    order = []
+    times = interleaved({"slow": lambda: (order.append("slow"), time.sleep(0.02)),
+                         "fast": lambda: (order.append("fast"), time.sleep(0.005))}, rounds=3)
+    assert order == ["slow", "fast"] * 3
+    assert len(times["slow"]["all_s"]) == 3 and times["slow"]["min_s"] <= times["slow"]["median_s"]
+    r = ratios(times, "slow", "fast")
+    assert r["ratio_of_min"] == times["slow"]["min_s"] / times["fast"]["min_s"] > 1.5
+    assert r["ratio_of_median"] == times["slow"]["median_s"] / times["fast"]["median_s"]
+
+
+def test_the_result_is_the_last_stdout_line_and_names_the_machine(capsys):
+    print("a library log line")
+    emit({"bench": "X", "value": 1.5})
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["bench"] == "X" and last["value"] == 1.5
+    assert last["machine"]["cores"] >= 1 and isinstance(last["machine"]["avx512"], bool)
+    assert last["machine"]["cpu"] and last["machine"]["torch"] and last["machine"]["ray"]
