@@ -14,13 +14,19 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 
-def test_demo_runs_every_stage_and_reports_the_table(tmp_path):
+@pytest.mark.parametrize("size", [
+    # the CI suite: every stage and every code path of the demo, with fewer RL steps and SFT epochs (~half the time)
+    pytest.param(["run.steps=8", "sft.epochs=3"], id="short"),
+    # the README's command exactly as a user runs it (about 13.5 minutes on 2 cores): scripts/test.sh --slow
+    pytest.param([], id="full", marks=pytest.mark.slow),
+])
+def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size):
     """Mechanics only (the experiment's outcome is reported, not asserted; docs/demo.md): every stage ran, the RL
     steps trained (finite rewards, the policy moved away from the warm-up), the four-student table is complete,
     the console is quiet and the library logs are in files."""
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RLT_VERBOSE")}
-    proc = subprocess.run([sys.executable, "jobs/demo.py", f"run.output_dir={out}"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "jobs/demo.py", f"run.output_dir={out}", *size], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     summary = json.loads((out / "summary.json").read_text())
