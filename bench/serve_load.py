@@ -106,7 +106,8 @@ def run_load(url: str, route: str, requests_n: int, concurrency: int, max_tokens
     return {"route": route, "requests": requests_n, "concurrency": concurrency, "max_tokens": max_tokens,
             "stream_share": stream_share, "errors": sum(1 for r in results if not r[1]),
             "p50_s": q(0.5), "p95_s": q(0.95), "p99_s": q(0.99), "requests_per_s": round(requests_n / wall, 2),
-            "tokens_per_s": round(sum(r[2] for r in results) / wall, 1), "wall_s": round(wall, 1),
+            "tokens": sum(r[2] for r in results), "tokens_per_s": round(sum(r[2] for r in results) / wall, 1),
+            "wall_s": round(wall, 1),
             "stragglers": {"count": len(slow), "first_10_started_at_s_and_took_s": slow[:10]}}
 
 

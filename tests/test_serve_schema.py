@@ -50,7 +50,14 @@ def test_serve_config_file_is_valid_and_builds(monkeypatch):
     with pytest.raises(ConfigError, match="RLT_SERVE_TOKEN"):  # no token: refused before anything starts
         app_builder(app.args)
     monkeypatch.setenv("RLT_SERVE_TOKEN", "t")
-    assert isinstance(app_builder(app.args), serve.Application)
+    import ray
+
+    started_here = not ray.is_initialized()
+    try:  # ray.serve.llm's builder reads the runtime context, which starts a local Ray when there is none
+        assert isinstance(app_builder(app.args), serve.Application)
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()  # the later tests start their own
 
 
 @pytest.mark.parametrize("raw,field", [
