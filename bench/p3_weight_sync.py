@@ -13,6 +13,7 @@ Target (issue 7): sync <= 2x the copy, with one call per worker per sync.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -84,8 +85,6 @@ def main(argv: list[str]) -> int:
 
     times = interleaved({"memcpy": memcpy, **{name: run_sync(name) for name in syncs},
                          "object_store_by_parts": object_store_by_parts}, a.rounds)
-    import statistics
-
     times.pop("object_store_by_parts")
     parts_summary = {k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in parts.items()}
     print(f"P3 object_store by parts: learner export min {parts_summary['export_s']['min_s']:.3f} s, engine load min "

@@ -116,7 +116,7 @@ def rounds(a, url: str, route: str, token: str | None, prompts, model: str, cpu:
 
 
 def vllm_server(a, cfg, prompts) -> list[float]:
-    from rlt_ray.engine import engine_kwargs
+    from rlt_ray.engine import cpu_engine_env, engine_kwargs
 
     kw = engine_kwargs(a.model, cfg.rollout, "cpu", cfg.model.dtype)
     port = free_port()
@@ -125,7 +125,7 @@ def vllm_server(a, cfg, prompts) -> list[float]:
            str(kw["max_model_len"]), "--enforce-eager", "--logprobs-mode", kw["logprobs_mode"],
            "--no-enable-chunked-prefill", "--enable-prefix-caching", "--max-num-seqs", str(a.concurrency),
            "--disable-uvicorn-access-log"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {**os.environ, **cpu_engine_env(cfg.rollout)}
     with open(a.log_dir / "vllm_server.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

@@ -46,8 +46,8 @@ def body(route: str, i: int, max_tokens: int, stream: bool, model: str,
     return {**common, "prompt": prompt_ids[i % len(prompt_ids)] if prompt_ids else q}
 
 
-def one(session: requests.Session, url: str, route: str, payload: dict) -> tuple[float, bool, int]:
-    """(seconds, ok, completion tokens) of one request, read to its end."""
+def one(session: requests.Session, url: str, route: str, payload: dict) -> tuple[float, bool, int, float]:
+    """(seconds, ok, completion tokens, start time) of one request, read to its end."""
     started = time.perf_counter()
     out = _one(session, url, route, payload)
     return out + (started,)

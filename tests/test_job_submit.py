@@ -5,53 +5,27 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers.cluster import free_port, loopback_cluster, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
-
-
 @pytest.fixture
 def cluster():
-    env = {**os.environ, "RLT_RAY_TMP": f"/tmp/rlt-{uuid.uuid4().hex[:6]}", "RLT_RAY_PORT": str(_free_port()),
-           "RLT_DASHBOARD_PORT": str(_free_port()), "RLT_METRICS_PORT": str(_free_port()),
-           "RLT_AGENT_PORT": str(_free_port()), "RLT_RAY_CPUS": "4",
-           "RAY_metrics_report_interval_ms": "1000"}
-    env.pop("RAY_ADDRESS", None)
-    start = subprocess.run(["bash", "scripts/cluster.sh", "start"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=180)
-    try:
-        assert start.returncode == 0, start.stderr[-3000:]
+    with loopback_cluster() as env:
         yield env
-    finally:
-        subprocess.run(["bash", "scripts/cluster.sh", "stop"], cwd=ROOT, env=env, timeout=60)
-        left = subprocess.run(["pgrep", "-f", env["RLT_RAY_TMP"]], capture_output=True, text=True).stdout
-        assert not left.strip(), f"cluster processes left behind: {left}"
 
 
 def test_start_refuses_a_taken_agent_port_naming_it():
     """Another process on the agent's port: Ray would start a head whose job agent cannot serve (every submit
     refused with "No available agent"); `start` refuses at once, naming the port and the variable."""
-    env = {**os.environ, "RLT_RAY_TMP": f"/tmp/rlt-{uuid.uuid4().hex[:6]}", "RLT_RAY_PORT": str(_free_port()),
-           "RLT_DASHBOARD_PORT": str(_free_port()), "RLT_METRICS_PORT": str(_free_port())}
+    env = {**os.environ, "RLT_RAY_TMP": f"/tmp/rlt-{uuid.uuid4().hex[:6]}", "RLT_RAY_PORT": str(free_port()),
+           "RLT_DASHBOARD_PORT": str(free_port()), "RLT_METRICS_PORT": str(free_port())}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -75,7 +49,7 @@ def test_ray_job_submit_runs_training_and_exports_metrics(cluster, tmp_path):
     seen = ""
     deadline = time.time() + 600
     while job.poll() is None and time.time() < deadline:
-        text = _scrape(metrics_url)
+        text = scrape(metrics_url)
         if "ray_rlt_reward_mean" in text:
             seen = text
         time.sleep(1)

@@ -7,12 +7,12 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from helpers.cluster import free_port, loopback_cluster, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -22,34 +22,11 @@ SERVE_CLI = str(Path(sys.executable).parent / "serve")  # the venv's, as scripts
 GOOD = {"question": "Tom has 3 apples and buys 4 more. How many apples?", "solution": "The final answer is \\boxed{7}."}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(url: str) -> str:
-    try:
-        return requests.get(url, timeout=5).text
-    except requests.RequestException:
-        return ""
-
-
 @pytest.fixture(scope="module")
 def cluster_env():
     """A loopback cluster started by scripts/cluster.sh, with the token in its environment (the README's way)."""
-    env = {**os.environ, "RLT_RAY_TMP": f"/tmp/rlt-{uuid.uuid4().hex[:6]}", "RLT_RAY_PORT": str(_free_port()),
-           "RLT_DASHBOARD_PORT": str(_free_port()), "RLT_METRICS_PORT": str(_free_port()),
-           "RLT_AGENT_PORT": str(_free_port()), "RLT_RAY_CPUS": "4", "RLT_SERVE_TOKEN": TOKEN,
-           "RAY_metrics_report_interval_ms": "1000", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    start = subprocess.run(["bash", "scripts/cluster.sh", "start"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=180)
-    try:
-        assert start.returncode == 0, start.stderr[-3000:]
+    with loopback_cluster(RLT_SERVE_TOKEN=TOKEN, RAY_AUTH_MODE="token") as env:
         yield env
-    finally:
-        subprocess.run(["bash", "scripts/cluster.sh", "stop"], cwd=ROOT, env=env, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +34,7 @@ def server(cluster_env, tmp_path_factory):
     """serve/config.yaml deployed with `serve deploy`, on a free port, with the test's limits."""
     env = cluster_env
     raw = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     raw["http_options"]["port"] = port
     raw["applications"][0]["args"]["overrides"] += [
         "serve.max_tokens=48", "serve.max_n=4", "serve.max_body_bytes=4096", "serve.max_field_chars=1000",
@@ -196,7 +173,7 @@ def test_metrics_per_route_on_rays_prometheus_endpoint(server, cluster_env):
 
     deadline, text = time.time() + 90, ""
     while time.time() < deadline:  # Ray exports every second here (RAY_metrics_report_interval_ms)
-        text = _scrape(url)
+        text = scrape(url)
         statuses = {s for s in ("200", "422") if any(f'status="{s}"' in ln for ln in explain_lines(text))}
         if all(w in text for w in wanted) and statuses == {"200", "422"}:
             break
