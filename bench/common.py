@@ -55,9 +55,12 @@ def interleaved(sides: dict[str, Callable[[], Any]], rounds: int) -> dict[str, d
 
 
 def ratios(times: dict[str, dict[str, float]], slow: str, fast: str) -> dict[str, float]:
-    """slow ÷ fast, of the minima and of the medians."""
+    """slow ÷ fast, of the minima and of the medians; and the median of the rounds' own ratios (each round's two
+    sides ran back to back, so a slow spell of the machine that spans a round cancels out of its ratio)."""
+    paired = [s / f for s, f in zip(times[slow]["all_s"], times[fast]["all_s"])]
     return {"ratio_of_min": times[slow]["min_s"] / times[fast]["min_s"],
-            "ratio_of_median": times[slow]["median_s"] / times[fast]["median_s"]}
+            "ratio_of_median": times[slow]["median_s"] / times[fast]["median_s"],
+            "median_of_round_ratios": statistics.median(paired)}
 
 
 def emit(result: dict[str, Any]) -> None:

@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
         print(f"P3 {name}: {nbytes / 2**20:.0f} MiB to {a.workers} worker(s): min {times[name]['min_s']:.3f} s, "
               f"median {times[name]['median_s']:.3f} s; memcpy min {times['memcpy']['min_s']:.3f} s, median "
               f"{times['memcpy']['median_s']:.3f} s -> {r['ratio_of_min']:.1f}x (min) / {r['ratio_of_median']:.1f}x "
-              f"(median); {len(layout)} buckets, {max(calls[name])} call(s) per worker")
+              f"(median) / {r['median_of_round_ratios']:.1f}x (rounds); {len(layout)} buckets, "
+              f"{max(calls[name])} call(s) per worker")
         sync.shutdown()
     learners.shutdown()
     for w in workers:

@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
               "vllm_in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"}
     print(f"P4 rollout {total} tokens ({a.model}, {a.prompts} prompts x n={a.n} x {a.max_new}), best of {a.rounds}: "
           f"vLLM {result['vllm_tokens_per_s']:.0f} tok/s, HF generate {result['hf_tokens_per_s']:.0f} tok/s "
-          f"-> {r['ratio_of_min']:.1f}x (min) / {r['ratio_of_median']:.1f}x (median)")
+          f"-> {r['ratio_of_min']:.1f}x (min) / {r['ratio_of_median']:.1f}x (median) / "
+          f"{r['median_of_round_ratios']:.1f}x (median of the rounds' ratios)")
     emit(result)
     return 0
 

@@ -29,15 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-TRAIN_QUESTIONS, TEST_QUESTIONS = 1024, 256
-# every student arm trains on this many rows (the first ones of its data): distillation drops the rows whose
-# explanation never closed its tag, so the distilled sets can be a little shorter than the task's train set
-STUDENT_ROWS = 960
 ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up teacher's explanations",
         "d": "RL teacher's explanations"}
 
 
-def stage_args(out: Path, steps: int) -> dict[str, list[str]]:
+def stage_args(out: Path, steps: int, student_rows: int) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides)."""
     task = out / "task"
     sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
@@ -47,7 +43,7 @@ def stage_args(out: Path, steps: int) -> dict[str, list[str]]:
     return {
         "sft_teacher": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'teacher_sft'}"],
         "student_b": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'student_b'}",
-                            f"data.max_rows={STUDENT_ROWS}"],
+                            f"data.max_rows={student_rows}"],
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
                       f"run.output_dir={out / 'rl'}", "logging.tensorboard=true", "learner.lr=5e-4",
@@ -190,8 +186,10 @@ def main(argv: list[str]) -> int:
     cfg = load_config(preset, overrides)
     out = Path(cfg.run.output_dir)
     steps = int(cfg.run.steps)
+    train_questions, test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
+    student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
-    args = stage_args(out, steps)
+    args = stage_args(out, steps, student_rows)
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
     logs = StageLog(out / "logs", verbose())
@@ -220,9 +218,9 @@ def main(argv: list[str]) -> int:
         run(name, job, extra, show)
         print(f"      done in {timings[name]:.0f} s", flush=True)
 
-    print(f"[1/{n_stages}] task: chained sums, {TRAIN_QUESTIONS} train questions with reference traces, "
-          f"{TEST_QUESTIONS} held-out", flush=True)
-    files = write_task(out / "task", TRAIN_QUESTIONS, TEST_QUESTIONS, int(cfg.data.seed))
+    print(f"[1/{n_stages}] task: chained sums, {train_questions} train questions with reference traces, "
+          f"{test_questions} held-out", flush=True)
+    files = write_task(out / "task", train_questions, test_questions, int(cfg.data.seed))
     stage(2, "sft_teacher", "teacher warm-up on the reference traces", sft_teacher, args["sft_teacher"])
     stage(3, "student_b", "student (b) on the reference traces (also the RL reward's student)", sft_student,
           args["student_b"])
@@ -233,23 +231,23 @@ def main(argv: list[str]) -> int:
     print(f"      and the RL teacher's, done in {timings['distill_d']:.0f} s", flush=True)
     # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
     warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
-    sizes = {"a": TRAIN_QUESTIONS, "b": TRAIN_QUESTIONS, "c": len(warm), "d": len(rl)}
-    rows = min([STUDENT_ROWS] + list(sizes.values()))
+    sizes = {"a": train_questions, "b": train_questions, "c": len(warm), "d": len(rl)}
+    rows = min([student_rows] + list(sizes.values()))
     same = [f"data.max_rows={rows}"]
     print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
     t = time.time()
     for arm in "acd":
         run(f"student_{arm}", sft_student, args[f"student_{arm}"] + same)
-    if rows < STUDENT_ROWS:  # (b) was trained before distillation; retrain it on as few rows as the others
+    if rows < student_rows:  # (b) was trained before distillation; retrain it on as few rows as the others
         run("student_b_same_rows", sft_student,
             args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
     print(f"      done in {time.time() - t:.0f} s", flush=True)
 
-    print(f"[7/{n_stages}] evaluate the four students on {TEST_QUESTIONS} held-out questions ...", flush=True)
+    print(f"[7/{n_stages}] evaluate the four students on {test_questions} held-out questions ...", flush=True)
     t = time.time()
     students = {}
     for arm in ARMS:
-        model = out / (f"student_{arm}" if arm != "b" or rows == STUDENT_ROWS else "student_b_same_rows")
+        model = out / (f"student_{arm}" if arm != "b" or rows == student_rows else "student_b_same_rows")
         run(f"evaluate_{arm}", evaluate,
             args["evaluate"] + [f"eval.model={model / 'final'}", f"eval.output_dir={out / 'eval' / arm}"])
         s = json.loads((out / "eval" / arm / "summary.json").read_text())

@@ -254,6 +254,17 @@ class ServeConfig:
 
 
 @dataclass
+class DemoConfig:
+    """jobs/demo.py only: the size of its task (rlt_ray.demo_task)."""
+
+    train_questions: int = 1024  # with reference traces: the warm-up, RL and every student's data
+    test_questions: int = 256  # held out, for the students' evaluation
+    # every student arm trains on this many rows (the first ones of its data): distillation drops the rows whose
+    # explanation never closed its tag, so the distilled sets can be a little shorter than the task's train set
+    student_rows: int = 960
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     jsonl: bool = True
@@ -276,6 +287,7 @@ class RLTConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -309,7 +321,7 @@ POSITIVE = (
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
-    "reward.max_batch_tokens",
+    "reward.max_batch_tokens", "demo.train_questions", "demo.test_questions", "demo.student_rows",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",

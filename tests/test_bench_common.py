@@ -25,6 +25,18 @@ def test_sides_alternate_every_round_and_ratios_use_min_and_median():
     assert r["ratio_of_median"] == times["slow"]["median_s"] / times["fast"]["median_s"]
 
 
+def test_round_ratios_pair_the_sides_of_each_round():
+    import statistics
+
+    def side(seconds):
+        return {"min_s": min(seconds), "median_s": statistics.median(seconds), "all_s": seconds}
+
+    # the machine runs at 1x, 3x and 2x in the three rounds; the fast side also caught a quick spell in round 3
+    r = ratios({"slow": side([2.0, 6.0, 4.0]), "fast": side([1.0, 3.0, 1.0])}, "slow", "fast")
+    assert r["median_of_round_ratios"] == 2.0  # rounds: 2, 2, 4
+    assert r["ratio_of_min"] == 2.0 and r["ratio_of_median"] == 4.0
+
+
 def test_the_result_is_the_last_stdout_line_and_names_the_machine(capsys):
     print("a library log line")
     emit({"bench": "X", "value": 1.5})
