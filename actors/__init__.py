@@ -30,11 +30,17 @@ class ActorSlots:
     named actor's name stays taken until it is gone); ``generation`` counts the replacements."""
 
     def __init__(self, make: Callable[[int, int], Any], count: int, kind: str = "actor",
-                 ready_timeout_s: float = 900.0):
+                 ready_timeout_s: float = 900.0, wait: bool = True):
+        """``wait=False``: the actors are created (they start loading at once) and ``wait_ready`` waits for them,
+        so that the caller can start something else meanwhile."""
         self.make, self.kind, self.ready_timeout_s = make, kind, ready_timeout_s
         self.generation = [0] * count
         self.actors = [make(i, 0) for i in range(count)]
-        for i in range(count):
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        for i in range(len(self.actors)):
             self._wait_ready(i)
 
     def _wait_ready(self, i: int) -> None:

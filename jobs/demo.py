@@ -66,6 +66,21 @@ def distilled_rows(folder: Path) -> list[dict]:
     return list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")) if shards else []
 
 
+def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path) -> int:
+    """Every arm trains on as many rows as the shortest source has (at most demo.student_rows); a distillation
+    that kept nothing stops the demo here, saying why, instead of failing inside a student's SFT."""
+    from rlt_ray.cluster import RunStopped
+
+    rows = min([student_rows] + list(sizes.values()))
+    if rows == 0:
+        empty = [arm for arm, n in sizes.items() if n == 0]
+        raise RunStopped(
+            f"distillation kept no explanation for arm(s) {', '.join(empty)}: the teacher never closed its "
+            f"explanation tag (see errors.jsonl under {out / 'distill_warmup'} and {out / 'distill_rl'}); the "
+            f"warm-up is too short for the teacher to learn the format: raise sft.epochs or demo.train_questions")
+    return rows
+
+
 def plot(out: Path, students: dict, metrics_file: Path) -> None:
     import matplotlib
 
@@ -176,7 +191,7 @@ class StageLog:
 
 def main(argv: list[str]) -> int:
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
-    from rlt_ray.cluster import connect_ray, library_log_dir, verbose
+    from rlt_ray.cluster import RunStopped, connect_ray, library_log_dir, verbose
     from rlt_ray.config import load_config, split_argv
     from rlt_ray.demo_task import write_task
 
@@ -210,7 +225,7 @@ def main(argv: list[str]) -> int:
         with logs.stage(name, show):
             code = job.main(base + extra)
         if code != 0:
-            raise RuntimeError(f"demo: stage {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
+            raise RunStopped(f"stage {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
         timings[name] = time.time() - t
 
     def stage(k: int, name: str, title: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
@@ -232,7 +247,7 @@ def main(argv: list[str]) -> int:
     # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
     warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
     sizes = {"a": train_questions, "b": train_questions, "c": len(warm), "d": len(rl)}
-    rows = min([student_rows] + list(sizes.values()))
+    rows = rows_per_arm(sizes, student_rows, out)
     same = [f"data.max_rows={rows}"]
     print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
     t = time.time()

@@ -161,8 +161,8 @@ class BatchFeed:
 
 
 class RLStep:
-    """The run's actors and the streamed step. Actors start in ``start`` one kind at a time, so ``shutdown`` (in
-    the caller's ``finally``) stops whatever did start."""
+    """The run's actors and the streamed step. ``start`` keeps each kind of actor as soon as it is created, so
+    ``shutdown`` (in the caller's ``finally``) stops whatever did start, even when another kind failed to."""
 
     def __init__(self, ray: Any, cfg: Any, rows: list, prompts: list, out: Path, log: Any):
         from rlt_ray.data import DataOrder
@@ -175,8 +175,10 @@ class RLStep:
         self.nonfinite_in_a_row = 0
 
     def start(self) -> None:
-        """The learner group (a placement group), the rollout workers and the student scorers (named, so that
-        operators and the fault-injection tests can find them: rlt:<run>:rollout:<i>[:r<n>]), the weight sync."""
+        """The rollout workers and the student scorers (named, so that operators and the fault-injection tests can
+        find them: rlt:<run>:rollout:<i>[:r<n>]), the learner group (a placement group), the weight sync. The
+        engines and the students load while the learner group sets up DeepSpeed: the workers and scorers are
+        created first and waited for after the learners."""
         from actors import ActorSlots, actor_options
         from actors.learner import LearnerGroup
         from actors.rollout import RolloutWorker, worker_options
@@ -184,17 +186,19 @@ class RLStep:
         from rlt_ray.weight_sync import make_weight_sync
 
         cfg, run = self.cfg, self.out.name
+        self.workers = ActorSlots(lambda i, g: RolloutWorker.options(
+            name=f"rlt:{run}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
+        ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s, wait=False)
+        self.scorers = ActorSlots(lambda i, g: StudentScorer.options(
+            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
+            cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s, wait=False)
         self.learners = LearnerGroup(cfg, name=f"rlt:{run}")
         held = self.learners.info[0]
         print(f"train_rlt: {self.learners.world} learner ranks (ZeRO-{cfg.learner.zero_stage}); rank 0 holds policy "
               f"{held['policy_bytes'] / 2**20:.1f} MiB and reference shard {held['reference_bytes'] / 2**20:.1f} "
               f"of {held['model_bytes'] / 2**20:.1f} MiB", flush=True)
-        self.workers = ActorSlots(lambda i, g: RolloutWorker.options(
-            name=f"rlt:{run}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
-        ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
-        self.scorers = ActorSlots(lambda i, g: StudentScorer.options(
-            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
-            cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
+        self.workers.wait_ready()
+        self.scorers.wait_ready()
         self.sync = make_weight_sync(cfg.resources.weight_sync, self.learners, self.workers.actors,
                                      cfg.resources.sync_bucket_mb << 20, cfg.resources.backend,
                                      cfg.rollout.tensor_parallel_size)
