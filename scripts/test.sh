@@ -20,4 +20,4 @@ while [ $# -gt 0 ]; do
   shift
 done
 python -m rlt_ray.models prepare || exit 1
-python -m pytest --durations=15 "${marker[@]}" "${args[@]}"
+python -m pytest --durations=25 "${marker[@]}" "${args[@]}"
