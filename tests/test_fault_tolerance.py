@@ -135,28 +135,41 @@ def test_a_dead_learner_rank_stops_the_run_naming_the_last_checkpoint(ray_local,
     assert (named / "COMPLETE").exists() and named.parent == out / "checkpoints"
 
 
-@pytest.mark.parametrize("when", ["generation", "sync"])
-def test_a_killed_engine_core_is_treated_as_a_dead_worker(ray_local, tmp_path, when):
+def test_a_killed_engine_core_is_treated_as_a_dead_worker(ray_local, tmp_path):
     """vLLM's engine core as a process of its own (rollout.in_process=false, the GPU default), killed from
-    outside while the worker samples, or just before a weight sync: the worker is replaced and no step is lost."""
+    outside twice in one run: just before a weight sync (once step 2 is logged), then, in the replacement
+    worker, while it samples (inside step 5): each time the worker is replaced and no step is lost."""
     from jobs.train_rlt import main
 
-    out = tmp_path / f"engine_core_{when}"
+    out = tmp_path / "engine_core"
+    killed = []
 
-    def kill_engine_core():
-        while len(_lines(out / "metrics.jsonl")) < 2:
+    def kill_engine_core(after_steps: int, delay_s: float, name: str):
+        while len(_lines(out / "metrics.jsonl")) < after_steps:
             time.sleep(0.05)
-        if when == "generation":
-            time.sleep(0.3)  # inside step 3's sampling
-        actor = ray_local.get_actor(f"rlt:{out.name}:rollout:0")
-        pid = ray_local.get(actor.ready.remote())["pid"]
+        time.sleep(delay_s)
+        deadline = time.time() + 300
+        while True:  # the replacement may still be starting: wait for its name and its engine
+            try:
+                actor = ray_local.get_actor(name)
+                pid = ray_local.get(actor.ready.remote(), timeout=300)["pid"]
+                break
+            except ValueError:
+                assert time.time() < deadline, f"{name} never appeared"
+                time.sleep(0.2)
         for child in psutil.Process(pid).children(recursive=True):
             child.kill()
-    killer = threading.Thread(target=kill_engine_core, daemon=True)
+        killed.append(name)
+
+    def kill_twice():
+        kill_engine_core(2, 0.0, f"rlt:{out.name}:rollout:0")  # sync
+        kill_engine_core(4, 0.3, f"rlt:{out.name}:rollout:0:r1")  # generation
+    killer = threading.Thread(target=kill_twice, daemon=True)
     killer.start()
-    assert main([f"run.output_dir={out}", "run.steps=5", "rollout.in_process=false"] + SLOW_STEPS) == 0
+    assert main([f"run.output_dir={out}", "run.steps=6", "rollout.in_process=false"] + SLOW_STEPS) == 0
     killer.join(timeout=5)
+    assert len(killed) == 2, killed
     metrics = _lines(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4, 5]
     events = [e for e in _lines(out / "events.jsonl") if e["event"] == "rollout_worker_replaced"]
-    assert len(events) == 1, events
+    assert [e["generation"] for e in events] == [1, 2], events
