@@ -13,7 +13,9 @@ Three deployments, one application:
                        → {model, weights_version, prompt_tokens, completion_tokens, explanations: [{text, closed,
                           finish_reason, tokens, reward?}]}; with "stream": true, NDJSON lines
                           {"index": i, "delta": "..."} as tokens arrive, then {"done": true, ...the JSON answer}
-    GET  /healthz      → {"status": "ok"} (the only route without the token)
+    GET  /healthz      → {"status": "ok"}: liveness, the ingress answers (no token)
+    GET  /readyz       → 200 {"status": "ready", ...} once the teacher has generated a token and the scorer (if
+                          any) answers; 503 {"status": "starting"} until then (no token; never blocks a probe)
 
 Safe by default (serve/guard.py, serve/schema.py): 127.0.0.1; the bearer token from the replica's environment on
 every route, /docs and /openapi.json included; a body-size limit and a body-read deadline; every field checked,
@@ -98,6 +100,32 @@ def llm_config(cfg: Any) -> LLMConfig:
     )
 
 
+class ReadyProbe:
+    """Readiness without blocking the prober: the first call starts ``check`` (a real generation: the ingress is
+    up long before the engine) as a task and waits at most ``wait_s`` for it; later calls look at that task.
+    Ready once it has succeeded; a failed check is started again by the next call."""
+
+    def __init__(self, check: Any, wait_s: float = 1.0):
+        self.check, self.wait_s = check, wait_s
+        self.task: Optional[asyncio.Task] = None
+        self.error: Optional[str] = None
+
+    def _ok(self) -> bool:
+        return self.task is not None and self.task.done() and not self.task.cancelled() \
+            and self.task.exception() is None
+
+    async def ready(self) -> bool:
+        if self._ok():
+            return True
+        if self.task is None or self.task.done():
+            if self.task is not None:  # it failed: say why, try again
+                exc = None if self.task.cancelled() else self.task.exception()
+                self.error = f"{type(exc).__name__}: {exc}" if exc else "cancelled"
+            self.task = asyncio.create_task(self.check())
+        await asyncio.wait([self.task], timeout=self.wait_s)
+        return self._ok()
+
+
 # Everything a deployment uses is defined above it: Serve captures the class when it is decorated.
 @serve.deployment
 class StudentScorer:
@@ -120,6 +148,9 @@ class StudentScorer:
         self.spec = RewardSpec.from_config(cfg.reward)
         self.temperature = temperatures(cfg)["student"]
         self.score.set_max_batch_size(int(cfg.serve.scorer_batch_size))
+
+    async def ready(self) -> bool:
+        return True  # the constructor has loaded the student
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def score(self, jobs: list[dict]) -> list[list[dict[str, float]]]:
@@ -187,6 +218,7 @@ class TeacherIngress(OpenAiIngress):
         self.scorer = scorer
         self.timeout_s = float(cfg.serve.request_timeout_s)
         self.default_temperature = float(cfg.rollout.temperature)
+        self.probe = ReadyProbe(self._first_answers)
         from ray.serve.metrics import Counter, Histogram
 
         tags = ("route", "status")
@@ -199,6 +231,12 @@ class TeacherIngress(OpenAiIngress):
 
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    async def readyz(self) -> JSONResponse:
+        if await self.probe.ready():
+            return JSONResponse({"status": "ready", "model": self.model_id, "weights_version": self.version})
+        return JSONResponse({"status": "starting", "model": self.model_id, "last_error": self.probe.error},
+                            status_code=503)
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         from rlt_ray.formats import escape_special_tokens
@@ -298,6 +336,17 @@ class TeacherIngress(OpenAiIngress):
                 for choice in _choices(response):
                     yield choice
 
+    async def _first_answers(self) -> None:
+        """One greedy token from the teacher (so its engine is up), and the scorer's answer when there is one."""
+        body = CompletionRequest(model=self.model_id, prompt=[int(self.tokenizer.eos_token_id or 0)], max_tokens=1,
+                                 temperature=0.0)
+        handle = self._get_configured_serve_handle(self.model_id)
+        async for item in handle.completions.remote(body, None):
+            for response in item if isinstance(item, list) else [item]:
+                _choices(response)  # raises on an error response
+        if self.scorer is not None:
+            await self.scorer.ready.remote()
+
     @staticmethod
     async def _collect(choices: AsyncIterator[dict]) -> dict[int, dict]:
         outs: dict[int, dict] = {}
@@ -393,6 +442,7 @@ def _choices(response: Any) -> list[dict]:
 
 ROUTES = {
     "healthz": lambda app: app.get("/healthz"),
+    "readyz": lambda app: app.get("/readyz"),
     "models": lambda app: app.get("/v1/models"),
     "model_data": lambda app: app.get("/v1/models/{model:path}"),
     "completions": lambda app: app.post("/v1/completions"),

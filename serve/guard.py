@@ -1,7 +1,7 @@
 """The request guard in front of every route of the Serve app: one pure-ASGI middleware.
 
 For each HTTP request, before any route or FastAPI body parsing runs:
-  1. the bearer token (every path but ``/healthz``, so ``/docs`` and ``/openapi.json`` too), compared in constant
+  1. the bearer token (every path but the probes ``/healthz`` and ``/readyz``, so ``/docs`` and ``/openapi.json`` too), compared in constant
      time; the token is read from the replica's own environment (``serve.auth_token_env``), never passed in;
   2. the body, read whole under a size limit (413) and a deadline (408: a client that sends 1 byte/s, or declares
      more bytes than it sends, holds nothing for longer than ``serve.body_timeout_s``);
@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from serve.schema import Limits, RequestError, load_json
 
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", "/readyz")  # probes carry no token; neither says more than up/ready
 
 
 def bearer_ok(header: Optional[str], token: str) -> bool:

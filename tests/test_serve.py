@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 TOKEN = "test-token-123"
 BODY_TIMEOUT_S = 3
 SERVE_CLI = str(Path(sys.executable).parent / "serve")  # the venv's, as scripts/bootstrap.sh puts it on PATH
+READINESS: list[int] = []  # the status of each /readyz the server fixture sent while the app came up
 GOOD = {"question": "Tom has 3 apples and buys 4 more. How many apples?", "solution": "The final answer is \\boxed{7}."}
 
 
@@ -48,13 +49,14 @@ def server(cluster_env, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 480
     while time.time() < deadline:
-        try:
-            # a generation, not /v1/models: the ingress answers that before the engine is up
-            if _post(url, {**GOOD, "max_tokens": 1}).ok:
+        try:  # /readyz, as a load balancer would: /healthz and /v1/models answer before the engine is up
+            ready = requests.get(f"{url}/readyz", timeout=10)
+            READINESS.append(ready.status_code)
+            if ready.status_code == 200:
                 break
         except requests.RequestException:
             pass
-        time.sleep(2)
+        time.sleep(1)
     else:
         status = subprocess.run([SERVE_CLI, "status", "-a", address], env=env, capture_output=True, text=True)
         pytest.fail(f"the app did not come up within 480 s: {status.stdout[-3000:]}")
@@ -76,6 +78,12 @@ def _post(url, body, token=TOKEN, **kw):
 
 def test_health_and_models(server):
     assert requests.get(f"{server}/healthz", timeout=30).json() == {"status": "ok"}
+    assert set(READINESS) <= {200, 503} and READINESS[-1] == 200  # starting, then ready: never an error
+    t0 = time.perf_counter()  # ready means a request is answered now, not queued behind a starting engine
+    assert _post(server, {**GOOD, "max_tokens": 1}).ok and time.perf_counter() - t0 < 30
+    ready = requests.get(f"{server}/readyz", timeout=30)  # no token: a probe
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready", "model": "tiny-teacher", "weights_version": 0}
     models = requests.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     (card,) = models["data"]
     assert card["id"] == "tiny-teacher" and card["object"] == "model"

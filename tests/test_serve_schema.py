@@ -86,7 +86,7 @@ def test_errors_carry_the_openai_error_fields_too():
                     "param": "authorization", "code": 401}
 
 
-def _asgi_call(guard, headers, chunks, delay_s=0.0):
+def _asgi_call(guard, headers, chunks, delay_s=0.0, path="/v1/explain", method="POST"):
     """Drive the guard like a server would: the body in ``chunks`` (a None chunk: the client stops sending)."""
     import asyncio
 
@@ -111,7 +111,7 @@ def _asgi_call(guard, headers, chunks, delay_s=0.0):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "path": "/v1/explain", "method": "POST",
+    scope = {"type": "http", "path": path, "method": method,
              "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
     asyncio.run(guard(scope, receive, send))
     status = sent[0]["status"]
@@ -140,6 +140,41 @@ def test_the_guard_checks_token_size_deadline_and_json_before_the_route(monkeypa
     monkeypatch.delenv("GUARD_TOKEN")
     with pytest.raises(RuntimeError, match="GUARD_TOKEN"):  # fail closed
         RequestGuard(None, "GUARD_TOKEN", Limits(), 1.0)
+
+
+def test_readiness_waits_for_a_real_answer_never_blocks_the_prober_and_retries_a_failed_check():
+    import asyncio
+
+    from serve.app import ReadyProbe
+
+    async def scenario():
+        gate, calls = asyncio.Event(), []
+
+        async def check():  # the engine: first it fails, then it answers once the gate opens
+            calls.append(len(calls))
+            if len(calls) == 1:
+                raise RuntimeError("engine core died")
+            await gate.wait()
+
+        probe = ReadyProbe(check, wait_s=0.05)
+        t0 = asyncio.get_running_loop().time()
+        assert await probe.ready() is False  # the first check failed
+        assert await probe.ready() is False and probe.error == "RuntimeError: engine core died"  # started again
+        assert asyncio.get_running_loop().time() - t0 < 1.0  # each call waits at most wait_s, not for the engine
+        assert await probe.ready() is False and len(calls) == 2  # still running: not started a third time
+        gate.set()
+        assert await probe.ready() is True and await probe.ready() is True and len(calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_probes_are_the_only_paths_without_the_token(monkeypatch):
+    from serve.guard import RequestGuard
+
+    monkeypatch.setenv("GUARD_TOKEN", "s3cret")
+    guard = RequestGuard(None, "GUARD_TOKEN", Limits(), body_timeout_s=1.0)
+    for path, status in (("/healthz", 200), ("/readyz", 200), ("/v1/models", 401), ("/docs", 401)):
+        assert _asgi_call(guard, {}, [b""], path=path, method="GET")[0] == status, path
 
 
 def test_the_served_model_id_names_the_checkpoint(tmp_path):
