@@ -33,7 +33,7 @@ ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up
         "d": "RL teacher's explanations"}
 
 
-def stage_args(out: Path, steps: int, student_rows: int) -> dict[str, list[str]]:
+def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides)."""
     task = out / "task"
     sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
@@ -46,7 +46,7 @@ def stage_args(out: Path, steps: int, student_rows: int) -> dict[str, list[str]]
                             f"data.max_rows={student_rows}"],
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
-                      f"run.output_dir={out / 'rl'}", "logging.tensorboard=true", "learner.lr=5e-4",
+                      f"run.output_dir={out / 'rl'}", "logging.tensorboard=true", f"learner.lr={rl_lr}",
                       "learner.lr_schedule=constant", "learner.warmup_ratio=0"],
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
                                 f"distill.output_dir={out / 'distill_warmup'}"],
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
     train_questions, test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
-    args = stage_args(out, steps, student_rows)
+    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr))
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
     logs = StageLog(out / "logs", verbose())

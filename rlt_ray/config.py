@@ -262,6 +262,9 @@ class DemoConfig:
     # every student arm trains on this many rows (the first ones of its data): distillation drops the rows whose
     # explanation never closed its tag, so the distilled sets can be a little shorter than the task's train set
     student_rows: int = 960
+    # the RL stage's learning rate (constant, no warm-up); learner.* is the SFT stages' optimizer, the same for
+    # every arm, so the RL stage gets its own key instead of sharing learner.lr
+    rl_lr: float = 5e-4
 
 
 @dataclass
@@ -321,7 +324,7 @@ POSITIVE = (
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
-    "reward.max_batch_tokens", "demo.train_questions", "demo.test_questions", "demo.student_rows",
+    "reward.max_batch_tokens", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",

@@ -23,6 +23,20 @@ def test_every_arm_gets_the_rows_of_the_shortest_source_and_an_empty_one_stops_t
         rows_per_arm({"a": 256, "b": 256, "c": 0, "d": 0}, 240, tmp_path)
 
 
+def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner_lr(tmp_path):
+    from jobs.demo import stage_args
+    from rlt_ray.config import ConfigError, load_config
+
+    args = stage_args(tmp_path, 8, 240, 1e-3)
+    user = ["learner.lr=2e-3"]  # the user's override comes first, as in jobs/demo.py's main
+    rl = load_config("demo", user + args["train_rlt"])
+    assert rl.learner.lr == 1e-3 and rl.learner.lr_schedule == "constant" and rl.learner.warmup_ratio == 0
+    assert all(load_config("demo", user + args[s]).learner.lr == 2e-3 for s in ("sft_teacher", "student_b"))
+    assert load_config("demo").demo.rl_lr == 5e-4
+    with pytest.raises(ConfigError, match="demo.rl_lr"):
+        load_config("demo", ["demo.rl_lr=0"])
+
+
 @pytest.mark.ray
 @pytest.mark.vllm
 @pytest.mark.parametrize("size,test_questions", [
