@@ -44,7 +44,7 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     # quarter of the rows and a quarter of the test questions (the teacher's warm-up keeps all 1,024 train
     # questions: with fewer, 3 epochs do not teach it to close its tag, and distillation keeps nothing)
     pytest.param(["run.steps=8", "sft.epochs=3", "demo.test_questions=64", "demo.student_rows=240"], 64, id="short"),
-    # the README's command exactly as a user runs it (about 13.5 minutes on 2 cores): scripts/test.sh --slow
+    # the README's command exactly as a user runs it (about 12 minutes on 2 cores): scripts/test.sh --slow
     pytest.param([], 256, id="full", marks=pytest.mark.slow),
 ])
 def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questions):
