@@ -74,10 +74,17 @@ def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path) -> int:
     rows = min([student_rows] + list(sizes.values()))
     if rows == 0:
         empty = [arm for arm, n in sizes.items() if n == 0]
-        raise RunStopped(
-            f"distillation kept no explanation for arm(s) {', '.join(empty)}: the teacher never closed its "
-            f"explanation tag (see errors.jsonl under {out / 'distill_warmup'} and {out / 'distill_rl'}); the "
-            f"warm-up is too short for the teacher to learn the format: raise sft.epochs or demo.train_questions")
+        head = (f"distillation kept no explanation for arm(s) {', '.join(empty)}: the teacher never closed its "
+                f"explanation tag (see errors.jsonl under {out / 'distill_warmup'} and {out / 'distill_rl'}); ")
+        if sizes.get("c", 0) > 0:  # the warm-up teacher closes its tag: RL taught it not to
+            raise RunStopped(
+                head + f"the warm-up teacher did, so RL taught it to stop (the 'closed' of {out / 'rl' / 'metrics.jsonl'}"
+                f" shows when). With the reference's reward (reward.kl_estimator=k1, "
+                f"reward.include_teacher_think_entropy=true) -3 x the teacher's own log-prob is a bonus for tokens "
+                f"it finds unlikely, which can outgrow the -1 for an unclosed tag: try reward.kl_estimator=k3, or "
+                f"fewer run.steps")
+        raise RunStopped(head + "the warm-up is too short for the teacher to learn the format: raise sft.epochs or "
+                                "demo.train_questions")
     return rows
 
 
