@@ -78,8 +78,8 @@ def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path) -> int:
                 f"explanation tag (see errors.jsonl under {out / 'distill_warmup'} and {out / 'distill_rl'}); ")
         if sizes.get("c", 0) > 0:  # the warm-up teacher closes its tag: RL taught it not to
             raise RunStopped(
-                head + f"the warm-up teacher did, so RL taught it to stop (the 'closed' of {out / 'rl' / 'metrics.jsonl'}"
-                f" shows when). With the reference's reward (reward.kl_estimator=k1, reward.explanation_span="
+                head + f"the warm-up teacher did, so RL taught it to stop (the 'closed' of "
+                f"{out / 'rl' / 'metrics.jsonl'} shows when). With the reference's reward (reward.kl_estimator=k1, reward.explanation_span="
                 f"with_prompt_pad) -3 x the teacher's own log-prob is a bonus for tokens it finds unlikely, the "
                 f"prompt's padding among them, and a shorter explanation gives those more weight in the mean: it "
                 f"can outgrow the -1 for an unclosed tag (docs/demo.md, run 4). Try reward.explanation_span=sampled"

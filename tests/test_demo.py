@@ -21,8 +21,9 @@ def test_every_arm_gets_the_rows_of_the_shortest_source_and_an_empty_one_stops_t
     assert rows_per_arm({"a": 1024, "b": 1024, "c": 900, "d": 1001}, 960, tmp_path) == 900
     with pytest.raises(RunStopped, match=r"arm\(s\) c, d: the teacher never closed its explanation tag.*sft\.epochs"):
         rows_per_arm({"a": 256, "b": 256, "c": 0, "d": 0}, 240, tmp_path)
+    # the RL teacher stopped closing its tag (docs/demo.md, run 4): not the warm-up's fault
     with pytest.raises(RunStopped, match=r"arm\(s\) d: .*the warm-up teacher did, so RL taught it to stop.*"
-                                         r"reward\.explanation_span=sampled or reward\.kl_estimator=k3") as stopped:  # seen in docs/demo.md's run 4
+                                         r"reward\.explanation_span=sampled or reward\.kl_estimator=k3") as stopped:
         rows_per_arm({"a": 1024, "b": 1024, "c": 1018, "d": 0}, 960, tmp_path)
     assert "sft.epochs" not in str(stopped.value)
 
