@@ -79,11 +79,11 @@ def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path) -> int:
         if sizes.get("c", 0) > 0:  # the warm-up teacher closes its tag: RL taught it not to
             raise RunStopped(
                 head + f"the warm-up teacher did, so RL taught it to stop (the 'closed' of "
-                f"{out / 'rl' / 'metrics.jsonl'} shows when). With the reference's reward (reward.kl_estimator=k1, reward.explanation_span="
-                f"with_prompt_pad) -3 x the teacher's own log-prob is a bonus for tokens it finds unlikely, the "
-                f"prompt's padding among them, and a shorter explanation gives those more weight in the mean: it "
-                f"can outgrow the -1 for an unclosed tag (docs/demo.md, run 4). Try reward.explanation_span=sampled"
-                f" or reward.kl_estimator=k3")
+                f"{out / 'rl' / 'metrics.jsonl'} shows when). With the reference's reward (reward.kl_estimator=k1, "
+                "reward.explanation_span=with_prompt_pad) -3 x the teacher's own log-prob is a bonus for tokens it "
+                "finds unlikely, the prompt's padding among them, and a shorter explanation gives those more weight "
+                "in the mean: it can outgrow the -1 for an unclosed tag (docs/demo.md, run 4). Try "
+                "reward.explanation_span=sampled or reward.kl_estimator=k3")
         raise RunStopped(head + "the warm-up is too short for the teacher to learn the format: raise sft.epochs or "
                                 "demo.train_questions")
     return rows

@@ -330,6 +330,11 @@ class TeacherIngress(OpenAiIngress):
             top_p=float(ro.top_p), top_k=int(ro.top_k), min_p=float(ro.min_p), seed=req.seed,
             logprobs=0 if self.scorer is not None else None, return_token_ids=True, skip_special_tokens=False,
             stream=req.stream)
+        async for choice in self._completion_choices(body):
+            yield choice
+
+    async def _completion_choices(self, body: CompletionRequest) -> AsyncIterator[dict]:
+        """The teacher deployment's choices for ``body``; an error response raises (``_choices``)."""
         handle = self._get_configured_serve_handle(self.model_id)
         async for item in handle.completions.remote(body, None):
             for response in item if isinstance(item, list) else [item]:
@@ -340,10 +345,8 @@ class TeacherIngress(OpenAiIngress):
         """One greedy token from the teacher (so its engine is up), and the scorer's answer when there is one."""
         body = CompletionRequest(model=self.model_id, prompt=[int(self.tokenizer.eos_token_id or 0)], max_tokens=1,
                                  temperature=0.0)
-        handle = self._get_configured_serve_handle(self.model_id)
-        async for item in handle.completions.remote(body, None):
-            for response in item if isinstance(item, list) else [item]:
-                _choices(response)  # raises on an error response
+        async for _ in self._completion_choices(body):
+            pass
         if self.scorer is not None:
             await self.scorer.ready.remote()
 

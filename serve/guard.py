@@ -1,8 +1,9 @@
 """The request guard in front of every route of the Serve app: one pure-ASGI middleware.
 
 For each HTTP request, before any route or FastAPI body parsing runs:
-  1. the bearer token (every path but the probes ``/healthz`` and ``/readyz``, so ``/docs`` and ``/openapi.json`` too), compared in constant
-     time; the token is read from the replica's own environment (``serve.auth_token_env``), never passed in;
+  1. the bearer token (every path but the probes ``/healthz`` and ``/readyz``, so ``/docs`` and ``/openapi.json``
+     too), compared in constant time; the token is read from the replica's own environment
+     (``serve.auth_token_env``), never passed in;
   2. the body, read whole under a size limit (413) and a deadline (408: a client that sends 1 byte/s, or declares
      more bytes than it sends, holds nothing for longer than ``serve.body_timeout_s``);
   3. a POST's content type (415 unless application/json), and a JSON body's shape: nesting depth and lone surrogates (422 naming where), which would otherwise be a
