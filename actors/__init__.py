@@ -11,8 +11,12 @@ FORWARDED_ENV = ("RLT_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE
 FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "GLOO_")
 
 
-def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """num_cpus / num_gpus / runtime_env for one actor of the run (merged with a submitted job's runtime_env)."""
+def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str] | None = None,
+                  role: str | None = None) -> dict[str, Any]:
+    """num_cpus / num_gpus / runtime_env for one actor of the run (merged with a submitted job's runtime_env);
+    with ``role`` (rollout, scorer) also where it may run (resources.<role>_placement: rlt_ray.placement)."""
+    from rlt_ray.placement import role_options
+
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     # NCCL's and torch's NCCL settings (NCCL_SOCKET_IFNAME, NCCL_DEBUG, TORCH_NCCL_...): the operator's, everywhere
     env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
@@ -22,6 +26,7 @@ def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str]
         "num_cpus": float(cfg.resources.cpus_per_actor),
         "num_gpus": float(cfg.resources.gpus_per_actor if gpus is None else gpus),
         "runtime_env": {"env_vars": env},
+        **(role_options(cfg, role) if role else {}),
     }
 
 
@@ -45,17 +50,30 @@ class ActorSlots:
 
     def _wait_ready(self, i: int) -> None:
         """Wait for slot i's actor to start, at most ready_timeout_s (a model that never loads, a GPU that never
-        frees, a placement that cannot be met), naming it."""
+        frees, a placement that cannot be met), naming it. An actor that dies before it is ready is made again
+        (a new generation) while time is left: after a node is lost, Ray can place the replacement on that node
+        before it is declared dead, and cancels it there ("the actor never ran")."""
+        import time
+
         import ray
 
-        try:
-            ray.get(self.actors[i].ready.remote(), timeout=self.ready_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            from rlt_ray.cluster import RunStopped
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            try:
+                ray.get(self.actors[i].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except ray.exceptions.RayActorError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+                self.generation[i] += 1
+                self.actors[i] = self.make(i, self.generation[i])
+            except ray.exceptions.GetTimeoutError:
+                from rlt_ray.cluster import RunStopped
 
-            raise RunStopped(f"{self.kind} {i} (generation {self.generation[i]}) was not ready after "
-                             f"{self.ready_timeout_s:.0f} s: its resources may be missing, or its model may not "
-                             f"load (see its log in the Ray dashboard)") from None
+                raise RunStopped(f"{self.kind} {i} (generation {self.generation[i]}) was not ready after "
+                                 f"{self.ready_timeout_s:.0f} s: its resources may be missing, or its model may "
+                                 f"not load (see its log in the Ray dashboard)") from None
 
     def __len__(self) -> int:
         return len(self.actors)

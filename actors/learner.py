@@ -497,12 +497,16 @@ class LearnerGroup:
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rlt_ray.placement import placement
+
         r = cfg.resources
         self.world = int(r.learner_ranks)
-        bundle = {"CPU": float(r.cpus_per_actor)}
+        labels, custom = placement(cfg, "learner")  # resources.learner_placement (rlt_ray.placement)
+        bundle = {"CPU": float(r.cpus_per_actor), **custom}
         if r.gpus_per_actor:
             bundle["GPU"] = float(r.gpus_per_actor)
-        self.pg = placement_group([dict(bundle) for _ in range(self.world)], strategy="PACK")
+        self.pg = placement_group([dict(bundle) for _ in range(self.world)], strategy=str(r.learner_strategy),
+                                  bundle_label_selector=[dict(labels) for _ in range(self.world)] if labels else None)
         try:
             ray.get(self.pg.ready(), timeout=float(r.placement_timeout_s))
         except ray.exceptions.GetTimeoutError:

@@ -24,7 +24,7 @@ def worker_options(cfg: Any) -> dict[str, Any]:
     """Ray options of a rollout worker: its GPUs (tensor parallel) and, with rollout.in_process, vLLM's engine
     inside the actor's own process."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if cfg.rollout.in_process else {}
-    return actor_options(cfg, cfg.resources.gpus_per_actor * cfg.rollout.tensor_parallel_size, env)
+    return actor_options(cfg, cfg.resources.gpus_per_actor * cfg.rollout.tensor_parallel_size, env, role="rollout")
 
 
 class StaleWeightsError(RuntimeError):

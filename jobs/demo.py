@@ -1,6 +1,7 @@
 """The offline demo (README's first command): the paper's Table 1 in miniature, on this machine, in minutes.
 
     python jobs/demo.py [--config PRESET] [key=value ...] [--verbose]         (bash scripts/demo.sh)
+    python jobs/demo.py --seeds 42,43,44,45,46 [key=value ...]                 the replicates (docs/demo.md)
 
 The task is chained sums of single digits (rlt_ray.demo_task): R1-like reference traces (correct but long-winded
 and oddly ordered) play the paper's R1 traces; 3-layer models trained from scratch play the 7B models. On one local
@@ -16,7 +17,8 @@ Ray (docs/demo.md):
   8. serve the RL teacher on Ray Serve and ask it for one explanation                        serve/app.py
 Writes <out>/summary.json (``students``: one entry per arm), <out>/demo.png (the table as bars with intervals, and
 the RL curves), TensorBoard logs and, under <out>/logs/, every stage's output and the Ray/vLLM/DeepSpeed logs.
-``demo.out`` is runs/demo unless run.output_dir=... says otherwise. An experiment: the table is printed as it
+The output folder is runs/demo unless run.output_dir=... says otherwise. With --seeds, stages 4-7 of the RL
+teacher's arm run once per seed (main's docstring). An experiment: the table is printed as it
 comes out, and the exit code is 0 whenever every stage ran (the reward's rise, or not, is reported).
 """
 
@@ -33,11 +35,15 @@ ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up
         "d": "RL teacher's explanations"}
 
 
-def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float) -> dict[str, list[str]]:
-    """The overrides of each stage (added to the preset and the user's own overrides)."""
-    task = out / "task"
+def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out: Path | None = None,
+               seed: int | None = None) -> dict[str, list[str]]:
+    """The overrides of each stage (added to the preset and the user's own overrides). The RL teacher's arm (the
+    RL stage, its distillation, student (d)) goes under ``seed_out`` (default ``out``); ``seed`` is the RL stage's
+    seed (run.seed: sampling, the learners' init; data.seed: the order of the questions) for a replicate
+    (--seeds), None for the preset's."""
+    task, seed_out = out / "task", seed_out or out
     sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
-    rl_teacher = out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
+    rl_teacher = seed_out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
     distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.shard_rows=256",
                f"model.student={out / 'student_b' / 'final'}"]
     return {
@@ -46,14 +52,16 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float) -> dict[s
                             f"data.max_rows={student_rows}"],
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
-                      f"run.output_dir={out / 'rl'}", "logging.tensorboard=true", f"learner.lr={rl_lr}",
-                      "learner.lr_schedule=constant", "learner.warmup_ratio=0"],
+                      f"run.output_dir={seed_out / 'rl'}", "logging.tensorboard=true", f"learner.lr={rl_lr}",
+                      "learner.lr_schedule=constant", "learner.warmup_ratio=0"]
+                     + ([f"run.seed={seed}", f"data.seed={seed}"] if seed is not None else []),
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
                                 f"distill.output_dir={out / 'distill_warmup'}"],
-        "distill_d": distill + [f"model.teacher={rl_teacher}", f"distill.output_dir={out / 'distill_rl'}"],
+        "distill_d": distill + [f"model.teacher={rl_teacher}", f"distill.output_dir={seed_out / 'distill_rl'}"],
         "student_a": sft + [f"data.source={task / 'train_answer_only.jsonl'}", f"sft.output_dir={out / 'student_a'}"],
         "student_c": sft + [f"data.source={out / 'distill_warmup' / 'data'}", f"sft.output_dir={out / 'student_c'}"],
-        "student_d": sft + [f"data.source={out / 'distill_rl' / 'data'}", f"sft.output_dir={out / 'student_d'}"],
+        "student_d": sft + [f"data.source={seed_out / 'distill_rl' / 'data'}",
+                            f"sft.output_dir={seed_out / 'student_d'}"],
         "evaluate": [f"eval.source={task / 'test.jsonl'}"],
         "serve": [f"serve.model={rl_teacher}", f"serve.student={out / 'student_b' / 'final'}", "serve.max_tokens=128"],
     }
@@ -66,24 +74,28 @@ def distilled_rows(folder: Path) -> list[dict]:
     return list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")) if shards else []
 
 
-def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path) -> int:
+def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path, min_rows: int = 1) -> int:
     """Every arm trains on as many rows as the shortest source has (at most demo.student_rows); a distillation
-    that kept nothing stops the demo here, saying why, instead of failing inside a student's SFT."""
+    that kept fewer than ``min_rows`` (a student's batch, sft.batch_size) stops the demo here, saying why,
+    instead of failing inside a student's SFT."""
     from rlt_ray.cluster import RunStopped
 
     rows = min([student_rows] + list(sizes.values()))
-    if rows == 0:
-        empty = [arm for arm, n in sizes.items() if n == 0]
-        head = (f"distillation kept no explanation for arm(s) {', '.join(empty)}: the teacher never closed its "
-                f"explanation tag (see errors.jsonl under {out / 'distill_warmup'} and {out / 'distill_rl'}); ")
-        if sizes.get("c", 0) > 0:  # the warm-up teacher closes its tag: RL taught it not to
+    if rows < min_rows:
+        short = [arm for arm, n in sizes.items() if n < min_rows]
+        head = (f"distillation kept too few explanations for arm(s) {', '.join(short)} "
+                f"({', '.join(f'{a}: {sizes[a]} rows' for a in short)}; a student needs at least sft.batch_size="
+                f"{min_rows}): the teacher did not close its explanation tag (see errors.jsonl under "
+                f"{out / 'distill_warmup'} and {out / 'distill_rl'}); ")
+        if sizes.get("c", 0) >= min_rows:  # the warm-up teacher closes its tag: RL taught it not to
             raise RunStopped(
                 head + f"the warm-up teacher did, so RL taught it to stop (the 'closed' of "
-                f"{out / 'rl' / 'metrics.jsonl'} shows when). With the reference's reward (reward.kl_estimator=k1, "
-                "reward.explanation_span=with_prompt_pad) -3 x the teacher's own log-prob is a bonus for tokens it "
-                "finds unlikely, the prompt's padding among them, and a shorter explanation gives those more weight "
-                "in the mean: it can outgrow the -1 for an unclosed tag (docs/demo.md, run 4). Try "
-                "reward.explanation_span=sampled or reward.kl_estimator=k3")
+                f"{out / 'rl' / 'metrics.jsonl'} shows when, and its reward_hack_suspected event names the likely "
+                "cause). The KL term can pay more than the unclosed-tag penalty costs: with the reference's span "
+                "(reward.explanation_span=with_prompt_pad) the prompt's padding weighs more in a shorter "
+                "explanation (docs/demo.md, run 4); explanations cut off at rollout.max_new_tokens lower the mean "
+                "log-ratio. Try reward.explanation_span=sampled, a more negative reward.not_matched_penalty, or "
+                "reward.kl_estimator=k3")
         raise RunStopped(head + "the warm-up is too short for the teacher to learn the format: raise sft.epochs or "
                                 "demo.train_questions")
     return rows
@@ -197,12 +209,92 @@ class StageLog:
             log.close()
 
 
+def shape_holds(students: dict) -> bool:
+    """The paper's shape: (d)'s 95 % interval lies above (b)'s and (c)'s."""
+    return all(students["d"]["low"] > students[arm]["high"] for arm in "bc")
+
+
+def rl_curve(metrics_file: Path) -> tuple[int, dict, dict]:
+    """The RL curves' means over the first and last quarter of the steps (at most 10 steps each)."""
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    k = max(1, min(10, len(metrics) // 4))
+    curve = {key: [m[key] for m in metrics] for key in ("reward_mean", "r_ss_mean", "r_kl_mean",
+                                                         "closed_tag_fraction", "completion_tokens_mean")}
+    return k, {key: sum(v[:k]) / k for key, v in curve.items()}, {key: sum(v[-k:]) / k for key, v in curve.items()}
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                flags = Path("/proc/cpuinfo").read_text()
+                return f"{name} ({'AVX-512' if ' avx512f' in flags else 'no AVX-512'})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def plot_replicates(out: Path, replicates: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = list(replicates["seeds"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = {"a": "#999", "b": "#6a9fd4", "c": "#e0a050", "d": "#4caf50"}
+    for offset, arm in zip((-0.18, -0.06, 0.06, 0.18), ARMS):
+        xs, ys, lo, hi = [], [], [], []
+        for x, seed in enumerate(seeds):
+            s = replicates["seeds"][seed]["students"].get(arm)
+            if s:
+                xs.append(x + offset), ys.append(s["accuracy"])
+                lo.append(s["accuracy"] - s["low"]), hi.append(s["high"] - s["accuracy"])
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=4, color=colors[arm], label=f"({arm}) {ARMS[arm]}")
+    ax.set_xticks(range(len(seeds)), [f"seed {s}" + ("" if replicates["seeds"][s]["stopped"] is None else "\n(stopped)")
+                                      for s in seeds])
+    ax.set_ylabel("held-out accuracy (95 % CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"the demo at {len(seeds)} RL seeds ((a)-(c) do not depend on it); {replicates['cpu']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "replicates.png", dpi=110)
+    plt.close(fig)
+
+
+def split_seeds(argv: list[str]) -> tuple[list[int] | None, list[str]]:
+    """``--seeds 42,43,...`` (or --seeds=...): the RL seeds of a replicate run; the rest of argv."""
+    from rlt_ray.config import ConfigError
+
+    seeds, rest, it = None, [], iter(argv)
+    for a in it:
+        if a == "--seeds" or a.startswith("--seeds="):
+            text = a.split("=", 1)[1] if "=" in a else next(it, "")
+            try:
+                seeds = [int(x) for x in text.split(",") if x.strip()]
+            except ValueError:
+                seeds = []
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ConfigError(f"--seeds: expected distinct integers separated by commas, got {text!r}")
+        else:
+            rest.append(a)
+    return seeds, rest
+
+
 def main(argv: list[str]) -> int:
+    """The demo; with ``--seeds 42,43,...`` its replicates: the stages that do not depend on the RL stage's seed
+    (task, warm-up, students (a)-(c) and their evaluation) run once, and the RL teacher's arm (RL, distillation,
+    student (d), its evaluation) once per seed, under <out>/seeds/<seed>/; writes <out>/replicates.json and
+    <out>/replicates.png and prints the table per seed (no Serve stage)."""
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
     from rlt_ray.cluster import RunStopped, connect_ray, library_log_dir, verbose
     from rlt_ray.config import load_config, split_argv
     from rlt_ray.demo_task import write_task
 
+    seeds, argv = split_seeds(argv)
     if not any(a == "--config" or a.startswith("--config=") or a == "-c" for a in argv):
         argv = ["--config", "demo"] + argv
     preset, overrides = split_argv(argv)
@@ -213,7 +305,8 @@ def main(argv: list[str]) -> int:
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
     args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr))
-    for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval") + tuple(f"student_{a}" for a in ARMS):
+    for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows") + \
+            tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
     logs = StageLog(out / "logs", verbose())
     if not verbose():  # the libraries' own progress bars (dataset splits, checkpoint shards) are not stages
@@ -225,7 +318,11 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     timings: dict[str, float] = {}
     connect_ray()
-    n_stages = 8
+    n_stages = 8 if seeds is None else 7
+    # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
+    rl_arms = [(None, out, args)] if seeds is None else [
+        (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
+                                                     out / "seeds" / str(seed), seed)) for seed in seeds]
 
     def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
         """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
@@ -241,43 +338,90 @@ def main(argv: list[str]) -> int:
         run(name, job, extra, show)
         print(f"      done in {timings[name]:.0f} s", flush=True)
 
+    def evaluate_arm(arm: str, name: str, model: Path, folder: Path, rows: int) -> dict:
+        run(name, evaluate, args["evaluate"] + [f"eval.model={model / 'final'}", f"eval.output_dir={folder}"])
+        s = json.loads((folder / "summary.json").read_text())
+        return {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"], "n": s["n"],
+                "correct": s["correct"], "train_rows": rows, "no_solution_block": s["no_solution_block"]}
+
     print(f"[1/{n_stages}] task: chained sums, {train_questions} train questions with reference traces, "
           f"{test_questions} held-out", flush=True)
     files = write_task(out / "task", train_questions, test_questions, int(cfg.data.seed))
     stage(2, "sft_teacher", "teacher warm-up on the reference traces", sft_teacher, args["sft_teacher"])
     stage(3, "student_b", "student (b) on the reference traces (also the RL reward's student)", sft_student,
           args["student_b"])
-    stage(4, "train_rlt", f"RL: {steps} GRPO steps with the RLT reward", train_rlt, args["train_rlt"],
-          show=("step ",))
-    stage(5, "distill_c", "distil the warm-up teacher's explanations", distill, args["distill_c"])
-    run("distill_d", distill, args["distill_d"])
-    print(f"      and the RL teacher's, done in {timings['distill_d']:.0f} s", flush=True)
+    # 4. RL, once or per seed: with replicates a stopped seed (run.stop_on_hack) is a result, not the end
+    stopped: dict = {}
+    print(f"[4/{n_stages}] RL: {steps} GRPO steps with the RLT reward"
+          + ("" if seeds is None else f", at seeds {', '.join(map(str, seeds))}") + " ...", flush=True)
+    t = time.time()
+    for seed, _, arm_args in rl_arms:
+        if seed is not None:
+            print(f"      seed {seed}", flush=True)
+        try:
+            run("train_rlt" + (f"_{seed}" if seed is not None else ""), train_rlt, arm_args["train_rlt"],
+                show=("step ", "warning: "))
+        except RunStopped as exc:
+            if seed is None:
+                raise
+            stopped[seed] = str(exc)
+            print(f"      seed {seed} stopped: {str(exc)[:300]}", flush=True)
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
+    print(f"[5/{n_stages}] distil the warm-up teacher's and the RL teacher's explanations ...", flush=True)
+    t = time.time()
+    run("distill_c", distill, args["distill_c"])
+    warm = distilled_rows(out / "distill_warmup")
+    distilled = {}
+    for seed, folder, arm_args in rl_arms:
+        if seed not in stopped:
+            run("distill_d" + (f"_{seed}" if seed is not None else ""), distill, arm_args["distill_d"])
+            distilled[seed] = distilled_rows(folder / "distill_rl")
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
     # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
-    warm, rl = distilled_rows(out / "distill_warmup"), distilled_rows(out / "distill_rl")
-    sizes = {"a": train_questions, "b": train_questions, "c": len(warm), "d": len(rl)}
-    rows = rows_per_arm(sizes, student_rows, out)
+    min_rows = int(cfg.sft.batch_size)
+    sizes = {"a": train_questions, "b": train_questions, "c": len(warm)}
+    if seeds is None:
+        sizes["d"] = len(distilled[None])
+    rows = rows_per_arm(sizes, student_rows, out, min_rows)
     same = [f"data.max_rows={rows}"]
     print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
     t = time.time()
-    for arm in "acd":
+    for arm in "ac":
         run(f"student_{arm}", sft_student, args[f"student_{arm}"] + same)
     if rows < student_rows:  # (b) was trained before distillation; retrain it on as few rows as the others
         run("student_b_same_rows", sft_student,
             args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
+    d_rows = {}
+    for seed, folder, arm_args in rl_arms:
+        if seed in stopped:
+            continue
+        try:  # a replicate's RL teacher may keep fewer rows than the shared arms: (d) then trains on fewer
+            d_rows[seed] = rows_per_arm({**sizes, "d": len(distilled[seed])}, rows, out, min_rows)
+        except RunStopped as exc:
+            if seed is None:
+                raise
+            stopped[seed] = str(exc)
+            continue
+        run("student_d" + (f"_{seed}" if seed is not None else ""), sft_student,
+            arm_args["student_d"] + [f"data.max_rows={d_rows[seed]}"])
     print(f"      done in {time.time() - t:.0f} s", flush=True)
 
-    print(f"[7/{n_stages}] evaluate the four students on {test_questions} held-out questions ...", flush=True)
+    print(f"[7/{n_stages}] evaluate the students on {test_questions} held-out questions ...", flush=True)
     t = time.time()
     students = {}
-    for arm in ARMS:
+    for arm in "abc":
         model = out / (f"student_{arm}" if arm != "b" or rows == student_rows else "student_b_same_rows")
-        run(f"evaluate_{arm}", evaluate,
-            args["evaluate"] + [f"eval.model={model / 'final'}", f"eval.output_dir={out / 'eval' / arm}"])
-        s = json.loads((out / "eval" / arm / "summary.json").read_text())
-        students[arm] = {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"],
-                         "n": s["n"], "correct": s["correct"], "train_rows": rows,
-                         "no_solution_block": s["no_solution_block"]}
+        students[arm] = evaluate_arm(arm, f"evaluate_{arm}", model, out / "eval" / arm, rows)
+    per_seed = {}
+    for seed, folder, _ in rl_arms:
+        if seed not in stopped:
+            per_seed[seed] = {**students, "d": evaluate_arm(
+                "d", "evaluate_d" + (f"_{seed}" if seed is not None else ""), folder / "student_d",
+                folder / "eval" / "d", d_rows[seed])}
     print(f"      done in {time.time() - t:.0f} s", flush=True)
+    if seeds is not None:
+        return report_replicates(out, seeds, per_seed, stopped, students, time.time() - t0)
+    students = per_seed[None]
 
     test_row = json.loads(files["test"].read_text().splitlines()[0])
     t = time.time()
@@ -289,12 +433,8 @@ def main(argv: list[str]) -> int:
     print(f"      weights version {served['weights_version']}, best of 4 by RLT reward {best['reward']['total']:.3f}: "
           f"{test_row['question']} -> {best['text'].strip()[:160]!r}", flush=True)
 
-    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
-    k = max(1, min(10, len(metrics) // 4))
-    curve = {key: [m[key] for m in metrics] for key in ("reward_mean", "r_ss_mean", "r_kl_mean",
-                                                         "closed_tag_fraction", "completion_tokens_mean")}
-    first = {key: sum(v[:k]) / k for key, v in curve.items()}
-    last = {key: sum(v[-k:]) / k for key, v in curve.items()}
+    k, first, last = rl_curve(out / "rl" / "metrics.jsonl")
+    rl = distilled[None]
     by_id = {r["id"]: r for r in rl}
     traces = {r["id"]: r["reasoning_trace"] for r in map(json.loads, files["train"].read_text().splitlines())}
     examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": traces.get(r["id"]),
@@ -302,17 +442,16 @@ def main(argv: list[str]) -> int:
                 for r in warm if r["id"] in by_id][:3]
     plot(out, students, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
-    summary = {"students": students, "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
-                                            "reward_rose": last["reward_mean"] > first["reward_mean"]},
+    summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
+               "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
+                      "reward_rose": last["reward_mean"] > first["reward_mean"]},
                "distilled_rows": sizes, "examples": examples, "served_weights_version": served["weights_version"],
                "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print("\n=== demo: students distilled four ways (the paper's Table 1 in miniature)")
-    print(f"{'student trained on':40} {'accuracy':>9} {'95 % interval':>16}")
-    for arm, s in students.items():
-        print(f"({arm}) {s['arm']:36} {s['accuracy']:9.3f}   [{s['low']:.3f}, {s['high']:.3f}]  "
-              f"({s['correct']}/{s['n']})")
+    print_table(students)
+    print(f"(d)'s interval above (b)'s and (c)'s (the paper's shape): {'yes' if summary['shape'] else 'no'}")
     print(f"\nteacher RL, mean of the first / last {k} steps:")
     for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS"), ("r_kl_mean", "r_KL"),
                        ("closed_tag_fraction", "closed tag"), ("completion_tokens_mean", "explanation tokens")):
@@ -327,6 +466,48 @@ def main(argv: list[str]) -> int:
     if not summary["rl"]["reward_rose"]:
         print(f"note: the RL reward did not rise (mean of the first {k} steps {first['reward_mean']:.3f}, of the last "
               f"{k} {last['reward_mean']:.3f}); docs/demo.md discusses why it barely moves on this task")
+    return 0
+
+
+def print_table(students: dict) -> None:
+    print(f"{'student trained on':40} {'accuracy':>9} {'95 % interval':>16}")
+    for arm, s in students.items():
+        print(f"({arm}) {s['arm']:36} {s['accuracy']:9.3f}   [{s['low']:.3f}, {s['high']:.3f}]  "
+              f"({s['correct']}/{s['n']})")
+
+
+def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict, shared: dict,
+                      seconds: float) -> int:
+    """<out>/replicates.json and replicates.png, and the table per seed."""
+    entries = {}
+    for seed in seeds:
+        entry: dict = {"students": per_seed.get(seed, {}), "stopped": stopped.get(seed), "shape": False, "rl": None}
+        metrics = out / "seeds" / str(seed) / "rl" / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().strip():
+            k, first, last = rl_curve(metrics)
+            entry["rl"] = {"k": k, "first": first, "last": last}
+        if seed in per_seed:
+            entry["shape"] = shape_holds(per_seed[seed])
+        entries[str(seed)] = entry
+    replicates = {"cpu": cpu_name(), "seeds": entries, "shared": shared, "seconds": seconds,
+                  "shape_at": [int(s) for s, e in entries.items() if e["shape"]],
+                  "stopped_at": [int(s) for s, e in entries.items() if e["stopped"]]}
+    (out / "replicates.json").write_text(json.dumps(replicates, indent=2))
+    plot_replicates(out, replicates)
+    print(f"\n=== demo replicates at {len(seeds)} RL seeds ({replicates['cpu']})")
+    print("shared by every seed (they do not depend on the RL stage):")
+    print_table(shared)
+    print(f"\n{'seed':>6} {'(d) RL teacher':>16} {'95 % interval':>16} {'closed tag':>11} {'expl. tokens':>13}  shape")
+    for seed, e in entries.items():
+        if e["stopped"]:
+            print(f"{seed:>6}  stopped: {e['stopped'][:200]}")
+            continue
+        d, rl = e["students"]["d"], e["rl"]
+        print(f"{seed:>6} {d['accuracy']:16.3f}   [{d['low']:.3f}, {d['high']:.3f}] {rl['last']['closed_tag_fraction']:11.2f}"
+              f" {rl['last']['completion_tokens_mean']:13.1f}  {'yes' if e['shape'] else 'no'}")
+    print(f"\nthe paper's shape ((d)'s interval above (b)'s and (c)'s) at {len(replicates['shape_at'])} of {len(seeds)} "
+          f"seeds; stopped (reward hacking or too few rows) at {len(replicates['stopped_at'])}; total {seconds:.0f} s; "
+          f"{out / 'replicates.json'}, {out / 'replicates.png'}")
     return 0
 
 

@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
         name=f"{name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg)).remote(cfg, i, teacher),
         cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
     scorers = ActorSlots(lambda i, g: StudentScorer.options(
-        name=f"{name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
+        name=f"{name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg, role="scorer")).remote(cfg, i),
         cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
     kept_total, errors_total = 0, 0
     try:

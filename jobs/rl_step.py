@@ -85,6 +85,17 @@ def prompt_tail_tokens(cfg) -> int:
     return len(cfg.format.padding) if cfg.reward.explanation_span == "with_prompt_pad" else 0
 
 
+def _node_id(_actor) -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_ids(ray, actors: list) -> list[str]:
+    """The Ray node id each actor runs on."""
+    return ray.get([a.__ray_call__.remote(_node_id) for a in actors])
+
+
 def learner_get(ray, refs, step: int, out: Path):
     """The learners' results; a dead rank stops the run with the checkpoint to resume from."""
     from rlt_ray.checkpoint import latest
@@ -173,6 +184,8 @@ class RLStep:
         self.in_flight: BatchFeed | None = None  # the step the learners are in the middle of
         self.prefetched: list | None = None  # grpo.max_staleness=1: the next step's chunks, sampled while learning
         self.nonfinite_in_a_row = 0
+        self.history: list[dict] = []  # this run's step metrics, for the reward-hacking watch
+        self.hacks_seen: set[str] = set()  # one event per kind of sign
 
     def start(self) -> None:
         """The rollout workers and the student scorers (named, so that operators and the fault-injection tests can
@@ -190,7 +203,7 @@ class RLStep:
             name=f"rlt:{run}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
         ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s, wait=False)
         self.scorers = ActorSlots(lambda i, g: StudentScorer.options(
-            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg)).remote(cfg, i),
+            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg, role="scorer")).remote(cfg, i),
             cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s, wait=False)
         self.learners = LearnerGroup(cfg, name=f"rlt:{run}")
         held = self.learners.info[0]
@@ -203,6 +216,12 @@ class RLStep:
                                      cfg.resources.sync_bucket_mb << 20, cfg.resources.backend,
                                      cfg.rollout.tensor_parallel_size)
         self.sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
+        self.log.event(0, "placement", echo=False, **self.nodes())  # where each role runs (rlt_ray.placement)
+
+    def nodes(self) -> dict[str, list[str]]:
+        """The Ray node id of every actor of the run, by role."""
+        roles = {"learner": self.learners.ranks, "rollout": self.workers.actors, "scorer": self.scorers.actors}
+        return {role: node_ids(self.ray, actors) for role, actors in roles.items()}
 
     def resume(self, checkpoint: Path | None) -> int:
         """Load a checkpoint into the learners; returns the step to start from (0 without one)."""
@@ -235,7 +254,8 @@ class RLStep:
                 for k in lost.indices:
                     self.sync.replace_worker(k, self.workers.replace(k))
                     self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
-                                   synced_to_version=version, error=str(lost), during="sync")
+                                   synced_to_version=version, error=str(lost), during="sync",
+                                   node=node_ids(self.ray, [self.workers[k]])[0])
         raise RunStopped(f"the weight sync to version {version} kept losing rollout workers")
 
     def tails(self, step: int) -> list | None:
@@ -329,7 +349,8 @@ class RLStep:
                     self.sync.replace_worker(k, new)
                     stats = self.sync.sync(version if learner_version is None else learner_version)
                     self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
-                                   synced_to_version=stats.version, error=type(exc).__name__)
+                                   synced_to_version=stats.version, error=type(exc).__name__,
+                                   node=node_ids(self.ray, [new])[0])
                     handed_over = {r for chunk in chunks if chunk["worker"] == k for r in chunk["rows"]}
                     generate(k, [i for i in row_ids if i not in handed_over], stats.version)
                     continue
@@ -361,7 +382,8 @@ class RLStep:
                     if self.scorers.generation[slot] == generation:
                         self.scorers.replace(slot)
                         self.log.event(step, "scorer_replaced", scorer=slot,
-                                       generation=self.scorers.generation[slot], error=type(exc).__name__)
+                                       generation=self.scorers.generation[slot], error=type(exc).__name__,
+                                       node=node_ids(self.ray, [self.scorers[slot]])[0])
                     score(c)
                     continue
                 if feed is not None:
@@ -402,10 +424,29 @@ class RLStep:
         if skipped:
             log.event(step, "step_skipped_nonfinite", loss=metrics["loss"], grad_norm=metrics["grad_norm"],
                       in_a_row=self.nonfinite_in_a_row)
+        self.watch_for_hacks(step, metrics)
         if self.nonfinite_in_a_row >= cfg.run.max_nonfinite_steps:
             raise RunStopped(f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
                              f"(run.max_nonfinite_steps={cfg.run.max_nonfinite_steps}); steps "
                              f"{step + 2 - self.nonfinite_in_a_row}-{step + 1} were skipped")
+
+    def watch_for_hacks(self, step: int, metrics: dict) -> None:
+        """The reward-hacking watch (rlt_ray.hacks): an event and a console line the first time each sign shows;
+        run.stop_on_hack stops the run (stop_with_checkpoint then saves the completed steps)."""
+        from rlt_ray.cluster import RunStopped
+        from rlt_ray.hacks import hack_sign
+
+        run = self.cfg.run
+        self.history.append(metrics)
+        sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
+                         self.cfg.reward.explanation_span)
+        if sign is None or sign.kind in self.hacks_seen:
+            return
+        self.hacks_seen.add(sign.kind)
+        self.log.event(step, "reward_hack_suspected", echo=False, sign=sign.kind, message=sign.message)
+        print(f"warning: step {step + 1}: {sign.message}", flush=True)
+        if run.stop_on_hack:
+            raise RunStopped(f"stopped at step {step + 1} (run.stop_on_hack): {sign.message}")
 
     def stop_with_checkpoint(self, exc: BaseException, step: int, version: int, start: int,
                              checkpoints: Checkpoints) -> None:
@@ -434,8 +475,10 @@ class RLStep:
             raise exc
         last, error = saved or latest(out), describe_error(exc)
         self.log.event(version, "error", completed_steps=version, error=error, checkpoint=str(last) if last else None)
-        if isinstance(exc, RunStopped):
-            raise exc
+        if isinstance(exc, RunStopped):  # its message says why; say where the completed steps are
+            if last is None or str(last) in str(exc):
+                raise exc
+            raise type(exc)(f"{exc}; the completed steps are in {last} (run.resume_from={last})") from exc
         where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"
                  if last else "no checkpoint was written yet: start again")
         raise RunStopped(f"step {step + 1} failed with {error}; {where}") from exc

@@ -27,12 +27,11 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv: list[str]) -> int:
-    from jobs.rl_step import Checkpoints, RLStep, inject_fault, load_prompts
-    from rlt_ray.checkpoint import resolve_resume
-    from rlt_ray.cluster import connect_ray
+    from jobs.rl_step import load_prompts
+    from rlt_ray.checkpoint import latest, resolve_resume
+    from rlt_ray.cluster import RunStopped, connect_ray, restartable
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
     from rlt_ray.memory import check_memory
-    from rlt_ray.metrics import RunLog
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -41,12 +40,31 @@ def main(argv: list[str]) -> int:
     check_memory(cfg)  # GPU layouts: refuse one whose peak does not fit (rlt_ray.memory), before any start-up
     rows, prompts, dropped = load_prompts(cfg)
     ray = connect_ray()
-    check_cluster(cfg, ray.cluster_resources())
+    check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.placement)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    log = RunLog(out, cfg.logging, out.name)
     print(f"train_rlt: {len(rows)} rows ({dropped} over rollout.max_prompt_tokens dropped); output {out}", flush=True)
+    # A lost node (its learners, or objects only it held) ends a run with a checkpoint; run.max_restarts > 0
+    # starts every actor again on the nodes that remain and continues from the newest complete checkpoint
+    for attempt in range(cfg.run.max_restarts + 1):
+        try:
+            return train(ray, cfg, rows, prompts, out, resume, attempt)
+        except RunStopped as exc:
+            if attempt == cfg.run.max_restarts or not restartable(exc):
+                raise
+            resume = latest(out)
+            print(f"train_rlt: restart {attempt + 1}/{cfg.run.max_restarts} from "
+                  f"{resume or 'the start (no checkpoint yet)'}: {exc}", flush=True)
+    return 0
 
+
+def train(ray, cfg, rows: list, prompts: list, out: Path, resume: Path | None, attempt: int = 0) -> int:
+    """One attempt of the run: start the actors, (resume,) step to run.steps, checkpoint; any failure ends in
+    RLStep.stop_with_checkpoint."""
+    from jobs.rl_step import Checkpoints, RLStep, inject_fault
+    from rlt_ray.metrics import RunLog
+
+    log = RunLog(out, cfg.logging, out.name)
     rl = RLStep(ray, cfg, rows, prompts, out, log)
     checkpoints = Checkpoints(ray, cfg, out, rl)
     start = version = step = 0
@@ -56,6 +74,9 @@ def main(argv: list[str]) -> int:
     try:
         rl.start()  # the learner group, the rollout workers, the student scorers, the weight sync
         start = version = rl.resume(resume)  # the learner's weights version: one per completed RL step
+        log.resume_at(start)  # a restart redoes the steps after its checkpoint: each is logged once
+        if attempt:
+            log.event(start, "restarted", attempt=attempt, checkpoint=str(resume) if resume else None)
         for step in range(start, cfg.run.steps):
             t_step = time.perf_counter()
             inject_fault(cfg, "controller_error", step)

@@ -36,6 +36,22 @@ def worker_lost(exc: BaseException) -> bool:
     return isinstance(exc, ray.exceptions.RayTaskError) and any(name in str(exc) for name in ENGINE_DEAD_ERRORS)
 
 
+def restartable(exc: BaseException) -> bool:
+    """Whether a stopped run may start again from its checkpoint (run.max_restarts): it lost learners, or an
+    actor or an object with a node (Ray's own errors), not a bug, a bad input or a stop it asked for."""
+    import ray
+
+    if isinstance(exc, LearnerLost):
+        return True
+    lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+    cause, seen = exc, 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, lost):
+            return True
+        cause, seen = cause.__cause__ or getattr(cause, "cause", None), seen + 1
+    return False
+
+
 def verbose() -> bool:
     """``--verbose`` on a job's command line (run_cli) or RLT_VERBOSE=1: the libraries' logs on the console."""
     return os.environ.get("RLT_VERBOSE", "0") not in ("0", "", "false", "False")

@@ -155,6 +155,17 @@ class LearnerConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Where one role's actors may run (resources.learner_placement / rollout_placement / scorer_placement)."""
+
+    # Ray node labels the node must have (Ray's label selector: "v", "!v", "in(a,b)", "!in(a,b)"), e.g.
+    # {"rlt-role": "learner"} with nodes started as `ray start --labels rlt-role=learner`
+    labels: dict[str, str] = field(default_factory=dict)
+    # custom resources each actor of the role takes, e.g. {"learner_node": 1} with `ray start --resources ...`
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ResourcesConfig:
     device: str = "cpu"  # cpu | cuda
     backend: str = "gloo"  # gloo | nccl (the collective backend of the learner group and the weight sync)
@@ -167,6 +178,13 @@ class ResourcesConfig:
     placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group
     ready_timeout_s: float = 900.0  # how long a rollout worker or scorer may take to start (load its model)
     gpu_memory_gib: float = 80.0  # per GPU, for the memory plan (rlt_ray.memory) checked at start on GPUs
+    # where each role runs (PlacementConfig); empty: anywhere. The learner ranks form one placement group with
+    # learner_strategy: PACK (as few nodes as fit, what ZeRO's and the collective's traffic prefer), STRICT_PACK
+    # (one node), SPREAD or STRICT_SPREAD
+    learner_placement: PlacementConfig = field(default_factory=PlacementConfig)
+    rollout_placement: PlacementConfig = field(default_factory=PlacementConfig)
+    scorer_placement: PlacementConfig = field(default_factory=PlacementConfig)
+    learner_strategy: str = "PACK"
 
 
 @dataclass
@@ -183,6 +201,17 @@ class RunConfig:
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
     # run with a checkpoint of the completed steps
     max_nonfinite_steps: int = 3
+    # reward-hacking watch (rlt_ray.hacks): the closed-tag fraction under run.min_closed_fraction for
+    # run.hack_patience steps in a row, or the explanations' mean length under run.min_length_ratio x the first
+    # steps' -> a `reward_hack_suspected` event and a console line naming the likely cause; run.stop_on_hack also
+    # stops the run there, with a checkpoint of the completed steps
+    min_closed_fraction: float = 0.5
+    min_length_ratio: float = 0.25
+    hack_patience: int = 3
+    stop_on_hack: bool = False
+    # a run stopped by a lost node (learners, or actors/objects with it) starts again this many times on the nodes
+    # that remain, from its newest complete checkpoint (checkpoint often: run.checkpoint_every(_minutes))
+    max_restarts: int = 0
     # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
     # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2). Refused unless
     # the environment variable RLT_ALLOW_FAULT_INJECTION=1 is set, so a preset cannot turn it on by accident.
@@ -312,6 +341,7 @@ CHOICES = {
     "resources.device": ("cpu", "cuda"),
     "resources.backend": ("gloo", "nccl"),
     "resources.weight_sync": ("object_store", "collective"),
+    "resources.learner_strategy": ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"),
     "distill.keep": ("best", "all"),
     "grpo.max_staleness": (0, 1),
 }
@@ -324,14 +354,14 @@ POSITIVE = (
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
-    "reward.max_batch_tokens", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
+    "reward.max_batch_tokens", "run.hack_patience", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
     "reward.clip_log_prob", "reward.clip_kl",
-    "rollout.stream_groups", "run.keep_checkpoints",
+    "rollout.stream_groups", "run.keep_checkpoints", "run.max_restarts",
 )
 
 
@@ -394,6 +424,9 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
     if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
         raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
+    for key in ("run.min_closed_fraction", "run.min_length_ratio"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
     if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
         raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
     batch = cfg.run.questions_per_step * cfg.rollout.n
@@ -454,9 +487,19 @@ def resource_needs(cfg: DictConfig, roles: tuple[str, ...] = ("learner", "rollou
 
 
 def check_cluster(cfg: DictConfig, available: dict[str, float],
-                  roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> None:
-    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the job's actors."""
+                  roles: tuple[str, ...] = ("learner", "rollout", "scorer"), nodes: list[dict] | None = None) -> None:
+    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the job's actors; with ``nodes``
+    (ray.nodes()) also when a role cannot fit on the nodes its resources.<role>_placement allows."""
     r = cfg.resources
+    if nodes is not None:
+        from rlt_ray.placement import check_placement
+
+        tp = cfg.rollout.tensor_parallel_size
+        per_actor = {"learner": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor},
+                     "rollout": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor * tp},
+                     "scorer": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor}}
+        counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
+        check_placement(cfg, nodes, per_actor, {k: counts[k] for k in roles})
     needs = resource_needs(cfg, roles)
     names = {"learner": f"{r.learner_ranks} learner ranks",
              "rollout": f"{cfg.rollout.num_workers} rollout workers (tensor parallel {cfg.rollout.tensor_parallel_size})",

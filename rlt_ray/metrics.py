@@ -63,11 +63,27 @@ class RunLog:
         if self.cfg.ray_metrics:
             self._ray_gauges(clean)
 
-    def event(self, step: int, kind: str, **info: Any) -> None:
-        """Something that happened to the run (an actor replaced, an interrupt): events.jsonl and stdout."""
+    def resume_at(self, step: int) -> None:
+        """A run resumed at ``step``: drop the metrics and samples lines of steps >= step that an earlier
+        attempt logged after its checkpoint (they are done again), so that every step is in the files once."""
+        for name, handle in (("metrics.jsonl", "_jsonl"), ("samples.jsonl", "_samples")):
+            f = getattr(self, handle)
+            if f is None:
+                continue
+            f.flush()
+            path = self.dir / name
+            keep = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", -1) < step]
+            path.write_text("".join(keep))
+            f.seek(0, 2)
+
+    def event(self, step: int, kind: str, echo: bool = True, **info: Any) -> None:
+        """Something that happened to the run (an actor replaced, an interrupt): events.jsonl and (``echo``)
+        stdout; a caller with a line of its own to print passes echo=False."""
         with open(self.dir / "events.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), "event": kind, **info}) + "\n")
-        print(f"train_rlt: step {step + 1}: {kind} {info}", flush=True)
+        if echo:
+            print(f"train_rlt: step {step + 1}: {kind} {info}", flush=True)
 
     def samples(self, step: int, records: Sequence[dict[str, Any]]) -> None:
         if not self._samples or not records:

@@ -13,19 +13,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_arm_gets_the_rows_of_the_shortest_source_and_an_empty_one_stops_the_demo(tmp_path):
+def test_every_arm_gets_the_rows_of_the_shortest_source_and_a_short_one_stops_the_demo(tmp_path):
     from jobs.demo import rows_per_arm
     from rlt_ray.cluster import RunStopped
 
-    assert rows_per_arm({"a": 1024, "b": 1024, "c": 990, "d": 1001}, 960, tmp_path) == 960
-    assert rows_per_arm({"a": 1024, "b": 1024, "c": 900, "d": 1001}, 960, tmp_path) == 900
-    with pytest.raises(RunStopped, match=r"arm\(s\) c, d: the teacher never closed its explanation tag.*sft\.epochs"):
-        rows_per_arm({"a": 256, "b": 256, "c": 0, "d": 0}, 240, tmp_path)
-    # the RL teacher stopped closing its tag (docs/demo.md, run 4): not the warm-up's fault
-    with pytest.raises(RunStopped, match=r"arm\(s\) d: .*the warm-up teacher did, so RL taught it to stop.*"
-                                         r"reward\.explanation_span=sampled or reward\.kl_estimator=k3") as stopped:
-        rows_per_arm({"a": 1024, "b": 1024, "c": 1018, "d": 0}, 960, tmp_path)
-    assert "sft.epochs" not in str(stopped.value)
+    assert rows_per_arm({"a": 1024, "b": 1024, "c": 990, "d": 1001}, 960, tmp_path, 32) == 960
+    assert rows_per_arm({"a": 1024, "b": 1024, "c": 900, "d": 1001}, 960, tmp_path, 32) == 900
+    with pytest.raises(RunStopped, match=r"arm\(s\) c, d \(c: 0 rows, d: 0 rows.*sft\.batch_size=32\).*sft\.epochs"):
+        rows_per_arm({"a": 256, "b": 256, "c": 0, "d": 0}, 240, tmp_path, 32)
+    # the RL teacher stopped closing its tag (docs/demo.md, run 4; the Intel CI run kept 18 rows): not the
+    # warm-up's fault, and never a config error about sft.batch_size
+    for kept in (0, 18):
+        with pytest.raises(RunStopped, match=r"arm\(s\) d .*the warm-up teacher did, so RL taught it to stop.*"
+                                             r"reward\.explanation_span=sampled.*not_matched_penalty") as stopped:
+            rows_per_arm({"a": 256, "b": 256, "c": 250, "d": kept}, 240, tmp_path, 32)
+        assert "sft.epochs" not in str(stopped.value) and f"d: {kept} rows" in str(stopped.value)
 
 
 def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner_lr(tmp_path):
@@ -48,7 +50,11 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     # the CI suite: every stage and every code path of the demo, with fewer RL steps and SFT epochs, students on a
     # quarter of the rows and a quarter of the test questions (the teacher's warm-up keeps all 1,024 train
     # questions: with fewer, 3 epochs do not teach it to close its tag, and distillation keeps nothing)
-    pytest.param(["run.steps=8", "sft.epochs=3", "demo.test_questions=64", "demo.student_rows=240"], 64, id="short"),
+    # (5 epochs, as the full demo: with 3 the warm-up teacher closes its tag only 78 % of the time and RL's
+    # first steps knock that down; docs/demo.md, runs 9-11). The reward-hacking watch reports but does not stop
+    # it: its checks are the mechanics, whatever the 8 steps do to the teacher
+    pytest.param(["run.steps=8", "demo.test_questions=64", "demo.student_rows=240", "run.stop_on_hack=false"], 64,
+                 id="short"),
     # the README's command exactly as a user runs it (about 12 minutes on 2 cores): scripts/test.sh --slow
     pytest.param([], 256, id="full", marks=pytest.mark.slow),
 ])

@@ -1,0 +1,60 @@
+"""Signs that RL found a way up the reward that is not teaching (docs/demo.md, run 4): the teacher stops closing
+its explanation tag, or its explanations collapse in length. Pure functions over the per-step metrics
+(``closed_tag_fraction``, ``completion_tokens_mean``, ``truncated_fraction``, ``reward_mean``), used by the RL job
+(jobs/rl_step.py) after every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+
+@dataclass(frozen=True)
+class HackSign:
+    kind: str  # "unclosed" | "length_collapse"
+    message: str  # one line: what was seen, the likely cause, the settings that address it
+
+
+def _mean(rows: Sequence[dict], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows)
+
+
+def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int,
+              min_length_ratio: float, explanation_span: str = "with_prompt_pad") -> Optional[HackSign]:
+    """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
+    None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
+    ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
+    steps (up to ``patience`` of them, before the recent ones). The message names the likely mechanism, from which way the lengths went."""
+    if patience < 1 or len(history) < patience:
+        return None
+    # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can
+    recent, first = history[-patience:], history[:max(1, min(patience, len(history) - patience))]
+    closed_now, closed_then = _mean(recent, "closed_tag_fraction"), _mean(first, "closed_tag_fraction")
+    length_now, length_then = _mean(recent, "completion_tokens_mean"), _mean(first, "completion_tokens_mean")
+    truncated = _mean(recent, "truncated_fraction")
+    reward = f"reward {_mean(first, 'reward_mean'):+.3f} -> {_mean(recent, 'reward_mean'):+.3f}"
+    seen = (f"closed-tag fraction {closed_then:.2f} -> {closed_now:.2f}, explanation tokens {length_then:.1f} -> "
+            f"{length_now:.1f}, {reward}")
+    collapsed = len(history) > patience and length_now < min_length_ratio * length_then
+    unclosed = all(float(r["closed_tag_fraction"]) < min_closed_fraction for r in recent)
+    if not (unclosed or collapsed):
+        return None
+    kind = "unclosed" if unclosed else "length_collapse"
+    what = (f"the closed-tag fraction stayed under run.min_closed_fraction={min_closed_fraction} for {patience} "
+            f"steps" if unclosed else
+            f"explanations shrank under run.min_length_ratio={min_length_ratio} of their first steps' length")
+    if unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
+        cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
+                 "(more sft.epochs or data), or rollout.max_new_tokens cuts explanations off "
+                 f"({truncated:.0%} of the last steps' samples hit it)")
+    elif truncated > 0.5 or length_now > length_then:  # longer, cut off: the mean log-ratio falls with length
+        cause = ("explanations run to rollout.max_new_tokens and are cut off unclosed: the KL term's mean over a "
+                 "longer explanation pays more than the unclosed-tag penalty costs. Make reward.not_matched_penalty "
+                 "more negative, or lower reward.kl_penalty_coeff")
+    else:  # short and unclosed: the k1 term's bonus on tokens the teacher finds unlikely
+        span = (" the prompt's padding is in the KL span (reward.explanation_span=with_prompt_pad) and weighs more "
+                "in a shorter explanation's mean; try reward.explanation_span=sampled," if explanation_span ==
+                "with_prompt_pad" else "")
+        cause = ("with reward.kl_estimator=k1, -3 x the teacher's own log-prob is a bonus for tokens it finds "
+                 f"unlikely;{span} make reward.not_matched_penalty more negative, or use reward.kl_estimator=k3")
+    return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")
