@@ -440,12 +440,13 @@ def main(argv: list[str]) -> int:
     examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": traces.get(r["id"]),
                  "warm_up": r["explanation"], "rl": by_id[r["id"]]["explanation"]}
                 for r in warm if r["id"] in by_id][:3]
+    features = explanation_table(files["train"], warm, rl)
     plot(out, students, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
                "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
                       "reward_rose": last["reward_mean"] > first["reward_mean"]},
-               "distilled_rows": sizes, "examples": examples, "served_weights_version": served["weights_version"],
+               "distilled_rows": sizes, "explanations": features, "examples": examples, "served_weights_version": served["weights_version"],
                "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -469,6 +470,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def explanation_table(train_file: Path, warm: list[dict], rl: list[dict]) -> dict[str, dict]:
+    """What each arm's training text contains (rlt_ray.demo_task.describe_explanations): the reference traces
+    (b), the warm-up teacher's (c) and the RL teacher's (d) explanations."""
+    from rlt_ray.demo_task import describe_explanations
+
+    reference = [{**r, "explanation": r["reasoning_trace"]} for r in map(json.loads, train_file.read_text().splitlines())]
+    return {"b": describe_explanations(reference), "c": describe_explanations(warm), "d": describe_explanations(rl)}
+
+
 def print_table(students: dict) -> None:
     print(f"{'student trained on':40} {'accuracy':>9} {'95 % interval':>16}")
     for arm, s in students.items():
@@ -488,6 +498,9 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
             entry["rl"] = {"k": k, "first": first, "last": last}
         if seed in per_seed:
             entry["shape"] = shape_holds(per_seed[seed])
+            from rlt_ray.demo_task import describe_explanations
+
+            entry["explanations"] = describe_explanations(distilled_rows(out / "seeds" / str(seed) / "distill_rl"))
         entries[str(seed)] = entry
     replicates = {"cpu": cpu_name(), "seeds": entries, "shared": shared, "seconds": seconds,
                   "shape_at": [int(s) for s, e in entries.items() if e["shape"]],

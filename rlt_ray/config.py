@@ -185,6 +185,7 @@ class ResourcesConfig:
     rollout_placement: PlacementConfig = field(default_factory=PlacementConfig)
     scorer_placement: PlacementConfig = field(default_factory=PlacementConfig)
     learner_strategy: str = "PACK"
+    gpus_per_node: int = 8  # for the memory plan's node count (python -m rlt_ray.memory)
 
 
 @dataclass
@@ -348,7 +349,7 @@ CHOICES = {
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib",
+    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib", "resources.gpus_per_node",
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",

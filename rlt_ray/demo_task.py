@@ -74,6 +74,57 @@ def make_rows(n: int, seed: int, exclude: set[tuple[int, ...]] = frozenset()) ->
     return rows
 
 
+EQUATION = r"(\d+)\+(\d+)=(\d+)"
+
+
+def explanation_features(question: str, solution: str, text: str) -> dict[str, float]:
+    """What a student can learn from one explanation of a chained sum (docs/demo.md, "Why (d) wins"): whether
+    the last number is the solution, every step is true, the solution appears at all, the first step adds the
+    question's first two terms (its order), every term a step brings in is one of the question's, whether every
+    step goes on from the previous step's result (a chain, no detour), its steps and words."""
+    import re
+
+    terms = [int(t) for t in re.findall(r"\d+", question)]
+    numbers = re.findall(r"\d+", text)
+    steps = [tuple(int(x) for x in m) for m in re.findall(EQUATION, text)]
+    # the terms each step brings in: both operands of the first, the second of a step that goes on from the
+    # previous step's result (a chain), both of any other step (a detour or a restart)
+    chained_steps = [later[0] == earlier[2] for earlier, later in zip(steps, steps[1:])]
+    brought = list(steps[0][:2]) if steps else []
+    for on, step in zip(chained_steps, steps[1:]):
+        brought += [step[1]] if on else list(step[:2])
+    return {
+        "answer_last": float(bool(numbers) and numbers[-1] == solution),
+        "answer_anywhere": float(solution in numbers),
+        "steps_right": float(bool(steps) and all(a + b == c for a, b, c in steps)),
+        "any_step_right": float(any(a + b == c for a, b, c in steps)),
+        "question_order": float(bool(steps) and steps[0][:2] == tuple(terms[:2])),
+        "terms_from_question": float(bool(steps) and all(x in terms for x in brought)),
+        "chained": float(len(steps) >= 2 and all(chained_steps)),
+        "steps": float(len(steps)),
+        "words": float(len(text.split())),
+    }
+
+
+def describe_explanations(rows: list[dict]) -> dict[str, float]:
+    """The mean of each feature over distilled rows (question, solution, explanation), and how alike the rows
+    are: the share of the most common opening (the text before the first step) and of the most common closing."""
+    import re
+    from collections import Counter
+
+    if not rows:
+        return {}
+    feats = [explanation_features(r["question"], r["solution"], r["explanation"]) for r in rows]
+    out = {k: sum(f[k] for f in feats) / len(feats) for k in feats[0]}
+    openers = Counter(re.split(r"\d", r["explanation"].strip(), maxsplit=1)[0].strip() for r in rows)
+    closers = Counter(re.sub(r"\d+", "N", r["explanation"].strip().rsplit(".", 2)[-2] if r["explanation"].count(".")
+                             >= 2 else r["explanation"]).strip() for r in rows)
+    out["top_opener_share"] = openers.most_common(1)[0][1] / len(rows)
+    out["top_closer_share"] = closers.most_common(1)[0][1] / len(rows)
+    out["rows"] = float(len(rows))
+    return out
+
+
 def write_task(out: Path, train: int, test: int, seed: int) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     test_rows = make_rows(test, seed + 1)

@@ -265,6 +265,27 @@ def render(cfg: Any, devices: list[Device]) -> str:
     return "\n".join(lines)
 
 
+def node_groups(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> list[str]:
+    """One line per group of roles that share a placement (resources.<role>_placement): its GPUs and how many
+    nodes of resources.gpus_per_node they take (a learner group is never split below one node's GPUs)."""
+    r = cfg.resources
+    gpus = {"learner": r.learner_ranks * r.gpus_per_actor,
+            "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size * r.gpus_per_actor,
+            "scorer": r.scorer_workers * r.gpus_per_actor}
+    groups: dict[str, list[str]] = {}
+    for role in roles:
+        p = r[f"{role}_placement"]
+        where = ", ".join(f"{k}={v}" for k, v in {**p.labels, **p.resources}.items()) or "any node"
+        groups.setdefault(where, []).append(role)
+    lines = []
+    for where, members in groups.items():
+        total = sum(gpus[m] for m in members)
+        nodes = -(-int(total) // int(r.gpus_per_node)) if total else 0
+        lines.append(f"  nodes with {where}: {' + '.join(f'{m} {gpus[m]:g}' for m in members)} = {total:g} GPUs "
+                     f"-> {nodes} node(s) of {r.gpus_per_node} (resources.gpus_per_node)")
+    return lines
+
+
 def check_memory(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> list[Device]:
     """Refuse a GPU layout whose peak does not fit (MemoryPlanError with the arithmetic); CPU layouts are not
     checked here (host memory is shared by every actor; see the plan's CLI)."""
@@ -295,6 +316,8 @@ def main(argv: list[str]) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     print(render(cfg, devices))
+    if cfg.resources.device == "cuda":
+        print("\nnodes, by placement (resources.*_placement):\n" + "\n".join(node_groups(cfg)))
     return 0 if all(d.fits for d in devices) else 1
 
 

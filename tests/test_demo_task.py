@@ -40,3 +40,21 @@ def test_demo_tokenizer_has_one_token_per_digit():
     tok = load_tokenizer("demo-student")
     pieces = tok.convert_ids_to_tokens(tok("12+345=357.", add_special_tokens=False)["input_ids"])
     assert [p for p in pieces if any(ch.isdigit() for ch in p)] == list("12345357")
+
+
+def test_explanation_features_count_what_a_student_can_learn():
+    from rlt_ray.demo_task import describe_explanations, explanation_features
+
+    clean = explanation_features("What is 2+1+5+4?", "12", "Alright. 2+1=3. 3+5=8. 8+4=12. So the answer is 12.")
+    assert clean == {"answer_last": 1.0, "answer_anywhere": 1.0, "steps_right": 1.0, "any_step_right": 1.0,
+                     "question_order": 1.0, "terms_from_question": 1.0, "chained": 1.0, "steps": 3.0, "words": 9.0}
+    detour = explanation_features("What is 2+1+5+4?", "12", "Ok. 2+5=7. Wait. 4+1=5. 5+5=10. 10+2=12. So 12.")
+    assert detour["chained"] == 0.0 and detour["question_order"] == 0.0 and detour["steps_right"] == 1.0
+    wrong = explanation_features("What is 2+1+5+4?", "12", "Hmm. 5+3=7. 7+9=15. That gives 15.")
+    assert wrong["answer_last"] == wrong["answer_anywhere"] == wrong["steps_right"] == 0.0
+    assert wrong["terms_from_question"] == 0.0 and wrong["chained"] == 1.0
+    rows = [{"question": "What is 2+1+5+4?", "solution": "12", "explanation": t}
+            for t in ("Alright. 2+1=3. 3+5=8. 8+4=12. So the answer is 12.", "Alright. 1+2=3. So the answer is 3.")]
+    summary = describe_explanations(rows)
+    assert summary["answer_last"] == 0.5 and summary["top_opener_share"] == 1.0 and summary["rows"] == 2
+    assert describe_explanations([]) == {}
