@@ -2,7 +2,11 @@
 store, collective broadcast), in one run on real actors (learner group + rollout workers).
 
     python bench/p3_weight_sync.py [--model smollm2-135m-instruct] [--workers 1] [--rounds 5]
-                                   [--config configs/tiny_cpu.yaml] [key=value ...]
+                                   [--config configs/tiny_cpu.yaml] [--across-nodes] [key=value ...]
+
+--across-nodes: on a two-node Ray cluster started here (ray.cluster_utils.Cluster, one raylet and object store per
+node, 127.0.0.1), the learners and one set of workers on one node, another set on the other: the object-store sync
+in-node and across nodes, and the collective sync over a group that spans the nodes, side by side.
 
 The three sides (memcpy, object-store sync, collective sync) run in interleaved rounds (bench/common.py); the
 baseline is ``Tensor.copy_`` of every bucket's bytes into a preallocated buffer. Prints min and median of each
@@ -26,6 +30,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--config", default="configs/tiny_cpu.yaml")
+    p.add_argument("--across-nodes", action="store_true")
     a, overrides = p.parse_known_args(argv)
 
     import ray
@@ -40,10 +45,32 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(a.config, [f"model.teacher={a.model}", f"model.student={a.model}",
                                  f"rollout.num_workers={a.workers}", "run.questions_per_step=2"] + overrides)
-    connect_ray()
+    cluster = None
+    if a.across_nodes:  # learners + in-node workers on node "a", the other workers on node "b"
+        import os
+
+        from ray.cluster_utils import Cluster
+
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        cluster.add_node(num_cpus=2, labels={"p3": "a"})
+        cluster.add_node(num_cpus=1, labels={"p3": "b"})
+        ray.init(address=cluster.address, log_to_driver=False)
+        cfg = load_config(a.config, [f"model.teacher={a.model}", f"model.student={a.model}",
+                                     f"rollout.num_workers={a.workers}", "run.questions_per_step=2",
+                                     "resources.learner_placement.labels={p3: a}"] + overrides)
+    else:
+        connect_ray()
     learners = LearnerGroup(cfg)
-    workers = [RolloutWorker.options(**worker_options(cfg)).remote(cfg, i) for i in range(a.workers)]
-    ray.get([w.ready.remote() for w in workers])
+
+    def start_workers(node: str | None) -> list:
+        where = {"label_selector": {"p3": node}} if node else {}
+        started = [RolloutWorker.options(**worker_options(cfg), **where).remote(cfg, i) for i in range(a.workers)]
+        ray.get([w.ready.remote() for w in started])
+        return started
+
+    workers = start_workers("a" if a.across_nodes else None)
+    remote_workers = start_workers("b") if a.across_nodes else []
 
     # the baseline: a memcpy of the same bytes, bucket by bucket, into buffers allocated once
     model = load_causal_lm(a.model, cfg.model.dtype)
@@ -58,8 +85,13 @@ def main(argv: list[str]) -> int:
             dst.copy_(src)
 
     bucket = cfg.resources.sync_bucket_mb << 20
-    syncs = {"object_store": ObjectStoreSync(learners, workers, bucket),
-             "collective": CollectiveSync(learners, workers, bucket, cfg.resources.backend)}
+    if a.across_nodes:  # one collective group per learner group: the one that spans the nodes
+        syncs = {"object_store": ObjectStoreSync(learners, workers, bucket),
+                 "object_store_across_nodes": ObjectStoreSync(learners, remote_workers, bucket),
+                 "collective_across_nodes": CollectiveSync(learners, remote_workers, bucket, cfg.resources.backend)}
+    else:
+        syncs = {"object_store": ObjectStoreSync(learners, workers, bucket),
+                 "collective": CollectiveSync(learners, workers, bucket, cfg.resources.backend)}
     for sync in syncs.values():
         sync.init()
     version, calls = [0], {name: [] for name in syncs}
@@ -89,7 +121,7 @@ def main(argv: list[str]) -> int:
     parts_summary = {k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in parts.items()}
     print(f"P3 object_store by parts: learner export min {parts_summary['export_s']['min_s']:.3f} s, engine load min "
           f"{parts_summary['engine_load_s']['min_s']:.3f} s", file=sys.stderr)
-    results = {"bench": "P3", "model": a.model, "bytes": nbytes, "workers": a.workers, "rounds": a.rounds,
+    results = {"bench": "P3", "across_nodes": a.across_nodes, "model": a.model, "bytes": nbytes, "workers": a.workers, "rounds": a.rounds,
                "buckets": len(layout), "memcpy": times["memcpy"], "object_store_parts": parts_summary}
     for name, sync in syncs.items():
         r = ratios(times, name, "memcpy")
@@ -101,9 +133,12 @@ def main(argv: list[str]) -> int:
               f"{max(calls[name])} call(s) per worker")
         sync.shutdown()
     learners.shutdown()
-    for w in workers:
+    for w in workers + remote_workers:
         ray.kill(w)
     emit(results)
+    if cluster is not None:
+        ray.shutdown()
+        cluster.shutdown()
     return 0
 
 

@@ -30,6 +30,25 @@ def test_every_arm_gets_the_rows_of_the_shortest_source_and_a_short_one_stops_th
         assert "sft.epochs" not in str(stopped.value) and f"d: {kept} rows" in str(stopped.value)
 
 
+def test_seeds_and_the_shape():
+    from jobs.demo import shape_holds, split_seeds, stage_args
+    from rlt_ray.config import ConfigError
+
+    assert split_seeds(["--seeds", "42,43", "run.steps=2"]) == ([42, 43], ["run.steps=2"])
+    assert split_seeds(["--seeds=7"]) == ([7], []) and split_seeds(["x=1"]) == (None, ["x=1"])
+    for bad in (["--seeds", "4x"], ["--seeds", "1,1"], ["--seeds"]):
+        with pytest.raises(ConfigError, match="--seeds"):
+            split_seeds(bad)
+    arm = {"b": {"low": 0.05, "high": 0.15}, "c": {"low": 0.08, "high": 0.16}}
+    assert shape_holds({**arm, "d": {"low": 0.17}}) and not shape_holds({**arm, "d": {"low": 0.16}})
+    # a replicate's RL teacher arm lives under its own folder and seeds only the RL stage
+    args = stage_args(Path("/o"), 8, 240, 1e-3, Path("/o/seeds/43"), 43)
+    assert "run.seed=43" in args["train_rlt"] and "data.seed=43" in args["train_rlt"]
+    assert "run.output_dir=/o/seeds/43/rl" in args["train_rlt"]
+    assert "distill.output_dir=/o/seeds/43/distill_rl" in args["distill_d"]
+    assert not any(a.startswith(("run.seed", "data.seed")) for a in args["student_d"] + args["student_c"])
+
+
 def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner_lr(tmp_path):
     from jobs.demo import stage_args
     from rlt_ray.config import ConfigError, load_config
@@ -59,9 +78,9 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     pytest.param([], 256, id="full", marks=pytest.mark.slow),
 ])
 def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questions):
-    """Mechanics only (the experiment's outcome is reported, not asserted; docs/demo.md): every stage ran, the RL
-    steps trained (finite rewards, the policy moved away from the warm-up), the four-student table is complete,
-    the console is quiet and the library logs are in files."""
+    """Mechanics (every stage ran, the RL steps trained: finite rewards, the policy moved away from the warm-up;
+    the four-student table is complete, the console is quiet and the library logs are in files), and for the full
+    demo at its default seed the paper's shape (docs/demo.md, run 12)."""
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RLT_VERBOSE")}
     proc = subprocess.run([sys.executable, "jobs/demo.py", f"run.output_dir={out}", *size], cwd=ROOT, env=env,
@@ -73,7 +92,11 @@ def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questi
     assert [m["step"] for m in metrics] == list(range(steps))
     assert all(m["reward_mean"] is not None and m["grad_norm"] > 0 for m in metrics)
     assert max(m["policy_kl"] for m in metrics) > 0  # the teacher moved away from its warm-up reference
-    assert isinstance(summary["rl"]["reward_rose"], bool)
+    assert isinstance(summary["rl"]["reward_rose"], bool) and isinstance(summary["shape"], bool)
+    assert set(summary["explanations"]) == {"b", "c", "d"} and summary["explanations"]["b"]["steps_right"] == 1.0
+    if not size:  # the full demo at its default seed: (d)'s interval above (b)'s and (c)'s (docs/demo.md)
+        assert summary["shape"], summary["students"]
+        assert "(the paper's shape): yes" in proc.stdout
     assert set(summary["students"]) == {"a", "b", "c", "d"}
     for arm in summary["students"].values():
         assert arm["n"] == test_questions and arm["low"] <= arm["accuracy"] <= arm["high"]
