@@ -161,3 +161,17 @@ def test_a_layout_the_cluster_cannot_place_fails_at_start_naming_the_key(cluster
 
     with pytest.raises(ConfigError, match=r"resources.rollout_placement.*no alive node.*rlt-role.*gpu-node"):
         main([f"run.output_dir={tmp_path / 'x'}", *ARGS[:3], "resources.rollout_placement.labels={rlt-role: gpu-node}"])
+
+
+@pytest.mark.slow  # ~2 minutes on 2 cores
+def test_the_collective_weight_sync_over_a_group_that_spans_the_nodes(cluster, tmp_path, one_node_run):
+    """resources.weight_sync=collective (gloo here, NCCL on GPUs) with the learners on one node and the rollout
+    worker on another: the broadcast group spans the nodes, and the steps equal the one-node run's."""
+    from jobs.train_rlt import main
+
+    cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})
+    out = tmp_path / "collective"
+    assert main([f"run.output_dir={out}", "resources.weight_sync=collective", *ARGS]) == 0
+    placed = next(e for e in _lines(out / "events.jsonl") if e["event"] == "placement")
+    assert not set(placed["learner"]) & set(placed["rollout"])
+    _same_steps(_lines(out / "metrics.jsonl"), one_node_run)
