@@ -121,7 +121,8 @@ def main(argv: list[str]) -> int:
     parts_summary = {k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in parts.items()}
     print(f"P3 object_store by parts: learner export min {parts_summary['export_s']['min_s']:.3f} s, engine load min "
           f"{parts_summary['engine_load_s']['min_s']:.3f} s", file=sys.stderr)
-    results = {"bench": "P3", "across_nodes": a.across_nodes, "model": a.model, "bytes": nbytes, "workers": a.workers, "rounds": a.rounds,
+    results = {"bench": "P3", "across_nodes": a.across_nodes, "model": a.model, "bytes": nbytes,
+               "workers": a.workers, "rounds": a.rounds,
                "buckets": len(layout), "memcpy": times["memcpy"], "object_store_parts": parts_summary}
     for name, sync in syncs.items():
         r = ratios(times, name, "memcpy")

@@ -446,7 +446,8 @@ def main(argv: list[str]) -> int:
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
                "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
                       "reward_rose": last["reward_mean"] > first["reward_mean"]},
-               "distilled_rows": sizes, "explanations": features, "examples": examples, "served_weights_version": served["weights_version"],
+               "distilled_rows": sizes, "explanations": features, "examples": examples,
+               "served_weights_version": served["weights_version"],
                "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -475,7 +476,8 @@ def explanation_table(train_file: Path, warm: list[dict], rl: list[dict]) -> dic
     (b), the warm-up teacher's (c) and the RL teacher's (d) explanations."""
     from rlt_ray.demo_task import describe_explanations
 
-    reference = [{**r, "explanation": r["reasoning_trace"]} for r in map(json.loads, train_file.read_text().splitlines())]
+    reference = [{**r, "explanation": r["reasoning_trace"]}
+                 for r in map(json.loads, train_file.read_text().splitlines())]
     return {"b": describe_explanations(reference), "c": describe_explanations(warm), "d": describe_explanations(rl)}
 
 
@@ -516,9 +518,11 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
             print(f"{seed:>6}  stopped: {e['stopped'][:200]}")
             continue
         d, rl = e["students"]["d"], e["rl"]
-        print(f"{seed:>6} {d['accuracy']:16.3f}   [{d['low']:.3f}, {d['high']:.3f}] {rl['last']['closed_tag_fraction']:11.2f}"
+        print(f"{seed:>6} {d['accuracy']:16.3f}   [{d['low']:.3f}, {d['high']:.3f}] "
+              f"{rl['last']['closed_tag_fraction']:11.2f}"
               f" {rl['last']['completion_tokens_mean']:13.1f}  {'yes' if e['shape'] else 'no'}")
-    print(f"\nthe paper's shape ((d)'s interval above (b)'s and (c)'s) at {len(replicates['shape_at'])} of {len(seeds)} "
+    print(f"\nthe paper's shape ((d)'s interval above (b)'s and (c)'s) at {len(replicates['shape_at'])} of "
+          f"{len(seeds)} "
           f"seeds; stopped (reward hacking or too few rows) at {len(replicates['stopped_at'])}; total {seconds:.0f} s; "
           f"{out / 'replicates.json'}, {out / 'replicates.png'}")
     return 0

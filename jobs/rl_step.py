@@ -203,7 +203,8 @@ class RLStep:
             name=f"rlt:{run}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
         ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s, wait=False)
         self.scorers = ActorSlots(lambda i, g: StudentScorer.options(
-            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg, role="scorer")).remote(cfg, i),
+            name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""),
+            **actor_options(cfg, role="scorer")).remote(cfg, i),
             cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s, wait=False)
         self.learners = LearnerGroup(cfg, name=f"rlt:{run}")
         held = self.learners.info[0]

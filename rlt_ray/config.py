@@ -492,15 +492,6 @@ def check_cluster(cfg: DictConfig, available: dict[str, float],
     """Fail at start, with the arithmetic, when the Ray cluster cannot hold the job's actors; with ``nodes``
     (ray.nodes()) also when a role cannot fit on the nodes its resources.<role>_placement allows."""
     r = cfg.resources
-    if nodes is not None:
-        from rlt_ray.placement import check_placement
-
-        tp = cfg.rollout.tensor_parallel_size
-        per_actor = {"learner": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor},
-                     "rollout": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor * tp},
-                     "scorer": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor}}
-        counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
-        check_placement(cfg, nodes, per_actor, {k: counts[k] for k in roles})
     needs = resource_needs(cfg, roles)
     names = {"learner": f"{r.learner_ranks} learner ranks",
              "rollout": f"{cfg.rollout.num_workers} rollout workers (tensor parallel {cfg.rollout.tensor_parallel_size})",
@@ -514,6 +505,15 @@ def check_cluster(cfg: DictConfig, available: dict[str, float],
         raise ConfigError(
             f"config section 'resources': the run needs {needs['CPU']:g} CPUs ({layout}, "
             f"resources.cpus_per_actor={r.cpus_per_actor:g}) but the Ray cluster has {available.get('CPU', 0.0):g}")
+    if nodes is not None:  # the cluster's totals suffice: does each role fit on the nodes it may use?
+        from rlt_ray.placement import check_placement
+
+        tp = cfg.rollout.tensor_parallel_size
+        per_actor = {"learner": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor},
+                     "rollout": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor * tp},
+                     "scorer": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor}}
+        counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
+        check_placement(cfg, nodes, per_actor, {k: counts[k] for k in roles})
 
 
 def check_sft_batch(cfg: DictConfig) -> None:

@@ -24,7 +24,8 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
     """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
-    steps (up to ``patience`` of them, before the recent ones). The message names the likely mechanism, from which way the lengths went."""
+    steps (up to ``patience`` of them, before the recent ones). The message names the likely mechanism, from
+    which way the lengths went."""
     if patience < 1 or len(history) < patience:
         return None
     # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can

@@ -62,18 +62,18 @@ def check_placement(cfg: Any, nodes: list[dict], per_actor: dict[str, dict[str, 
         key = f"resources.{role}_placement"
         fits = [n for n in alive if node_fits(n, labels, resources)]
         if not fits:
-            raise ConfigError(
-                f"config key '{key}': no alive node of the Ray cluster has labels {labels} and resources "
-                f"{resources} (nodes: {[{'labels': n.get('Labels') or {}, 'resources': n.get('Resources') or {}} for n in alive]})")
+            seen = [{"labels": n.get("Labels") or {}, "resources": n.get("Resources") or {}} for n in alive]
+            raise ConfigError(f"config key '{key}': no alive node of the Ray cluster has labels {labels} and "
+                              f"resources {resources} (nodes: {seen})")
         need = {k: v * counts[role] for k, v in per_actor[role].items() if v} | {
             k: v * counts[role] for k, v in resources.items()}
         have = {k: sum((n.get("Resources") or {}).get(k, 0.0) for n in fits) for k in need}
         short = {k: (need[k], have[k]) for k in need if need[k] > have[k] + 1e-9}
         if short:
-            raise ConfigError(
-                f"config key '{key}': {counts[role]} {role} actors need "
-                f"{', '.join(f'{k} {n:g}' for k, (n, _) in short.items())} on the nodes it allows "
-                f"({len(fits)} with labels {labels}), which have {', '.join(f'{k} {h:g}' for k, (_, h) in short.items())}")
+            wanted = ", ".join(f"{k} {n:g}" for k, (n, _) in short.items())
+            held = ", ".join(f"{k} {h:g}" for k, (_, h) in short.items())
+            raise ConfigError(f"config key '{key}': {counts[role]} {role} actors need {wanted} on the nodes it "
+                              f"allows ({len(fits)} with labels {labels}), which have {held}")
         if role == "learner" and cfg.resources.learner_strategy == "STRICT_PACK":
             one = {k: v * counts[role] for k, v in per_actor[role].items() if v}
             if not any(all((n.get("Resources") or {}).get(k, 0.0) >= v for k, v in one.items()) for n in fits):
