@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,16 +21,6 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 def machine() -> dict[str, Any]:
-    cpu, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and cpu in ("", platform.machine()):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = line
-    except OSError:
-        pass
     from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
     versions, dists = {}, packages_distributions()
@@ -40,7 +29,10 @@ def machine() -> dict[str, Any]:
             versions[name] = version((dists.get(name) or [name])[0])
         except PackageNotFoundError:  # a GPU box with torch only: say so instead of failing
             versions[name] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "avx512": " avx512f" in flags, **versions}
+    from rlt_ray.metrics import cpu_info
+
+    cpu, avx512 = cpu_info()
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx512": avx512, **versions}
 
 
 def interleaved(sides: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, float]]:

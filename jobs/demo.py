@@ -224,17 +224,10 @@ def rl_curve(metrics_file: Path) -> tuple[int, dict, dict]:
 
 
 def cpu_name() -> str:
-    import platform
+    from rlt_ray.metrics import cpu_info
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                flags = Path("/proc/cpuinfo").read_text()
-                return f"{name} ({'AVX-512' if ' avx512f' in flags else 'no AVX-512'})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    name, avx512 = cpu_info()
+    return f"{name} ({'AVX-512' if avx512 else 'no AVX-512'})"
 
 
 def plot_replicates(out: Path, replicates: dict) -> None:
@@ -420,7 +413,7 @@ def main(argv: list[str]) -> int:
                 folder / "eval" / "d", d_rows[seed])}
     print(f"      done in {time.time() - t:.0f} s", flush=True)
     if seeds is not None:
-        return report_replicates(out, seeds, per_seed, stopped, students, time.time() - t0)
+        return report_replicates(out, seeds, per_seed, stopped, students, distilled, time.time() - t0)
     students = per_seed[None]
 
     test_row = json.loads(files["test"].read_text().splitlines()[0])
@@ -436,11 +429,12 @@ def main(argv: list[str]) -> int:
     k, first, last = rl_curve(out / "rl" / "metrics.jsonl")
     rl = distilled[None]
     by_id = {r["id"]: r for r in rl}
-    traces = {r["id"]: r["reasoning_trace"] for r in map(json.loads, files["train"].read_text().splitlines())}
+    train_rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    traces = {r["id"]: r["reasoning_trace"] for r in train_rows}
     examples = [{"question": r["question"], "solution": r["solution"], "reference_trace": traces.get(r["id"]),
                  "warm_up": r["explanation"], "rl": by_id[r["id"]]["explanation"]}
                 for r in warm if r["id"] in by_id][:3]
-    features = explanation_table(files["train"], warm, rl)
+    features = explanation_table(train_rows, warm, rl)
     plot(out, students, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
@@ -471,13 +465,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def explanation_table(train_file: Path, warm: list[dict], rl: list[dict]) -> dict[str, dict]:
+def explanation_table(train_rows: list[dict], warm: list[dict], rl: list[dict]) -> dict[str, dict]:
     """What each arm's training text contains (rlt_ray.demo_task.describe_explanations): the reference traces
     (b), the warm-up teacher's (c) and the RL teacher's (d) explanations."""
     from rlt_ray.demo_task import describe_explanations
 
-    reference = [{**r, "explanation": r["reasoning_trace"]}
-                 for r in map(json.loads, train_file.read_text().splitlines())]
+    reference = [{**r, "explanation": r["reasoning_trace"]} for r in train_rows]
     return {"b": describe_explanations(reference), "c": describe_explanations(warm), "d": describe_explanations(rl)}
 
 
@@ -489,8 +482,10 @@ def print_table(students: dict) -> None:
 
 
 def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict, shared: dict,
-                      seconds: float) -> int:
-    """<out>/replicates.json and replicates.png, and the table per seed."""
+                      distilled: dict, seconds: float) -> int:
+    """<out>/replicates.json and replicates.png, and the table per seed (``distilled``: each seed's rows)."""
+    from rlt_ray.demo_task import describe_explanations
+
     entries = {}
     for seed in seeds:
         entry: dict = {"students": per_seed.get(seed, {}), "stopped": stopped.get(seed), "shape": False, "rl": None}
@@ -500,9 +495,7 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
             entry["rl"] = {"k": k, "first": first, "last": last}
         if seed in per_seed:
             entry["shape"] = shape_holds(per_seed[seed])
-            from rlt_ray.demo_task import describe_explanations
-
-            entry["explanations"] = describe_explanations(distilled_rows(out / "seeds" / str(seed) / "distill_rl"))
+            entry["explanations"] = describe_explanations(distilled[seed])
         entries[str(seed)] = entry
     replicates = {"cpu": cpu_name(), "seeds": entries, "shared": shared, "seconds": seconds,
                   "shape_at": [int(s) for s, e in entries.items() if e["shape"]],

@@ -20,6 +20,16 @@ class LearnerLost(RunStopped):
 ENGINE_DEAD_ERRORS = ("EngineDeadError",)
 
 
+def cause_chain(exc: BaseException, context: bool = True, limit: int = 10):
+    """``exc`` and what caused it: a RayTaskError's ``cause`` (the actor's own exception), ``__cause__`` and,
+    with ``context``, ``__context__`` (an exception raised while handling another), at most ``limit`` deep."""
+    cause, seen = exc, 0
+    while cause is not None and seen < limit:
+        yield cause
+        cause = getattr(cause, "cause", None) or cause.__cause__ or (cause.__context__ if context else None)
+        seen += 1
+
+
 def worker_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the worker must be replaced: its actor died, or its vLLM engine core did (Ray
     reports that as a RayTaskError wrapping vLLM's EngineDeadError). Any other error is the caller's."""
@@ -27,12 +37,8 @@ def worker_lost(exc: BaseException) -> bool:
 
     if isinstance(exc, ray.exceptions.RayActorError):
         return True
-    seen, cause = 0, exc
-    while cause is not None and seen < 10:  # the cause chain: RayTaskError.cause, __cause__, __context__
-        if type(cause).__name__ in ENGINE_DEAD_ERRORS:
-            return True
-        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-        seen += 1
+    if any(type(cause).__name__ in ENGINE_DEAD_ERRORS for cause in cause_chain(exc)):
+        return True
     return isinstance(exc, ray.exceptions.RayTaskError) and any(name in str(exc) for name in ENGINE_DEAD_ERRORS)
 
 
@@ -44,12 +50,7 @@ def restartable(exc: BaseException) -> bool:
     if isinstance(exc, LearnerLost):
         return True
     lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
-    cause, seen = exc, 0
-    while cause is not None and seen < 10:
-        if isinstance(cause, lost):
-            return True
-        cause, seen = cause.__cause__ or getattr(cause, "cause", None), seen + 1
-    return False
+    return any(isinstance(cause, lost) for cause in cause_chain(exc, context=False))
 
 
 def verbose() -> bool:

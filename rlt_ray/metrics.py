@@ -17,6 +17,24 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def cpu_info() -> tuple[str, bool]:
+    """The CPU model and whether it has AVX-512 (RL trajectories differ between CPUs: every figure names its
+    CPU). Used by the benchmarks' machine line and the demo's summaries."""
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("", platform.machine()):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    return cpu, " avx512f" in flags
+
+
 def summarize(name: str, values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
