@@ -101,30 +101,3 @@ class ActorSlots:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
-
-
-def run_on_slots(slots: ActorSlots, items: list, call: Callable[[Any, Any], Any], job: str = "distill") -> list:
-    """``call(actor, item)`` for each item, item j on slot j % len(slots), results in order. An item whose actor
-    died, or whose vLLM engine did (rlt_ray.cluster.worker_lost), is run again on the slot's replacement; the
-    slot is replaced once however many items it held."""
-    import ray
-
-    from rlt_ray.cluster import worker_lost
-
-    pending = {j: (j % len(slots), slots.generation[j % len(slots)], call(slots[j % len(slots)], item))
-               for j, item in enumerate(items)}
-    results = {}
-    while pending:
-        for j in list(pending):
-            slot, generation, ref = pending.pop(j)
-            try:
-                results[j] = ray.get(ref)
-            except Exception as exc:
-                if not worker_lost(exc):
-                    raise
-                if slots.generation[slot] == generation:
-                    slots.replace(slot)
-                    print(f"{job}: {slots.kind} {slot} died ({type(exc).__name__}); replaced, its work redone",
-                          flush=True)
-                pending[j] = (slot, slots.generation[slot], call(slots[slot], items[j]))
-    return [results[j] for j in range(len(items))]

@@ -1,7 +1,7 @@
 """The learner: N Ray actors (one per rank) in a placement group, forming their own torch.distributed group
 (gloo on CPU, nccl on GPU) and one DeepSpeed engine (ZeRO stage and dtype from config).
 
-A rank owns the policy (DeepSpeed), the reference model and its mixup; it runs the GRPO loss over its equal share
+A rank owns the policy (DeepSpeed, built by rlt_ray.learner_model as Ray Train's SFT workers build it), the reference model and its mixup; it runs the GRPO loss over its equal share
 of the step's batch as the batch arrives (begin_step / accumulate / finish_step: gradient accumulation, one
 optimizer step per batch; train_step does all three for a batch at hand), exports HF-named weights for the
 weight sync (under ZeRO-3 every rank joins the gather) and writes/reads checkpoints. ``LearnerGroup`` starts
@@ -10,11 +10,9 @@ the ranks and fans calls out to all of them.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,32 +21,6 @@ import ray
 import torch
 
 from actors import actor_options
-
-
-class PolicyLogprobs(torch.nn.Module):
-    """The HF causal LM behind one forward that returns token log-probs, so the DeepSpeed engine's forward
-    (and ZeRO-3's parameter gathering) wraps exactly what the loss needs."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, target_mask, temperature: float):
-        from rlt_ray.logprobs import token_logprobs
-
-        return token_logprobs(self.model, input_ids, attention_mask, target_mask, temperature)
-
-
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return f
 
 
 def free_port() -> int:
@@ -67,59 +39,24 @@ class LearnerRank:
     def free_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master_addr: str, master_port: int, model: str | None = None, with_reference: bool = True,
-              batch_size: int | None = None, total_steps: int | None = None) -> dict[str, Any]:
-        """RL by default (the teacher, its reference, batches of questions_per_step x n); SFT passes its model,
-        no reference, its batch size and its number of optimizer steps."""
-        import deepspeed
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """The teacher as a DeepSpeed engine (rlt_ray.learner_model, the builder SFT shares) and its reference."""
+        from rlt_ray.config import temperatures
+        from rlt_ray.learner_model import build_engine, build_reference, init_distributed, learner_device
+        from rlt_ray.models import load_tokenizer, pad_token_id
 
-        from rlt_ray.config import deepspeed_config, temperatures
-        from rlt_ray.models import load_causal_lm, load_tokenizer, pad_token_id
-
-        cfg, lc = self.cfg, self.cfg.learner
+        cfg = self.cfg
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        if cfg.resources.device == "cuda":
-            torch.cuda.set_device(0)  # Ray gives each rank its own GPU (CUDA_VISIBLE_DEVICES)
-            self.device = torch.device("cuda", 0)
-        else:
-            self.device = torch.device("cpu")
-        deepspeed.init_distributed(dist_backend=cfg.resources.backend, auto_mpi_discovery=False,
-                                   init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
-                                   world_size=self.world)
+        self.device = learner_device(cfg)
+        init_distributed(cfg, self.rank, self.world, master_addr, master_port)
         torch.manual_seed(cfg.run.seed + self.rank)
         self.temperatures = temperatures(cfg)
-        self.model_name = model or cfg.model.teacher
+        self.model_name = cfg.model.teacher
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_name)
         self.pad_id = pad_token_id(self.tokenizer)
-        ds_config = deepspeed_config(cfg, self.world, batch_size)
-        if lc.zero_stage == 3:
-            # transformers builds models under zero.Init while this object lives: each rank holds 1/N of the
-            # policy and of the reference from the start, never a full copy (the memory plan counts on it)
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._zero3_init = HfDeepSpeedConfig(ds_config)
-        # DeepSpeed casts to learner.dtype and keeps the fp32 master; under zero.Init the partitions stay in place
-        model = load_causal_lm(self.model_name, "float32", None if lc.zero_stage == 3 else "cpu")
-        if lc.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.adam_betas), eps=lc.adam_eps,
-                                      weight_decay=lc.weight_decay)
-        total = max(1, total_steps or cfg.run.steps * cfg.grpo.updates_per_batch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(lc.lr_schedule, int(lc.warmup_ratio * total), total))
-        self.engine, _, _, _ = deepspeed.initialize(model=PolicyLogprobs(model), optimizer=optimizer,
-                                                    lr_scheduler=scheduler, config=ds_config)
-        self.ref = None
-        if with_reference:
-            name = cfg.model.reference or self.model_name
-            if lc.zero_stage == 3:
-                # a ZeRO-3 inference engine: 1/N of the reference per rank, gathered layer by layer in forward
-                ref = load_causal_lm(name, "float32", None).eval().requires_grad_(False)
-                self.ref = deepspeed.initialize(model=ref, config=ds_config)[0].module
-            else:
-                self.ref = load_causal_lm(name, lc.dtype, str(self.device)).eval().requires_grad_(False)
+        self.engine, self._zero3_init = build_engine(cfg, self.model_name, self.world)
+        self.ref = build_reference(cfg, cfg.model.reference or self.model_name, self.world, self.device)
         return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address(),
                 **self.local_parameter_bytes()}
 
@@ -139,12 +76,9 @@ class LearnerRank:
         return self.engine.module.model
 
     def _gathered(self, params: Sequence[torch.nn.Parameter]):
-        """Full parameters on every rank for the duration of the block (ZeRO-3 only; all ranks must enter)."""
-        if self.cfg.learner.zero_stage == 3:
-            import deepspeed
+        from rlt_ray.learner_model import gathered
 
-            return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
-        return nullcontext()
+        return gathered(params, self.cfg.learner.zero_stage)
 
     def weight_spec(self) -> dict:
         dtype = self.cfg.model.dtype
@@ -374,51 +308,10 @@ class LearnerRank:
             self._mixup()
         return float(norm) if norm is not None else float("nan")
 
-    def set_sft_examples(self, examples: Any) -> int:
-        """Keep the SFT examples (rlt_ray.sft.SFTExamples) for the sft_step calls that index into them."""
-        self.sft_examples = examples
-        return len(examples.ids)
-
-    def sft_step(self, batch: Sequence[int]) -> dict[str, float]:
-        """One optimizer step of SFT on ``batch`` (indices into the examples): this rank's equal share,
-        micro-batches, token-mean NLL over the whole batch."""
-        from rlt_ray.batch import micro_batches, rank_shard
-        from rlt_ray.logprobs import pad_batch
-        from rlt_ray.sft import sft_loss
-
-        t0 = time.perf_counter()
-        examples = self.sft_examples
-        targets = sum(sum(examples.masks[i][1:]) for i in batch)
-        mine = [batch[j] for j in rank_shard(len(batch), self.rank, self.world)]
-        lengths = {i: len(examples.ids[i]) for i in mine}
-        total_nll, tokens = 0.0, 0
-        for idx in micro_batches(mine, lengths, self.cfg.learner.micro_batch_size):
-            ids, attn = pad_batch([examples.ids[i] for i in idx], self.pad_id, self.device)
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            for row, i in enumerate(idx):
-                m = torch.tensor(examples.masks[i], dtype=torch.bool)
-                m[0] = False  # the first token has no context
-                mask[row, : len(m)] = m
-            logp = self.engine(ids, attn, mask, 1.0)
-            loss = sft_loss(logp, mask, max(1, targets) / self.world)
-            self.engine.backward(loss, scale_wrt_gas=False)
-            self.engine.step()
-            total_nll += float(-(logp.detach() * mask).sum())
-            tokens += int(mask.sum())
-        self.optimizer_steps += 1
-        norm = self.engine.get_global_grad_norm()
-        return {"nll_sum": total_nll, "tokens": tokens, "grad_norm": float(norm) if norm is not None else float("nan"),
-                "lr": float(self.engine.get_lr()[0]), "seconds": time.perf_counter() - t0}
-
     def save_hf(self, path: str) -> None:
-        """The model in HF format (config, safetensors in model.dtype, tokenizer); loads in transformers and vLLM."""
-        from rlt_ray.weight_sync import DTYPES
+        from rlt_ray.learner_model import save_hf
 
-        state = self._full_state(self.hf_model, DTYPES[self.cfg.model.dtype])
-        if self.rank == 0:
-            self.hf_model.save_pretrained(path, state_dict=state)
-            self.tokenizer.save_pretrained(path)
-        torch.distributed.barrier()
+        save_hf(self.cfg, self.hf_model, self.tokenizer, path, self.rank)
 
     def _mixup(self) -> None:
         policy = dict(self.hf_model.named_parameters())
@@ -434,16 +327,6 @@ class LearnerRank:
                    self.cfg.grpo.ref_mixup_alpha)
             return
         mixup_([ref[n] for n in policy], [policy[n] for n in policy], self.cfg.grpo.ref_mixup_alpha)
-
-    def _full_state(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:
-        """``module``'s full parameters on rank 0 (CPU, in ``dtype``), gathered one parameter at a time under
-        ZeRO-3, never the whole model at once; every rank must call this. None on the other ranks."""
-        state = {}
-        for name, p in module.named_parameters(remove_duplicate=False):
-            with self._gathered([p]):
-                if self.rank == 0:
-                    state[name] = p.detach().to("cpu", dtype).clone()
-        return state if self.rank == 0 else None
 
     def _load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
         if self.cfg.learner.zero_stage != 3:
@@ -462,6 +345,8 @@ class LearnerRank:
         """Every rank writes its DeepSpeed shard and RNG state; rank 0 the HF teacher and the reference."""
         from safetensors.torch import save_file
 
+        from rlt_ray.learner_model import full_state
+
         ckpt = Path(path)
         ckpt.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state",
@@ -470,7 +355,7 @@ class LearnerRank:
                     "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
                    ckpt / f"rng_rank{self.rank}.pt")
         self.save_hf(str(ckpt / "hf"))
-        ref_state = self._full_state(self.ref)
+        ref_state = full_state(self.ref, self.rank, self.cfg.learner.zero_stage)
         if self.rank == 0:
             save_file({k: v.contiguous() for k, v in ref_state.items()}, str(ckpt / "reference.safetensors"))
         torch.distributed.barrier()
@@ -492,7 +377,7 @@ class LearnerRank:
 class LearnerGroup:
     """Starts ``resources.learner_ranks`` LearnerRank actors in one placement group and calls them together."""
 
-    def __init__(self, cfg: Any, name: str | None = None, **setup_kwargs: Any):
+    def __init__(self, cfg: Any, name: str | None = None):
         """``name``: the ranks are named actors ``<name>:learner:<rank>`` (found by operators and tests)."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -522,7 +407,7 @@ class LearnerGroup:
             for i in range(self.world)
         ]
         host, port = ray.get(self.rank0.free_address.remote())
-        self.info = ray.get([rank.setup.remote(host, port, **setup_kwargs) for rank in self.ranks])
+        self.info = ray.get([rank.setup.remote(host, port) for rank in self.ranks])
 
     @property
     def rank0(self):

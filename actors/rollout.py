@@ -31,8 +31,10 @@ class StaleWeightsError(RuntimeError):
     """A worker was asked to sample for a weights version it does not hold."""
 
 
-@ray.remote
-class RolloutWorker:
+class Rollout:
+    """The rollout worker's code as a plain class: the RL job's actor (``RolloutWorker``) and Ray Data's sampling
+    stage (``SampleStage``) are both this."""
+
     def __init__(self, cfg: Any, index: int, model: Optional[str] = None):
         """``model``: None samples the teacher (model.teacher); distillation and evaluation pass their own."""
         from rlt_ray.engine import build_llm
@@ -188,3 +190,58 @@ class RolloutWorker:
                 done = []
         if done:
             yield self._rollout(prompt_ids, done, n, t0)
+
+
+@ray.remote
+class RolloutWorker(Rollout):
+    """The RL job's rollout actor (named so in the dashboard and the state API)."""
+
+
+class SampleStage:
+    """A Ray Data stage (``Dataset.map_batches``, an actor pool) of distillation and evaluation: the rollout
+    worker's engine sampling ``k`` completions per row of a batch with columns ``prompt_ids`` and ``seed`` (the
+    row's own seed: the same samples whichever replica, and whichever batch, takes it). Adds ``completion_ids``,
+    ``logprobs``, ``finish_reason`` (k per row) and ``error`` ("" when the row was sampled)."""
+
+    def __init__(self, cfg: Any, model: str, k: int, temperature: Optional[float] = None,
+                 max_tokens: Optional[int] = None):
+        self.engine = Rollout(cfg, 0, model)
+        self.k, self.temperature, self.max_tokens = int(k), temperature, max_tokens
+
+    def _generate(self, prompts: list, seeds: list) -> dict[str, Any]:
+        from rlt_ray.cluster import ENGINE_DEAD_ERRORS, cause_chain
+
+        try:
+            return self.engine.generate(prompts, seeds, 0, self.k, self.temperature, self.max_tokens)
+        except Exception as exc:
+            if any(type(c).__name__ in ENGINE_DEAD_ERRORS for c in cause_chain(exc)):
+                # vLLM's engine core is gone and never comes back in this process: end the process, so that
+                # Ray Data restarts the actor and retries this batch on the new one
+                os._exit(1)
+            raise
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prompts, seeds = [list(p) for p in batch["prompt_ids"]], [int(s) for s in batch["seed"]]
+        k, n = self.k, len(seeds)
+        try:
+            out = self._generate(prompts, seeds)
+            per_row = [(out, i, "") for i in range(n)]
+        except Exception:  # one row may be the cause: each row alone, and only the failing ones fail
+            per_row = []
+            for i in range(n):
+                try:
+                    per_row.append((self._generate([prompts[i]], [seeds[i]]), 0, ""))
+                except Exception as exc:
+                    per_row.append((None, 0, f"sampling failed: {type(exc).__name__}: {exc}"[:500]))
+        cols: dict[str, list] = {"completion_ids": [], "logprobs": [], "finish_reason": [], "error": []}
+        for out, i, error in per_row:
+            if out is None:
+                cols["completion_ids"].append([])
+                cols["logprobs"].append([])
+                cols["finish_reason"].append([])
+            else:
+                cols["completion_ids"].append([c.tolist() for c in out["completion_ids"][i * k:(i + 1) * k]])
+                cols["logprobs"].append([x.tolist() for x in out["logprobs"][i * k:(i + 1) * k]])
+                cols["finish_reason"].append(list(out["finish_reason"][i * k:(i + 1) * k]))
+            cols["error"].append(error)
+        return {**batch, **cols}

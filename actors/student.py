@@ -16,8 +16,10 @@ import ray
 import torch
 
 
-@ray.remote
-class StudentScorer:
+class Scorer:
+    """The scorer's code as a plain class: the RL job's actor (``StudentScorer``) and Ray Data's scoring stage
+    (jobs/distill.py) are both this."""
+
     def __init__(self, cfg: Any, index: int = 0):
         from rlt_ray.config import temperatures
         from rlt_ray.formats import RLTFormat
@@ -127,3 +129,68 @@ class StudentScorer:
         out["seconds"] = time.perf_counter() - t0
         out["tokens"] = int(sum(len(s.student_ids) for s in seqs))
         return out
+
+
+@ray.remote
+class StudentScorer(Scorer):
+    """The RL job's scoring actor (named so in the dashboard and the state API)."""
+
+
+class ScoreStage:
+    """A Ray Data stage of distillation (``Dataset.map_batches``, an actor pool): the scorer's RLT reward for each
+    of a batch's k explanations per row, then distillation's keep rule (rlt_ray.distill). Returns per row its
+    kept records (JSON), why there is none (``error``), and the samples that could not be scored. A row whose
+    scoring raises is scored alone; if it still raises, it gets the error, and the batch goes on."""
+
+    def __init__(self, cfg: Any, rows: Any, k: int, keep: str, teacher: str):
+        self.scorer = Scorer(cfg)
+        self.rows = rows  # Ray Data keeps the constructor's arguments in the object store, once
+        self.k, self.keep, self.teacher = int(k), keep, teacher
+        self.fault = cfg.run.fault_injection  # tests only (rlt_ray.config): "distill_row_error@<row index>"
+
+    def _score(self, batch: dict[str, Any], members: list[int]) -> tuple[list, list, list]:
+        from rlt_ray.distill import distilled
+
+        indices = [int(batch["index"][j]) for j in members]
+        if self.fault and any(self.fault == f"distill_row_error@{i}" for i in indices):
+            raise RuntimeError(f"injected fault: scoring row {self.fault.split('@')[1]} fails")
+        rows = [self.rows[i] for i in indices]
+        rollout = {"n": self.k, "prompt_ids": [list(batch["prompt_ids"][j]) for j in members],
+                   "completion_ids": [np.asarray(c, dtype=np.int32) for j in members
+                                      for c in batch["completion_ids"][j]],
+                   "logprobs": [np.asarray(x, dtype=np.float32) for j in members for x in batch["logprobs"][j]]}
+        # the prompt's closing padding is left out of the explanation span here: its teacher log-probs would
+        # need an HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1), and it is the
+        # same for every candidate of a row (docs/design.md)
+        scored = self.scorer.score(rows, rollout, explanation_span="sampled")
+        records, errors = distilled(self.scorer.teacher_fmt, rows, indices, scored, self.k, self.keep, self.teacher)
+        sample_errors: list[list[dict]] = [[] for _ in rows]
+        for e in scored["errors"]:
+            sample_errors[e["completion"] // self.k].append(e)
+        return records, errors, sample_errors
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        n = len(batch["index"])
+        records: list = [[] for _ in range(n)]
+        errors: list = [str(e) for e in batch["error"]]  # rows the sampling stage could not sample
+        sample_errors: list = [[] for _ in range(n)]
+        sampled = [j for j in range(n) if not errors[j]]
+        groups = [sampled]
+        while groups:
+            members = groups.pop()
+            if not members:
+                continue
+            try:
+                got = self._score(batch, members)
+            except Exception as exc:
+                if len(members) > 1:  # find the row that raises: each row alone
+                    groups.extend([j] for j in members)
+                    continue
+                errors[members[0]] = f"scoring failed: {type(exc).__name__}: {exc}"[:500]
+                continue
+            for j, r, e, s in zip(members, *got):
+                records[j], errors[j], sample_errors[j] = r, e or "", s
+        return {"index": [int(i) for i in batch["index"]], "records": [json.dumps(r) for r in records],
+                "error": errors, "sample_errors": [json.dumps(e) for e in sample_errors]}

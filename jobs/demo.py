@@ -44,7 +44,7 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
     task, seed_out = out / "task", seed_out or out
     sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
     rl_teacher = seed_out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
-    distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.shard_rows=256",
+    distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.batch_rows=256",
                f"model.student={out / 'student_b' / 'final'}"]
     return {
         "sft_teacher": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'teacher_sft'}"],

@@ -1,14 +1,17 @@
-"""Distil a teacher's explanations into an SFT data set (METHOD.md §1 step 3).
+"""Distil a teacher's explanations into an SFT data set (METHOD.md §1 step 3), as a Ray Data pipeline.
 
-For every question/solution row the rollout workers sample ``distill.k`` explanations (rows split across
-workers, data-parallel); the student scorer gives each its RLT reward; ``distill.keep=best`` keeps the
-highest-reward explanation whose tag was closed (the reference's best-of-N data scorer), ``all`` keeps every
-closed one. Output: Parquet shards in the Bespoke-Stratos conversation format (system, conversations with the
-thought and solution blocks) plus reward columns, loadable with ``datasets`` and by any SFT tool:
+The rows stream through two actor-pool stages: the teacher's vLLM engine samples ``distill.k`` explanations per
+row (``actors.rollout.SampleStage``, ``distill.teacher_replicas`` replicas), and the student scorer gives each its
+RLT reward (``actors.student.ScoreStage``, ``distill.scorer_replicas``); ``distill.keep=best`` keeps the
+highest-reward explanation whose tag was closed (the reference's best-of-N data scorer), ``all`` every closed
+one. Ray Data spreads the replicas over the cluster, restarts a replica that dies and retries its batch, and
+shows the pipeline in the dashboard. Output, in the Bespoke-Stratos conversation format plus reward columns:
 
-    <distill.output_dir>/data/shard_00000.parquet ...   done shards are skipped when the job is run again
-                                                         (shard_N.empty: a shard none of whose rows succeeded)
-    <distill.output_dir>/errors.jsonl                    rows that produced nothing usable, and why
+    <distill.output_dir>/data/part-*.parquet   one file per batch of distill.batch_rows rows, written whole
+    <distill.output_dir>/errors.jsonl          rows that gave nothing usable, and why (and unscorable samples)
+
+Every input row ends up once: in a part file (its ``row_index``) or in errors.jsonl. Run it again with the same
+output folder and the rows already there are skipped: a stop costs at most the batches in flight.
 
     python jobs/distill.py model.teacher=runs/rl/checkpoints/step_000100/hf distill.k=4 [key=value ...]
 """
@@ -18,54 +21,60 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-REWARD_COLUMNS = ("total", "r_ss", "r_kl", "explanation_tokens", "solution_tokens")
-
-
-def choose(scored: dict[str, Any], row_index: int, k: int, keep: str) -> list[int]:
-    """Indices (within the row's k completions) to keep: closed tags only; best = the highest total."""
-    totals = scored.get("total")
-    if totals is None:
-        return []
-    closed = [j for j in range(k) if scored["match"][row_index * k + j] == 0.0
-              and not scored["failed"][row_index * k + j]]
-    if keep == "all" or not closed:
-        return closed
-    return [max(closed, key=lambda j: totals[row_index * k + j])]
-
-
-def shard_done(path: Path) -> bool:
-    return path.exists() or path.with_suffix(".empty").exists()
-
-
-def write_shard(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write atomically. A shard whose rows all failed leaves a ``.empty`` marker instead (a Parquet file with
-    no rows and no schema would break readers of the folder)."""
+def write_part(folder: Path, records: list[dict[str, Any]]) -> Path:
+    """One part file, written under a temporary name and renamed: a part file that exists is whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not records:
-        path.with_suffix(".empty").write_text("")
-        return
-    tmp = path.with_suffix(".tmp")
+    path = folder / f"part-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = folder / f".{path.name}.tmp"
     pq.write_table(pa.Table.from_pylist(records), tmp)
-    os.replace(tmp, path)  # a shard exists only when complete
+    os.replace(tmp, path)
+    return path
+
+
+def stage_options(cfg: Any, role: str, replicas: int, batch_rows: int) -> dict[str, Any]:
+    """map_batches' arguments for an actor-pool stage of ``replicas`` actors with a role's resources and
+    placement (actors.actor_options): one batch at a time per replica, so a stop redoes at most that."""
+    from ray.data import ActorPoolStrategy
+
+    from actors import actor_options
+    from actors.rollout import worker_options
+
+    options = worker_options(cfg) if role == "rollout" else actor_options(cfg, role=role)
+    return {"compute": ActorPoolStrategy(size=int(replicas), max_tasks_in_flight_per_actor=1),
+            "batch_size": int(batch_rows), **options}
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's own progress bars and INFO lines stay off the console (our bar counts rows); --verbose
+    brings them back."""
+    import logging
+
+    import ray.data
+
+    from rlt_ray.cluster import verbose
+
+    if not verbose():
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
-    from actors import ActorSlots, actor_options, run_on_slots
-    from actors.rollout import RolloutWorker, worker_options
-    from actors.student import StudentScorer
+    from actors.rollout import SampleStage
+    from actors.student import ScoreStage
     from rlt_ray.batch import step_seeds
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
     from rlt_ray.data import load_rows
+    from rlt_ray.distill import done_rows
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.memory import check_memory
     from rlt_ray.models import load_tokenizer
@@ -75,78 +84,64 @@ def main(argv: list[str]) -> int:
     check_memory(cfg, ("rollout", "scorer"))  # GPU layouts: refuse one that does not fit (rlt_ray.memory)
     dc = cfg.distill
     teacher = dc.teacher or cfg.model.teacher
+    teachers = int(dc.teacher_replicas or cfg.rollout.num_workers)
+    scorers = int(dc.scorer_replicas or cfg.resources.scorer_workers)
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or teacher))
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
     out = Path(dc.output_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    shards = [(a, min(a + dc.shard_rows, len(rows))) for a in range(0, len(rows), dc.shard_rows)]
-    todo = [(i, a, b) for i, (a, b) in enumerate(shards) if not shard_done(out / "data" / f"shard_{i:05d}.parquet")]
-    print(f"distill: {len(rows)} rows in {len(shards)} shards, {len(shards) - len(todo)} already done; "
-          f"k={dc.k}, keep={dc.keep}, teacher {teacher}", flush=True)
+    done = done_rows(out)
+    todo = [i for i in range(len(rows)) if i not in done]
+    print(f"distill: {len(rows)} rows, {len(done)} already done; k={dc.k}, keep={dc.keep}, teacher {teacher}; "
+          f"{teachers} teacher and {scorers} scorer replicas, {dc.batch_rows} rows per batch", flush=True)
     if not todo:
         return 0
+    errors_file = open(out / "errors.jsonl", "a")
+    items = []
+    for i, ids in zip(todo, prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in todo],
+                                       cfg.rollout.max_prompt_tokens)):
+        if ids is None:
+            errors_file.write(json.dumps({"index": i, "row": rows[i].id, "error": "teacher prompt longer than "
+                                          f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"}) + "\n")
+        else:
+            # the row's own seed: the same samples whichever replica and batch take it
+            items.append({"index": i, "prompt_ids": ids, "seed": step_seeds(cfg.run.seed, 0, [i])[0]})
+    errors_file.flush()
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
-    # named, like training's, so operators (and the fault tests) can find them; a dead one is replaced in its slot
-    name = f"rlt:distill:{out.name}"
-    workers = ActorSlots(lambda i, g: RolloutWorker.options(
-        name=f"{name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg)).remote(cfg, i, teacher),
-        cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
-    scorers = ActorSlots(lambda i, g: StudentScorer.options(
-        name=f"{name}:scorer:{i}" + (f":r{g}" if g else ""), **actor_options(cfg, role="scorer")).remote(cfg, i),
-        cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s)
-    kept_total, errors_total = 0, 0
+    quiet_ray_data()
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // int(dc.batch_rows))))
+    ds = ds.map_batches(SampleStage, fn_constructor_kwargs={"cfg": cfg, "model": teacher, "k": int(dc.k)},
+                        **stage_options(cfg, "rollout", teachers, dc.batch_rows))
+    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"cfg": cfg, "rows": rows, "k": int(dc.k),
+                                                           "keep": dc.keep, "teacher": teacher},
+                        **stage_options(cfg, "scorer", scorers, dc.batch_rows))
+    kept, failed = 0, len(todo) - len(items)
+    bar = tqdm(total=len(items), desc="distill rows", file=sys.stderr, leave=False)
     try:
-        with open(out / "errors.jsonl", "a") as errors_file:
-            for shard_index, a, b in tqdm(todo, desc="distill shards", file=sys.stderr):
-                rows_in, prompts, indices = [], [], []
-                shard_ids = prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in range(a, b)],
-                                       cfg.rollout.max_prompt_tokens)
-                for i, ids in zip(range(a, b), shard_ids):
-                    if ids is None:
-                        errors_file.write(json.dumps({"row": rows[i].id, "error": "teacher prompt longer than "
-                                                      f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"}) + "\n")
-                        continue
-                    rows_in.append(rows[i])
-                    prompts.append(ids)
-                    indices.append(i)
-                parts = [p for p in np.array_split(np.arange(len(prompts)), len(workers)) if len(p)]
-                # the same seeds whoever samples a part: a replaced worker samples what the dead one would have
-                generated = run_on_slots(workers, parts, lambda w, part: w.generate.remote(
-                    [prompts[j] for j in part], step_seeds(cfg.run.seed, 0, [indices[j] for j in part]), 0, dc.k))
-                # the prompt's closing padding is left out of the explanation span here: its teacher log-probs
-                # would need an HF forward of the teacher (vLLM gives prompt log-probs only at temperature 1),
-                # and it is the same for every candidate of a row (docs/design.md)
-                scored = run_on_slots(scorers, list(zip(generated, parts)), lambda s, item: s.score.remote(
-                    [rows_in[j] for j in item[1]], item[0], explanation_span="sampled"))
-                records, rows_done = [], 0
-                for part, result in zip(parts, scored):
-                    for e in result["errors"]:
-                        errors_file.write(json.dumps(e) + "\n")
-                    for local, j in enumerate(part):
-                        row = rows_in[j]
-                        keep = choose(result, local, dc.k, dc.keep)
-                        if not keep:
-                            errors_file.write(json.dumps({"row": row.id, "error": f"none of the {dc.k} explanations "
-                                                          "closed its tag"}) + "\n")
-                            continue
-                        rows_done += 1
-                        for c in keep:
-                            flat = local * dc.k + c
-                            extra = {col: float(result[col][flat]) for col in REWARD_COLUMNS}
-                            records.append(fmt.distill_record(row, result["explanations"][flat], id=row.id,
-                                                              answer=row.answer, teacher=teacher, **extra))
-                errors_file.flush()
-                errors_total += (b - a) - rows_done
-                kept_total += len(records)
-                write_shard(out / "data" / f"shard_{shard_index:05d}.parquet", records)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            records = []
+            for index, rec, error, sample_errors in zip(batch["index"], batch["records"], batch["error"],
+                                                        batch["sample_errors"]):
+                for e in json.loads(sample_errors):  # a sample that could not be scored: its row goes on
+                    errors_file.write(json.dumps({"index": int(index), "completion_error": True, **e}) + "\n")
+                if error:
+                    errors_file.write(json.dumps({"index": int(index), "row": rows[int(index)].id,
+                                                  "error": str(error)}) + "\n")
+                    failed += 1
+                records.extend(json.loads(rec))
+            errors_file.flush()  # before the part file: a row is never both redone and in errors.jsonl twice
+            if records:
+                write_part(out / "data", records)
+            kept += len(records)
+            bar.update(len(batch["index"]))
     finally:
-        workers.kill_all()
-        scorers.kill_all()
-    print(f"distill: wrote {kept_total} explanations to {out / 'data'}; {errors_total} rows without one "
+        bar.close()
+        errors_file.close()
+    print(f"distill: wrote {kept} explanations to {out / 'data'}; {failed} rows without one "
           f"(see {out / 'errors.jsonl'})", flush=True)
     return 0
 

@@ -15,17 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""
-    from actors import ActorSlots, run_on_slots
-    from actors.rollout import RolloutWorker, worker_options
+    from actors.rollout import SampleStage
+    from jobs.distill import quiet_ray_data, stage_options
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster
     from rlt_ray.data import load_rows
-    from rlt_ray.evaluation import AnswerChecker, predicted_solution, summarize_results
+    from rlt_ray.evaluation import AnswerChecker, CheckStage, summarize_results
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
 
@@ -36,32 +34,28 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     checker = AnswerChecker(source, ec.size, ec.seed)
     prompts = prompt_ids(tokenizer, [fmt.student_prompt(r) for r in rows], cfg.rollout.max_prompt_tokens)
     long = [i for i, p in enumerate(prompts) if p is None]
-    keep = [i for i in range(len(rows)) if i not in set(long)]
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout",))
-    # named, so operators (and the fault tests) can find them; a dead one (or a dead engine core) is replaced in
-    # its slot and its questions asked again: greedy decoding, so the answers are the same
-    name = f"rlt:evaluate:{out.name}"
-    workers = ActorSlots(lambda i, g: RolloutWorker.options(
-        name=f"{name}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg)).remote(cfg, i, model),
-        cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s)
-    try:
-        parts = [p for p in np.array_split(np.asarray(keep, dtype=int), len(workers)) if len(p)]
-        outputs = run_on_slots(workers, parts, lambda w, part: w.generate.remote(
-            [prompts[i] for i in part], [0] * len(part), 0, 1, 0.0, ec.max_new_tokens), job="evaluate")
-    finally:
-        workers.kill_all()
+    quiet_ray_data()
+    # greedy answers: a replica that dies is restarted by Ray Data and its batch asked again, with the same answers
+    ds = ray.data.from_items([{"index": i, "prompt_ids": p, "seed": 0} for i, p in enumerate(prompts) if p is not None],
+                             override_num_blocks=max(1, -(-(len(rows) - len(long)) // int(ec.batch_rows))))
+    ds = ds.map_batches(SampleStage, fn_constructor_kwargs={"cfg": cfg, "model": model, "k": 1, "temperature": 0.0,
+                                                            "max_tokens": int(ec.max_new_tokens)},
+                        **stage_options(cfg, "rollout", int(cfg.rollout.num_workers), ec.batch_rows))
+    ds = ds.map_batches(CheckStage, fn_constructor_kwargs={"cfg": cfg, "model": model, "source": source,
+                                                           "rows": rows},
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=int(ec.batch_rows), num_cpus=0.1)
     items: list[dict[str, Any]] = []
-    for part, result in zip(parts, outputs):
-        for j, i in enumerate(part):
-            completion = tokenizer.decode(result["completion_ids"][j], skip_special_tokens=False)
-            prediction = predicted_solution(fmt, completion)
-            items.append({"index": int(i), "id": rows[i].id, "question": rows[i].question,
-                          "gold": rows[i].answer or rows[i].solution, "prediction": prediction,
-                          "correct": checker.check(rows[i], int(i), prediction),
-                          "finish_reason": result["finish_reason"][j],
-                          "tokens": int(len(result["completion_ids"][j])), "completion": completion})
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for j, i in enumerate(batch["index"]):
+            i = int(i)
+            items.append({"index": i, "id": rows[i].id, "question": rows[i].question,
+                          "gold": rows[i].answer or rows[i].solution,
+                          "prediction": str(batch["prediction"][j]) if batch["has_prediction"][j] else None,
+                          "correct": bool(batch["correct"][j]), "finish_reason": str(batch["finish_reason"][j]),
+                          "tokens": int(batch["tokens"][j]), "completion": str(batch["completion"][j])})
     for i in long:
         items.append({"index": i, "id": rows[i].id, "question": rows[i].question,
                       "gold": rows[i].answer or rows[i].solution, "prediction": None, "correct": False,

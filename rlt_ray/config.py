@@ -214,7 +214,9 @@ class RunConfig:
     # that remain, from its newest complete checkpoint (checkpoint often: run.checkpoint_every(_minutes))
     max_restarts: int = 0
     # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
-    # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2). Refused unless
+    # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2), "sft_kill@5" (an SFT
+    # Train worker kills its own process with SIGKILL at step 5, once per output_dir), "distill_row_error@3" (the
+    # distillation's scoring of input row 3 raises, every time). Refused unless
     # the environment variable RLT_ALLOW_FAULT_INJECTION=1 is set, so a preset cannot turn it on by accident.
     fault_injection: Optional[str] = None
 
@@ -228,7 +230,14 @@ class SFTConfig:
     epochs: int = 1
     batch_size: int = 16  # sequences per optimizer step, over all ranks
     max_seq_tokens: int = 4096  # longer examples are skipped and counted (truncating would cut the target)
-    output_dir: str = "runs/sft"
+    output_dir: str = "runs/sft"  # metrics.jsonl, TensorBoard, the HF folders final/ and epoch_N/
+    # Ray Train (jobs/sft.py): where its checkpoints go, a folder or any URI pyarrow understands (s3://, gs://,
+    # hdfs://); shared by every node on a cluster of several. None: <output_dir>/train
+    storage_path: Optional[str] = None
+    checkpoint_every: int = 100  # optimizer steps between checkpoints (0: only at each epoch's end)
+    keep_checkpoints: int = 2  # the newest ones kept in storage (Ray Train's CheckpointConfig.num_to_keep)
+    max_failures: int = 2  # worker-group restarts from the last checkpoint after a lost worker or node
+    resume_from: Optional[str] = None  # "latest": the last run in output_dir, from its newest checkpoint; or a checkpoint folder
 
 
 @dataclass
@@ -238,7 +247,9 @@ class DistillConfig:
     teacher: Optional[str] = None  # None: model.teacher
     k: int = 4  # explanations sampled per row
     keep: str = "best"  # best: the highest RLT reward of the k (needs the student); all: every closed one
-    shard_rows: int = 64  # rows per output shard (resume unit)
+    batch_rows: int = 64  # rows per Ray Data batch and per output part file (a stop redoes at most the batches in flight)
+    teacher_replicas: Optional[int] = None  # the sampling stage's vLLM replicas; None: rollout.num_workers
+    scorer_replicas: Optional[int] = None  # the scoring stage's student replicas; None: resources.scorer_workers
     output_dir: str = "runs/distill"
 
 
@@ -253,6 +264,7 @@ class EvalConfig:
     size: int = 64  # rows for reasoning_gym sources (seeded by eval.seed)
     max_rows: Optional[int] = None
     seed: int = 1234  # different from data.seed: held-out questions
+    batch_rows: int = 64  # questions per Ray Data batch
     max_new_tokens: int = 512
     output_dir: str = "runs/eval"
 
@@ -352,7 +364,8 @@ POSITIVE = (
     "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib", "resources.gpus_per_node",
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
-    "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "distill.k", "distill.shard_rows", "eval.size",
+    "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "sft.keep_checkpoints",
+    "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
     "reward.max_batch_tokens", "run.hack_patience", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
@@ -362,7 +375,7 @@ NON_NEGATIVE = (
     "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
     "reward.clip_log_prob", "reward.clip_kl",
-    "rollout.stream_groups", "run.keep_checkpoints", "run.max_restarts",
+    "rollout.stream_groups", "run.keep_checkpoints", "run.max_restarts", "sft.checkpoint_every", "sft.max_failures",
 )
 
 
@@ -379,6 +392,9 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
+    for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
+        if _get(cfg, key) is not None and not _get(cfg, key) > 0:
+            raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
     for key in NON_NEGATIVE:
         value = _get(cfg, key)
         if not (value >= 0 and math.isfinite(value)):
@@ -456,9 +472,10 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
             raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
                               "RLT_ALLOW_FAULT_INJECTION=1 is set")
-        if not re.fullmatch(r"(rollout_error|controller_error|nan_loss)@\d+", cfg.run.fault_injection):
+        kinds = "rollout_error|controller_error|nan_loss|sft_kill|distill_row_error"
+        if not re.fullmatch(rf"({kinds})@\d+", cfg.run.fault_injection):
             raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
-                              f"<rollout_error|controller_error|nan_loss>@<step>")
+                              f"<{kinds}>@<step>")
     tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
     if len(set(tags)) != 3 or not all(tags):
         raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")

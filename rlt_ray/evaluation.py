@@ -55,6 +55,35 @@ class AnswerChecker:
         return bool(verify(parse(gold), parse(prediction)))
 
 
+class CheckStage:
+    """A Ray Data stage of jobs/evaluate.py: decode each sampled answer, take its solution block and check it
+    (AnswerChecker). Columns in: ``index``, ``completion_ids``, ``finish_reason`` (one completion per row)."""
+
+    def __init__(self, cfg: Any, model: str, source: str, rows: list[Row]):
+        from rlt_ray.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model)
+        self.fmt = RLTFormat(cfg.format, self.tokenizer)
+        self.checker = AnswerChecker(source, cfg.eval.size, cfg.eval.seed)
+        self.rows = rows
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, list] = {k: [] for k in ("index", "completion", "prediction", "has_prediction", "correct",
+                                                "finish_reason", "tokens")}
+        for i, ids, reasons in zip(batch["index"], batch["completion_ids"], batch["finish_reason"]):
+            i, ids = int(i), [int(t) for t in ids[0]]
+            completion = self.tokenizer.decode(ids, skip_special_tokens=False)
+            prediction = predicted_solution(self.fmt, completion)
+            out["index"].append(i)
+            out["completion"].append(completion)
+            out["prediction"].append(prediction or "")
+            out["has_prediction"].append(prediction is not None)
+            out["correct"].append(bool(self.checker.check(self.rows[i], i, prediction)))
+            out["finish_reason"].append(str(reasons[0]))
+            out["tokens"].append(len(ids))
+        return out
+
+
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """The 95 % Wilson score interval of a proportion (sound at 0/n and n/n, unlike the normal approximation)."""
     if n <= 0:

@@ -143,19 +143,22 @@ def longest_sequence(cfg: Any) -> int:
     return int(cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)
 
 
-def learner_rank(cfg: Any, shape: Shape) -> Device:
+def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
+    """An RL learner rank, or with ``sft`` a Ray Train SFT worker (the same engine: no reference, no weight
+    sync, sequences up to sft.max_seq_tokens)."""
     lc, n, z = cfg.learner, int(cfg.resources.learner_ranks), int(cfg.learner.zero_stage)
     w, p = DTYPE_BYTES[lc.dtype], shape.params
-    s, m = longest_sequence(cfg), int(lc.micro_batch_size)
-    d = Device(f"learner rank (x{n}, ZeRO-{z}, {lc.dtype})", count=n, keys=(
+    s, m = (int(cfg.sft.max_seq_tokens) if sft else longest_sequence(cfg)), int(lc.micro_batch_size)
+    d = Device(f"{'SFT worker' if sft else 'learner rank'} (x{n}, ZeRO-{z}, {lc.dtype})", count=n, keys=(
         "learner.gradient_checkpointing", "learner.zero_stage", "resources.learner_ranks",
-        "learner.offload_optimizer", "rollout.max_new_tokens", "learner.micro_batch_size"))
+        "learner.offload_optimizer", "sft.max_seq_tokens" if sft else "rollout.max_new_tokens",
+        "learner.micro_batch_size"))
     d.add("parameters", p * w / (n if z == 3 else 1))
     if w < 4:
         d.add("fp32 master weights", 4 * p / (n if z >= 1 else 1))
     d.add("gradients", p * w / (n if z >= 2 else 1))
     d.add("Adam moments (fp32)", 0.0 if lc.offload_optimizer else 8 * p / (n if z >= 1 else 1))
-    if cfg.grpo.beta:
+    if cfg.grpo.beta and not sft:
         d.add("reference model" + (" (ZeRO-3 shard)" if z == 3 else ""), p * w / (n if z == 3 else 1))
     if z == 3:
         d.add("ZeRO-3 gathered parameters", min(p, ZERO3_LIVE_PARAMETERS + ZERO3_PREFETCH) * w)
@@ -166,7 +169,8 @@ def learner_rank(cfg: Any, shape: Shape) -> Device:
     else:
         d.add(f"activations, {s} tokens x {m} (no checkpointing)", m * s * shape.layers * per_token)
     d.add("logits chunk + gradient (fp32)", 3 * LOGIT_CHUNK * shape.vocab * 4 * m)
-    d.add("weight-sync bucket (rank 0)", sync_bucket_bytes(cfg, shape))
+    if not sft:
+        d.add("weight-sync bucket (rank 0)", sync_bucket_bytes(cfg, shape))
     d.notes.append(f"activations without checkpointing would be {_gib(m * s * shape.layers * per_token).strip()} "
                    f"GiB, with it {_gib(m * s * (shape.layers * shape.hidden * w + per_token)).strip()} GiB")
     return d
@@ -222,6 +226,9 @@ def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) ->
     gpu = float(cfg.resources.gpu_memory_gib) * GIB
     teacher, student = model_shape(cfg.model.teacher), model_shape(cfg.model.student)
     out = []
+    for role in roles:  # "sft_teacher" / "sft_student": the SFT jobs' Ray Train workers
+        if role.startswith("sft_"):
+            out.append(learner_rank(cfg, model_shape(cfg.sft.model or cfg.model[role[4:]]), sft=True))
     if "learner" in roles:
         out.append(learner_rank(cfg, teacher))
     if "rollout" in roles:
@@ -248,10 +255,15 @@ def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) ->
     return out
 
 
-def render(cfg: Any, devices: list[Device]) -> str:
-    lines = [f"memory plan: teacher {cfg.model.teacher} ({model_shape(cfg.model.teacher).params / 1e9:.2f} B "
-             f"parameters), student {cfg.model.student}; longest sequence {longest_sequence(cfg)} tokens; "
-             f"GPU {cfg.resources.gpu_memory_gib} GiB (resources.gpu_memory_gib)"]
+def render(cfg: Any, devices: list[Device], sft: str | None = None) -> str:
+    if sft:
+        model = cfg.sft.model or cfg.model[sft]
+        head = (f"memory plan of the {sft} SFT: {model} ({model_shape(model).params / 1e9:.2f} B parameters); "
+                f"sequences up to {cfg.sft.max_seq_tokens} tokens (sft.max_seq_tokens)")
+    else:
+        head = (f"memory plan: teacher {cfg.model.teacher} ({model_shape(cfg.model.teacher).params / 1e9:.2f} B "
+                f"parameters), student {cfg.model.student}; longest sequence {longest_sequence(cfg)} tokens")
+    lines = [f"{head}; GPU {cfg.resources.gpu_memory_gib} GiB (resources.gpu_memory_gib)"]
     for d in devices:
         lines.append(f"\n{d.role}  [GiB per device]")
         for name, value in d.items:
@@ -269,12 +281,13 @@ def node_groups(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "score
     """One line per group of roles that share a placement (resources.<role>_placement): its GPUs and how many
     nodes of resources.gpus_per_node they take (a learner group is never split below one node's GPUs)."""
     r = cfg.resources
-    gpus = {"learner": r.learner_ranks * r.gpus_per_actor,
+    gpus = {"learner": r.learner_ranks * r.gpus_per_actor, "sft_teacher": r.learner_ranks * r.gpus_per_actor,
+            "sft_student": r.learner_ranks * r.gpus_per_actor,
             "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size * r.gpus_per_actor,
             "scorer": r.scorer_workers * r.gpus_per_actor}
     groups: dict[str, list[str]] = {}
     for role in roles:
-        p = r[f"{role}_placement"]
+        p = r["learner_placement" if role.startswith("sft_") else f"{role}_placement"]
         where = ", ".join(f"{k}={v}" for k, v in {**p.labels, **p.resources}.items()) or "any node"
         groups.setdefault(where, []).append(role)
     lines = []
@@ -305,19 +318,31 @@ def check_memory(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scor
 
 
 def main(argv: list[str]) -> int:
+    """``--sft teacher|student``: the plan of that SFT job (Ray Train workers) instead of the RL run's."""
     from rlt_ray.config import load_config, split_argv
 
+    sft = None
+    if "--sft" in argv:
+        i = argv.index("--sft")
+        sft, argv = (argv[i + 1] if i + 1 < len(argv) else ""), argv[:i] + argv[i + 2:]
+        if sft not in ("teacher", "student"):
+            print("memory plan: --sft takes teacher or student", file=sys.stderr)
+            return 2
     preset, overrides = split_argv(argv)
-    cfg = load_config(preset, overrides)
-    roles = ("learner", "rollout", "scorer") + (("serve",) if cfg.serve.model or cfg.serve.student else ())
+    cfg = load_config(preset, overrides, job="sft" if sft else "rl")
+    if sft:
+        roles: tuple[str, ...] = (f"sft_{sft}",)
+    else:
+        roles = ("learner", "rollout", "scorer") + (("serve",) if cfg.serve.model or cfg.serve.student else ())
     try:
         devices = plan(cfg, roles)
     except MemoryPlanError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(render(cfg, devices))
+    print(render(cfg, devices, sft))
     if cfg.resources.device == "cuda":
-        print("\nnodes, by placement (resources.*_placement):\n" + "\n".join(node_groups(cfg)))
+        print("\nnodes, by placement (resources.*_placement):\n" + "\n".join(node_groups(cfg, roles if sft else
+                                                                                      ("learner", "rollout", "scorer"))))
     return 0 if all(d.fits for d in devices) else 1
 
 

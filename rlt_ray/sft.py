@@ -85,3 +85,47 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, denominator: float) -> torc
     """Summed NLL of the masked tokens over ``denominator`` (the batch's target tokens / ranks, so that
     DeepSpeed's mean over ranks gives the token mean of the whole batch)."""
     return -(logp * mask.float()).sum() / float(denominator)
+
+
+def step_position(step: int, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batch within the epoch) of global optimizer step ``step``: where a resumed run picks up."""
+    return divmod(step, steps_per_epoch)
+
+
+def checkpoint_due(step: int, steps_per_epoch: int, every: int) -> bool:
+    """Whether the end of global step ``step`` (0-based) writes a checkpoint: each epoch's end, and every
+    ``every`` steps (0: epoch ends only)."""
+    done = step + 1
+    return done % steps_per_epoch == 0 or (every > 0 and done % every == 0)
+
+
+def sft_step(engine, examples: SFTExamples, batch: Sequence[int], rank: int, world: int, pad_id: int,
+             micro_batch_size: int, device) -> dict[str, float]:
+    """One optimizer step of SFT on ``batch`` (indices into ``examples``) for this rank: its equal share in
+    micro-batches, gradient accumulation, token-mean NLL over the whole batch. Returns this rank's sums."""
+    import time
+
+    from rlt_ray.batch import micro_batches, rank_shard
+    from rlt_ray.logprobs import pad_batch
+
+    t0 = time.perf_counter()
+    targets = sum(sum(examples.masks[i][1:]) for i in batch)
+    mine = [batch[j] for j in rank_shard(len(batch), rank, world)]
+    lengths = {i: len(examples.ids[i]) for i in mine}
+    total_nll, tokens = 0.0, 0
+    for idx in micro_batches(mine, lengths, micro_batch_size):
+        ids, attn = pad_batch([examples.ids[i] for i in idx], pad_id, device)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for row, i in enumerate(idx):
+            m = torch.tensor(examples.masks[i], dtype=torch.bool)
+            m[0] = False  # the first token has no context
+            mask[row, : len(m)] = m
+        logp = engine(ids, attn, mask, 1.0)
+        loss = sft_loss(logp, mask, max(1, targets) / world)
+        engine.backward(loss, scale_wrt_gas=False)
+        engine.step()  # steps the optimizer at the accumulation boundary only
+        total_nll += float(-(logp.detach() * mask).sum())
+        tokens += int(mask.sum())
+    norm = engine.get_global_grad_norm()
+    return {"nll_sum": total_nll, "tokens": tokens, "grad_norm": float(norm) if norm is not None else float("nan"),
+            "lr": float(engine.get_lr()[0]), "seconds": time.perf_counter() - t0}

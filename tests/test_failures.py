@@ -143,33 +143,3 @@ def test_checkpoints_by_wall_time_are_pruned_to_the_newest(ray_local, tmp_path):
                 + STEPS) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000003", "step_000004"]
     assert all((out / "checkpoints" / name / "COMPLETE").exists() for name in ("step_000003", "step_000004"))
-
-
-def test_run_on_slots_replaces_a_dead_actor_once_and_redoes_its_items(ray_local, capsys):
-    """What distill and evaluate rely on: an actor that dies (here: its process exits on its first call) is
-    replaced once in its slot, every item it held is run again there, and the results come back in order."""
-    from actors import ActorSlots, run_on_slots
-
-    @ray_local.remote(max_restarts=0)
-    class Doubler:
-        def __init__(self, generation):
-            self.generation = generation
-
-        def ready(self):
-            return True
-
-        def double(self, x):
-            if self.generation == 0 and x >= 2:  # the first actor of slot 0 dies on its second item
-                import os
-
-                os._exit(1)
-            return 2 * x
-
-    slots = ActorSlots(lambda i, g: Doubler.options(num_cpus=0).remote(g if i == 0 else 1), 2, "doubler", 60)
-    try:
-        assert run_on_slots(slots, [0, 1, 2, 3, 4, 5], lambda a, x: a.double.remote(x), job="test") == \
-            [0, 2, 4, 6, 8, 10]
-        assert slots.generation == [1, 0]  # slot 0 replaced once, though it held items 2 and 4
-        assert capsys.readouterr().out.count("test: doubler 0 died") == 1
-    finally:
-        slots.kill_all()

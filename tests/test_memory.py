@@ -89,3 +89,18 @@ def test_serving_a_7b_teacher_and_student_puts_each_on_its_own_gpu():
     with pytest.raises(MemoryPlanError, match="serve scorer.*reward.max_batch_tokens"):
         check_memory(load_config(PAPER, ["serve.student=bespokelabs/Bespoke-Stratos-7B",
                                          "reward.max_batch_tokens=2000000"]), ("serve",))
+
+
+def test_student_sft_plans_7b_on_one_node_and_refuses_32b_on_8_gpus(capsys):
+    """The SFT jobs' layout (Ray Train workers: the RL learner's engine, no reference, sft.max_seq_tokens)."""
+    sft = str(ROOT / "configs" / "paper_student_sft.yaml")
+    assert main(["--sft", "student", "--config", sft]) == 0
+    out = capsys.readouterr().out
+    assert "SFT worker (x8, ZeRO-3, bfloat16)" in out and "reference" not in out and "weight-sync" not in out
+    assert "activations, 16384 tokens x 1" in out and "-> 1 node(s) of 8" in out
+    big = ["model.student=Qwen/Qwen2.5-32B-Instruct"]
+    cfg = load_config(sft, big, job="sft")
+    with pytest.raises(MemoryPlanError, match=r"SFT worker \(x8, ZeRO-3, bfloat16\): peak 8\d\.\d GiB > 80 GiB"):
+        check_memory(cfg, roles=("sft_student",))
+    assert main(["--sft", "student", "--config", sft, *big, "resources.learner_ranks=16"]) == 0
+    assert "-> 2 node(s) of 8" in capsys.readouterr().out

@@ -57,25 +57,35 @@ def distilled(warm_teacher, work):
 
     out = work / "distill"
     args = [f"model.teacher={warm_teacher / 'final'}", f"data.source={_bad_data(work)}", "distill.k=4",
-            "distill.shard_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200"]
+            "distill.batch_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200"]
     assert main(args) == 0
     return out, args
 
 
-def test_distill_writes_bespoke_shards_that_round_trip(distilled, cfg, fmt):
+def _outcome(out: Path) -> tuple[list[int], list[int]]:
+    """(input rows in the part files, input rows reported in errors.jsonl)."""
+    import pyarrow.parquet as pq
+
+    kept = [i for p in sorted((out / "data").glob("part-*.parquet"))
+            for i in pq.read_table(p, columns=["row_index"]).column("row_index").to_pylist()]
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    return kept, [e["index"] for e in errors if not e.get("completion_error")]
+
+
+def test_distill_writes_bespoke_parts_that_round_trip(distilled, cfg, fmt):
     import datasets
 
     from rlt_ray.data import load_rows
 
     out, _ = distilled
-    shards = sorted((out / "data").glob("shard_*.parquet"))
-    empty = sorted((out / "data").glob("shard_*.empty"))  # shards none of whose rows closed a tag
-    assert len(shards) + len(empty) == 3 and shards
+    parts = sorted((out / "data").glob("part-*.parquet"))
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
-    assert {"row": "too-long", "error": "teacher prompt longer than rollout.max_prompt_tokens=1024"} in errors
-    ds = datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
-    assert len(ds) + len(errors) == 7 and len(ds) >= 1  # every row is kept (best of k) or reported
-    for col in ("system", "conversations", "total", "r_ss", "r_kl"):
+    assert {"index": 3, "row": "too-long", "error": "teacher prompt longer than rollout.max_prompt_tokens=1024"} \
+        in errors
+    kept, failed = _outcome(out)
+    assert sorted(kept + failed) == list(range(7)) and kept  # every row once: kept (best of k) or reported
+    ds = datasets.load_dataset("parquet", data_files=[str(p) for p in parts], split="train")
+    for col in ("system", "conversations", "total", "r_ss", "r_kl", "row_index", "id"):
         assert col in ds.column_names
     rows = load_rows(str(out / "data"), fmt_cfg=cfg.format)
     for rec, row in zip(ds, rows):
@@ -84,18 +94,29 @@ def test_distill_writes_bespoke_shards_that_round_trip(distilled, cfg, fmt):
         assert rec["total"] == rec["total"]  # a real reward, not NaN
 
 
-def test_distill_resumes_shard_by_shard(distilled, capsys):
+def test_distill_resumes_without_redoing_written_rows(distilled, capsys):
     from jobs.distill import main
 
     out, args = distilled
-    shards = sorted((out / "data").glob("shard_*"))
-    stamps = {s: s.stat().st_mtime_ns for s in shards}
-    redo = sorted((out / "data").glob("shard_*.parquet"))[0]
-    redo.unlink()
+    kept, failed = _outcome(out)
+    parts = sorted((out / "data").glob("part-*.parquet"))
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    assert main(args) == 0  # nothing left to do
+    assert "7 rows, 7 already done" in capsys.readouterr().out
+    redo = parts[0]
+    lost = _outcome_of(redo)
+    redo.unlink()  # as if the run had stopped before this batch was written
     assert main(args) == 0
-    assert "3 shards, 2 already done" in capsys.readouterr().out
-    assert redo.exists()  # same seeds: the same shard again
-    assert all(s.stat().st_mtime_ns == stamps[s] for s in shards if s != redo)
+    assert f"7 rows, {7 - len(lost)} already done" in capsys.readouterr().out
+    again, failed_again = _outcome(out)
+    assert sorted(again) == sorted(kept) and sorted(failed_again) == sorted(failed)  # same seeds: same rows kept
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in parts if p != redo)
+
+
+def _outcome_of(part: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(part, columns=["row_index"]).column("row_index").to_pylist()
 
 
 def test_sft_student_then_evaluate(distilled, work):
@@ -118,32 +139,48 @@ def test_sft_student_then_evaluate(distilled, work):
     assert all({"gold", "prediction", "correct", "completion"} <= it.keys() for it in items)
 
 
-def test_distill_survives_a_killed_rollout_worker(ray_local, warm_teacher, work):
-    """A rollout worker killed mid-run is replaced and its rows redone: every input row ends up once, kept or
-    reported."""
+def _kill_stage(stage: str) -> bool:
+    """SIGKILL the process of a Ray Data pool worker of ``stage`` (SampleStage, ScoreStage), as an operator or
+    the OOM killer would."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if f"MapBatches({stage})" in " ".join(p.info["cmdline"] or []):
+            p.kill()
+            return True
+    return False
+
+
+def test_distill_survives_killed_replicas_and_a_row_that_always_fails(ray_local, warm_teacher, work, monkeypatch):
+    """A teacher replica and a scorer replica killed with -9 mid-run: Ray Data restarts them and retries their
+    batches; a row whose scoring always raises goes to errors.jsonl. Every input row ends up once."""
     import threading
     import time
 
-    import datasets
-
     from jobs.distill import main
 
+    monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
     out = work / "distill_killed"
     args = [f"model.teacher={warm_teacher / 'final'}", f"data.source={_bad_data(work)}", "distill.k=4",
-            "distill.shard_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200"]
+            "distill.batch_rows=1", f"distill.output_dir={out}", "rollout.max_new_tokens=200",
+            "run.fault_injection=distill_row_error@5"]
+    killed = []
 
-    def kill_after_first_shard():
+    def kill_mid_run():
+        from rlt_ray.distill import done_rows
+
         deadline = time.time() + 600
-        while not list((out / "data").glob("shard_00000.*")) and time.time() < deadline:
-            time.sleep(0.05)
-        ray_local.kill(ray_local.get_actor(f"rlt:distill:{out.name}:rollout:0"), no_restart=True)
-    killer = threading.Thread(target=kill_after_first_shard, daemon=True)
+        for stage, after in (("SampleStage", 2), ("ScoreStage", 3)):
+            while len(done_rows(out)) < after and time.time() < deadline:
+                time.sleep(0.05)
+            killed.append((_kill_stage(stage), len(done_rows(out)) < 7))  # found, and the run not over
+    killer = threading.Thread(target=kill_mid_run, daemon=True)
     killer.start()
     assert main(args) == 0
     killer.join(timeout=5)
-    shards = sorted((out / "data").glob("shard_*.parquet"))
-    kept = list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")["id"]) \
-        if shards else []
-    errors = [json.loads(line)["row"] for line in (out / "errors.jsonl").read_text().splitlines()
-              if "completion" not in json.loads(line)]  # row-level reports (not per-sample scoring notes)
-    assert sorted(kept + errors) == sorted(["too-long"] + [f"gsm_symbolic-5-{i}" for i in range(6)])
+    assert killed == [(True, True), (True, True)]
+    kept, failed = _outcome(out)
+    assert sorted(kept + failed) == list(range(7))  # every row exactly once
+    errors = {e["index"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())
+              if not e.get("completion_error")}
+    assert errors[5].startswith("scoring failed: RuntimeError: injected fault")

@@ -62,3 +62,12 @@ def test_sft_loss_is_token_mean_over_ranks():
     mask = torch.tensor([[False, True, True], [False, True, False]])
     # 3 target tokens in the whole batch, 2 ranks: this rank's part is its NLL sum / (3 / 2)
     assert sft_loss(logp, mask, 3 / 2).item() == pytest.approx((2 + 3 + 5) / 1.5)
+
+
+def test_a_resumed_step_finds_its_epoch_and_batch_and_checkpoints_fall_where_said():
+    from rlt_ray.sft import checkpoint_due, step_position
+
+    assert step_position(0, 4) == (0, 0) and step_position(5, 4) == (1, 1) and step_position(8, 4) == (2, 0)
+    # 4 steps per epoch, every 3 steps: after steps 3 (the 3rd), 4 (epoch end), 6, 8 (epoch end), 9 ...
+    assert [s + 1 for s in range(12) if checkpoint_due(s, 4, 3)] == [3, 4, 6, 8, 9, 12]
+    assert [s + 1 for s in range(12) if checkpoint_due(s, 4, 0)] == [4, 8, 12]
