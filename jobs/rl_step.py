@@ -25,23 +25,38 @@ import numpy as np
 
 
 def load_prompts(cfg: Any):
-    """Rows and their tokenized teacher prompts; prompts over rollout.max_prompt_tokens are dropped (counted)."""
+    """Rows and their tokenized prompts: the teacher's (question and solution; reward.kind=rlt) or the student's
+    (the question; reward.kind=verifier). Dropped and counted: prompts over rollout.max_prompt_tokens, and with a
+    verifier the rows without an answer to check (never scored 0 in silence). Returns (rows, prompts, dropped)."""
     from rlt_ray.config import ConfigError
     from rlt_ray.data import load_rows
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
+    from rlt_ray.verifier import checkable
 
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
     fmt = RLTFormat(cfg.format, tokenizer)
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
-    ids = prompt_ids(tokenizer, [fmt.teacher_prompt(r) for r in rows], cfg.rollout.max_prompt_tokens)
+    dropped = {}
+    if cfg.reward.kind == "verifier":
+        usable = [r for r in rows if checkable(r, str(cfg.data.source).startswith("reasoning_gym:"))]
+        if len(usable) < len(rows):
+            dropped["without an answer to check"] = len(rows) - len(usable)
+        rows = usable
+        texts = [fmt.student_prompt(r) for r in rows]
+    else:
+        texts = [fmt.teacher_prompt(r) for r in rows]
+    ids = prompt_ids(tokenizer, texts, cfg.rollout.max_prompt_tokens)
     kept = [(row, p) for row, p in zip(rows, ids) if p is not None]
+    if len(kept) < len(rows):
+        dropped[f"over rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"] = len(rows) - len(kept)
     if len(kept) < cfg.run.questions_per_step:
         raise ConfigError(f"config key 'rollout.max_prompt_tokens': only {len(kept)} of {len(rows)} rows have a "
-                          f"teacher prompt of at most {cfg.rollout.max_prompt_tokens} tokens, fewer than "
-                          f"run.questions_per_step={cfg.run.questions_per_step}")
-    return [r for r, _ in kept], [p for _, p in kept], len(rows) - len(kept)
+                          f"prompt of at most {cfg.rollout.max_prompt_tokens} tokens"
+                          + (" and an answer to check" if cfg.reward.kind == "verifier" else "")
+                          + f", fewer than run.questions_per_step={cfg.run.questions_per_step}")
+    return [r for r, _ in kept], [p for _, p in kept], dropped
 
 
 def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
@@ -59,8 +74,12 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     learn_s = max(t["seconds"] for t in trained)
     m: dict[str, float] = {}
     m.update(summarize("reward", total))
-    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens"):
-        m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
+    # the RLT reward's parts, or the verifier's (correct: accuracy; formatted: both blocks closed)
+    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens", "correct", "formatted"):
+        if key in scored[0]:
+            m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
+    if "correct" in scored[0]:
+        m["accuracy"], m["format_rate"] = m.pop("correct_mean"), m.pop("formatted_mean")
     m["closed_tag_fraction"] = float(np.mean(np.concatenate([s["match"] for s in scored]) == 0.0))
     m.update(summarize("completion_tokens", lengths))
     m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
@@ -81,7 +100,10 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
 
 def prompt_tail_tokens(cfg) -> int:
     """How many of the prompt's last tokens may belong to the explanation span: those of the padding that ends
-    the RL prompt (reward.explanation_span=with_prompt_pad; a token is at least one character)."""
+    the RL prompt (reward.explanation_span=with_prompt_pad; a token is at least one character). None with a
+    verifier, which needs no log-probs."""
+    if cfg.reward.kind == "verifier":
+        return 0
     return len(cfg.format.padding) if cfg.reward.explanation_span == "with_prompt_pad" else 0
 
 
@@ -196,15 +218,18 @@ class RLStep:
         from actors.learner import LearnerGroup
         from actors.rollout import RolloutWorker, worker_options
         from actors.student import StudentScorer
+        from actors.verifier import Verifier
         from rlt_ray.weight_sync import make_weight_sync
 
         cfg, run = self.cfg, self.out.name
+        # reward.kind=verifier: the outcome reward in the scorer's place, the same slots and calls (no model: no GPU)
+        scorer, gpus = (Verifier, 0.0) if cfg.reward.kind == "verifier" else (StudentScorer, None)
         self.workers = ActorSlots(lambda i, g: RolloutWorker.options(
             name=f"rlt:{run}:rollout:{i}" + (f":r{g}" if g else ""), **worker_options(cfg),
         ).remote(cfg, i), cfg.rollout.num_workers, "rollout worker", cfg.resources.ready_timeout_s, wait=False)
-        self.scorers = ActorSlots(lambda i, g: StudentScorer.options(
+        self.scorers = ActorSlots(lambda i, g: scorer.options(
             name=f"rlt:{run}:scorer:{i}" + (f":r{g}" if g else ""),
-            **actor_options(cfg, role="scorer")).remote(cfg, i),
+            **actor_options(cfg, gpus, role="scorer")).remote(cfg, i),
             cfg.resources.scorer_workers, "scorer", cfg.resources.ready_timeout_s, wait=False)
         self.learners = LearnerGroup(cfg, name=f"rlt:{run}")
         held = self.learners.info[0]
@@ -417,8 +442,10 @@ class RLStep:
         log.log(step, metrics)
         log.samples(step, sample_records(self.rows, chunks, scored))
         skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))
+        quality = (f"accuracy {metrics['accuracy']:.2f}  format {metrics['format_rate']:.2f}" if "accuracy" in metrics
+                   else f"closed {metrics['closed_tag_fraction']:.2f}")
         print(f"step {step + 1}/{cfg.run.steps}  reward {metrics['reward_mean']:+.3f}  "
-              f"closed {metrics['closed_tag_fraction']:.2f}  loss {metrics['loss']:+.3e}  "
+              f"{quality}  loss {metrics['loss']:+.3e}  "
               f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s"
               + ("  SKIPPED (non-finite)" if skipped else ""), flush=True)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
@@ -438,6 +465,8 @@ class RLStep:
         from rlt_ray.hacks import hack_sign
 
         run = self.cfg.run
+        if self.cfg.reward.kind == "verifier":  # its signs are the RLT reward's (an explanation's tag, its length)
+            return
         self.history.append(metrics)
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
                          self.cfg.reward.explanation_span)

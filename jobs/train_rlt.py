@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.placement)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    print(f"train_rlt: {len(rows)} rows ({dropped} over rollout.max_prompt_tokens dropped); output {out}", flush=True)
+    skipped = ", ".join(f"{n} {why}" for why, n in dropped.items()) or "none"
+    print(f"train_rlt: {len(rows)} rows (dropped: {skipped}); reward {cfg.reward.kind}; output {out}", flush=True)
     # A lost node (its learners, or objects only it held) ends a run with a checkpoint; run.max_restarts > 0
     # starts every actor again on the nodes that remain and continues from the newest complete checkpoint
     for attempt in range(cfg.run.max_restarts + 1):

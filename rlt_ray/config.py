@@ -98,6 +98,11 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
+    # rlt: the RLT reward (a teacher writing explanations, scored by the student). verifier: ordinary outcome-reward
+    # GRPO of a student (question -> thought -> solution), rewarded for a correct answer (rlt_ray.verifier)
+    kind: str = "rlt"
+    format_bonus: float = 0.0  # verifier: added when the thought and solution blocks are both closed
+    verifier_timeout_s: float = 10.0  # verifier: one sample's check; past it, the sample gets its group's worst
     answer_log_prob_coeff: list[float] = field(default_factory=lambda: [1.0, 0.01])
     log_prob_reductions: list[str] = field(default_factory=lambda: ["mean", "min"])
     kl_penalty_coeff: list[float] = field(default_factory=lambda: [3.0, 0.03])
@@ -216,7 +221,8 @@ class RunConfig:
     # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
     # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2), "sft_kill@5" (an SFT
     # Train worker kills its own process with SIGKILL at step 5, once per output_dir), "distill_row_error@3" (the
-    # distillation's scoring of input row 3 raises, every time). Refused unless
+    # distillation's scoring of input row 3 raises, every time), "verifier_error@2" (reward.kind=verifier: the check
+    # of each chunk's sample 2 raises). Refused unless
     # the environment variable RLT_ALLOW_FAULT_INJECTION=1 is set, so a preset cannot turn it on by accident.
     fault_injection: Optional[str] = None
 
@@ -392,6 +398,13 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
+    if cfg.reward.kind not in ("rlt", "verifier"):
+        raise ConfigError(f"config key 'reward.kind': {cfg.reward.kind!r} is not rlt or verifier")
+    if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
+        raise ConfigError("config key 'reward.teacher_logprobs_from': a verifier needs no log-probs; leave it at rollout "
+                          "with reward.kind=verifier")
+    if not cfg.reward.verifier_timeout_s > 0:
+        raise ConfigError("config key 'reward.verifier_timeout_s': must be > 0")
     for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
@@ -472,7 +485,7 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
             raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
                               "RLT_ALLOW_FAULT_INJECTION=1 is set")
-        kinds = "rollout_error|controller_error|nan_loss|sft_kill|distill_row_error"
+        kinds = "rollout_error|controller_error|nan_loss|sft_kill|distill_row_error|verifier_error"
         if not re.fullmatch(rf"({kinds})@\d+", cfg.run.fault_injection):
             raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
                               f"<{kinds}>@<step>")
@@ -499,7 +512,7 @@ def resource_needs(cfg: DictConfig, roles: tuple[str, ...] = ("learner", "rollou
     r = cfg.resources
     counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
     gpu_units = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size,
-                 "scorer": r.scorer_workers}
+                 "scorer": 0 if cfg.reward.kind == "verifier" else r.scorer_workers}  # a verifier loads no model
     return {"CPU": r.cpus_per_actor * sum(counts[k] for k in roles),
             "GPU": r.gpus_per_actor * sum(gpu_units[k] for k in roles)}
 
@@ -528,7 +541,8 @@ def check_cluster(cfg: DictConfig, available: dict[str, float],
         tp = cfg.rollout.tensor_parallel_size
         per_actor = {"learner": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor},
                      "rollout": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor * tp},
-                     "scorer": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor}}
+                     "scorer": {"CPU": r.cpus_per_actor,
+                                "GPU": 0.0 if cfg.reward.kind == "verifier" else r.gpus_per_actor}}
         counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
         check_placement(cfg, nodes, per_actor, {k: counts[k] for k in roles})
 

@@ -32,7 +32,10 @@ def boxed_content(text: str) -> Optional[str]:
 class AnswerChecker:
     """``check(row, index, prediction)``: True when the predicted solution is right."""
 
-    def __init__(self, source: str, size: int, seed: int):
+    def __init__(self, source: str, size: int, seed: int, own_timeouts: bool = True):
+        """``own_timeouts=False``: math-verify without its signal-based timeouts (for a caller that bounds the
+        whole check itself: rlt_ray.verifier.time_limit; two alarms would cancel each other)."""
+        self.timeout = 5 if own_timeouts else None
         self.rg = None
         if source.startswith("reasoning_gym:"):
             import reasoning_gym
@@ -52,7 +55,8 @@ class AnswerChecker:
         gold = row.answer if row.answer else row.solution
         if "\\boxed" not in gold and "$" not in gold:
             gold = f"${gold}$"
-        return bool(verify(parse(gold), parse(prediction)))
+        return bool(verify(parse(gold, parsing_timeout=self.timeout), parse(prediction, parsing_timeout=self.timeout),
+                           timeout_seconds=self.timeout))
 
 
 class CheckStage:

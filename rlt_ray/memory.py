@@ -233,7 +233,7 @@ def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) ->
         out.append(learner_rank(cfg, teacher))
     if "rollout" in roles:
         out.append(rollout_worker(cfg, teacher, gpu))
-    if "scorer" in roles:
+    if "scorer" in roles and cfg.reward.kind != "verifier":  # a verifier holds no model (CPU only)
         out.append(scorer(cfg, student))
     if "serve" in roles:
         # serve/app.py: the teacher's vLLM engine is one deployment (its own GPU); the student scorer another
@@ -284,7 +284,7 @@ def node_groups(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "score
     gpus = {"learner": r.learner_ranks * r.gpus_per_actor, "sft_teacher": r.learner_ranks * r.gpus_per_actor,
             "sft_student": r.learner_ranks * r.gpus_per_actor,
             "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size * r.gpus_per_actor,
-            "scorer": r.scorer_workers * r.gpus_per_actor}
+            "scorer": 0 if cfg.reward.kind == "verifier" else r.scorer_workers * r.gpus_per_actor}
     groups: dict[str, list[str]] = {}
     for role in roles:
         p = r["learner_placement" if role.startswith("sft_") else f"{role}_placement"]

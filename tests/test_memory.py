@@ -104,3 +104,12 @@ def test_student_sft_plans_7b_on_one_node_and_refuses_32b_on_8_gpus(capsys):
         check_memory(cfg, roles=("sft_student",))
     assert main(["--sft", "student", "--config", sft, *big, "resources.learner_ranks=16"]) == 0
     assert "-> 2 node(s) of 8" in capsys.readouterr().out
+
+
+def test_a_verifier_run_plans_no_student_and_no_gpu_for_its_verifiers(capsys):
+    preset = str(ROOT / "configs" / "paper_verifier_7b.yaml")
+    assert main(["--config", preset]) == 0
+    out = capsys.readouterr().out
+    assert "scorer" not in out.split("nodes, by placement")[0] and "scorer 0 = 8 GPUs -> 1 node(s)" in out
+    cfg = load_config(preset)
+    assert [d.role.split(" (")[0] for d in check_memory(cfg)] == ["learner rank", "rollout worker"]
