@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up teacher's explanations",
-        "d": "RL teacher's explanations"}
+        "d": "RL teacher's explanations",
+        "e": "(b) + outcome-reward RL", "f": "(d) + outcome-reward RL"}  # --extended: the cold start
 
 
 def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out: Path | None = None,
@@ -70,7 +71,7 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
 def distilled_rows(folder: Path) -> list[dict]:
     import datasets
 
-    shards = sorted((folder / "data").glob("shard_*.parquet"))
+    shards = sorted((folder / "data").glob("part-*.parquet"))  # named by their first row: the input's order
     return list(datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")) if shards else []
 
 
@@ -288,6 +289,12 @@ def main(argv: list[str]) -> int:
     from rlt_ray.demo_task import write_task
 
     seeds, argv = split_seeds(argv)
+    extended = "--extended" in argv
+    argv = [a for a in argv if a != "--extended"]
+    if extended and seeds is not None:
+        from rlt_ray.config import ConfigError
+
+        raise ConfigError("--extended and --seeds: run the extended demo at one seed at a time (run.seed=...)")
     if not any(a == "--config" or a.startswith("--config=") or a == "-c" for a in argv):
         argv = ["--config", "demo"] + argv
     preset, overrides = split_argv(argv)
@@ -298,8 +305,8 @@ def main(argv: list[str]) -> int:
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
     args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr))
-    for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows") + \
-            tuple(f"student_{a}" for a in ARMS):
+    for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows",
+                   "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
     logs = StageLog(out / "logs", verbose())
     if not verbose():  # the libraries' own progress bars (dataset splits, checkpoint shards) are not stages
@@ -311,7 +318,7 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     timings: dict[str, float] = {}
     connect_ray()
-    n_stages = 8 if seeds is None else 7
+    n_stages = (10 if extended else 8) if seeds is None else 7
     # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
     rl_arms = [(None, out, args)] if seeds is None else [
         (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
@@ -331,8 +338,11 @@ def main(argv: list[str]) -> int:
         run(name, job, extra, show)
         print(f"      done in {timings[name]:.0f} s", flush=True)
 
-    def evaluate_arm(arm: str, name: str, model: Path, folder: Path, rows: int) -> dict:
-        run(name, evaluate, args["evaluate"] + [f"eval.model={model / 'final'}", f"eval.output_dir={folder}"])
+    def evaluate_arm(arm: str, name: str, model: Path, folder: Path, rows: int, source: Path | None = None) -> dict:
+        """``model``: an SFT output folder (its final/) or an HF folder; ``source``: the test set (the task's)."""
+        weights = model / "final" if (model / "final").is_dir() else model
+        test = [f"eval.source={source}"] if source else []
+        run(name, evaluate, args["evaluate"] + test + [f"eval.model={weights}", f"eval.output_dir={folder}"])
         s = json.loads((folder / "summary.json").read_text())
         return {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"], "n": s["n"],
                 "correct": s["correct"], "train_rows": rows, "no_solution_block": s["no_solution_block"]}
@@ -426,6 +436,13 @@ def main(argv: list[str]) -> int:
     print(f"      weights version {served['weights_version']}, best of 4 by RLT reward {best['reward']['total']:.3f}: "
           f"{test_row['question']} -> {best['text'].strip()[:160]!r}", flush=True)
 
+    cold = transfer = None
+    if extended:
+        model_b = out / ("student_b" if rows == student_rows else "student_b_same_rows")
+        cold = cold_start(cfg, out, args, run, evaluate_arm, model_b, rows, n_stages)
+        students.update(cold)
+        transfer = transfer_arms(cfg, out, args, run, evaluate_arm, rows, n_stages)
+
     k, first, last = rl_curve(out / "rl" / "metrics.jsonl")
     rl = distilled[None]
     by_id = {r["id"]: r for r in rl}
@@ -435,18 +452,25 @@ def main(argv: list[str]) -> int:
                  "warm_up": r["explanation"], "rl": by_id[r["id"]]["explanation"]}
                 for r in warm if r["id"] in by_id][:3]
     features = explanation_table(train_rows, warm, rl)
-    plot(out, students, out / "rl" / "metrics.jsonl")
+    plot(out, {a: students[a] for a in "abcd"}, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
                "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
                       "reward_rose": last["reward_mean"] > first["reward_mean"]},
                "distilled_rows": sizes, "explanations": features, "examples": examples,
                "served_weights_version": served["weights_version"],
+               **({"transfer": transfer} if transfer is not None else {}),
                "seconds": time.time() - t0, "stage_seconds": timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print("\n=== demo: students distilled four ways (the paper's Table 1 in miniature)")
-    print_table(students)
+    print_table({a: students[a] for a in "abcd"})
+    if cold:
+        print(f"\ncold start: students (b) and (d) after {cfg.demo.cold_start_steps} outcome-reward GRPO steps")
+        print_table(cold)
+    if transfer:
+        print(f"\ntransfer: {cfg.demo.transfer_terms}-term sums, which the teachers never trained on")
+        print_table(transfer)
     print(f"(d)'s interval above (b)'s and (c)'s (the paper's shape): {'yes' if summary['shape'] else 'no'}")
     print(f"\nteacher RL, mean of the first / last {k} steps:")
     for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS"), ("r_kl_mean", "r_KL"),
@@ -463,6 +487,65 @@ def main(argv: list[str]) -> int:
         print(f"note: the RL reward did not rise (mean of the first {k} steps {first['reward_mean']:.3f}, of the last "
               f"{k} {last['reward_mean']:.3f}); docs/demo.md discusses why it barely moves on this task")
     return 0
+
+
+def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, rows: int, n_stages: int) -> dict:
+    """--extended, the paper's §5 cold start: students (b) and (d), each after the same outcome-reward GRPO
+    (reward.kind=verifier: 1 for a right answer) on the same training questions, evaluated as (a)-(d) are."""
+    from jobs import train_rlt
+
+    steps = int(cfg.demo.cold_start_steps)
+    print(f"[9/{n_stages}] cold start: {steps} outcome-reward GRPO steps from students (b) and (d) ...", flush=True)
+    t = time.time()
+    arms = {}
+    for arm, start in (("e", model_b), ("f", out / "student_d")):
+        folder = out / "cold_start" / arm
+        weights = start / "final" if (start / "final").is_dir() else start
+        run(f"cold_start_{arm}", train_rlt, [
+            f"data.source={out / 'task' / 'train.jsonl'}", "reward.kind=verifier", f"model.teacher={weights}",
+            f"model.student={weights}", f"run.steps={steps}", "run.checkpoint_every=0", f"run.output_dir={folder}",
+            f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant", "learner.warmup_ratio=0",
+            f"rollout.max_new_tokens={cfg.eval.max_new_tokens}"], show=("step ",))
+        arms[arm] = evaluate_arm(arm, f"evaluate_{arm}", folder / "checkpoints" / f"step_{steps:06d}" / "hf",
+                                 out / "eval" / arm, rows)
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
+    return arms
+
+
+def transfer_arms(cfg, out: Path, args: dict, run, evaluate_arm, rows: int, n_stages: int) -> dict:
+    """--extended, the paper's zero-shot transfer: a task the teachers never trained on (longer chains). The
+    warm-up and RL teachers distil its questions without further RL; students on each and on its reference
+    traces are trained as (b)-(d) are and evaluated on its own held-out questions."""
+    from jobs import distill, sft_student
+    from rlt_ray.demo_task import write_task
+
+    terms, tests = int(cfg.demo.transfer_terms), int(cfg.demo.transfer_test_questions)
+    print(f"[10/{n_stages}] transfer: {terms}-term sums, distilled by both teachers without RL on them; "
+          f"students on {tests} of its held-out questions ...", flush=True)
+    t = time.time()
+    task = out / "transfer" / "task"
+    write_task(task, int(cfg.demo.train_questions), tests, int(cfg.data.seed) + 100, terms=terms)
+    base = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.batch_rows=256",
+            f"model.student={out / 'student_b' / 'final'}"]
+    teachers = {"c": out / "teacher_sft" / "final",
+                "d": out / "rl" / "checkpoints" / f"step_{int(cfg.run.steps):06d}" / "hf"}
+    sizes = {"b": int(cfg.demo.train_questions)}
+    for arm, teacher in teachers.items():
+        run(f"transfer_distill_{arm}", distill, base + [f"model.teacher={teacher}",
+                                                       f"distill.output_dir={out / 'transfer' / f'distill_{arm}'}"])
+        sizes[arm] = len(distilled_rows(out / "transfer" / f"distill_{arm}"))
+    n = rows_per_arm(sizes, rows, out / "transfer", int(cfg.sft.batch_size))
+    sources = {"b": task / "train.jsonl", "c": out / "transfer" / "distill_c" / "data",
+               "d": out / "transfer" / "distill_d" / "data"}
+    arms = {}
+    for arm, source in sources.items():
+        folder = out / "transfer" / f"student_{arm}"
+        run(f"transfer_student_{arm}", sft_student, ["logging.tensorboard=true", f"data.source={source}",
+                                                     f"sft.output_dir={folder}", f"data.max_rows={n}"])
+        arms[arm] = evaluate_arm(arm, f"transfer_evaluate_{arm}", folder, out / "transfer" / "eval" / arm, n,
+                                 source=task / "test.jsonl")
+    print(f"      done in {time.time() - t:.0f} s", flush=True)
+    return arms
 
 
 def explanation_table(train_rows: list[dict], warm: list[dict], rl: list[dict]) -> dict[str, dict]:

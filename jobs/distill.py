@@ -27,11 +27,14 @@ from typing import Any
 
 
 def write_part(folder: Path, records: list[dict[str, Any]]) -> Path:
-    """One part file, written under a temporary name and renamed: a part file that exists is whole."""
+    """One part file, written under a temporary name and renamed: a part file that exists is whole. Its rows
+    in input order, its name from its first row's index: the folder read in name order is in the input's order
+    (batches are runs of consecutive rows), whichever batch finished first."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = folder / f"part-{uuid.uuid4().hex[:12]}.parquet"
+    records = sorted(records, key=lambda r: r["row_index"])
+    path = folder / f"part-{records[0]['row_index']:09d}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = folder / f".{path.name}.tmp"
     pq.write_table(pa.Table.from_pylist(records), tmp)
     os.replace(tmp, path)

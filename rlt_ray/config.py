@@ -313,6 +313,13 @@ class DemoConfig:
     # the RL stage's learning rate (constant, no warm-up); learner.* is the SFT stages' optimizer, the same for
     # every arm, so the RL stage gets its own key instead of sharing learner.lr
     rl_lr: float = 5e-4
+    # --extended (docs/demo.md): the cold start, (e) = student (b) and (f) = student (d) each after this many
+    # outcome-reward GRPO steps (reward.kind=verifier) at this learning rate; the transfer task's chain length
+    # (the teachers train on 4 terms) and its held-out questions
+    cold_start_steps: int = 40
+    cold_start_lr: float = 5e-4
+    transfer_terms: int = 5
+    transfer_test_questions: int = 256
 
 
 @dataclass
@@ -375,6 +382,7 @@ POSITIVE = (
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
     "reward.max_batch_tokens", "run.hack_patience", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
+    "demo.cold_start_steps", "demo.cold_start_lr", "demo.transfer_terms", "demo.transfer_test_questions",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",

@@ -59,13 +59,15 @@ def reference_trace(terms: list[int], rng: random.Random) -> str:
     return " ".join(parts)
 
 
-def make_rows(n: int, seed: int, exclude: set[tuple[int, ...]] = frozenset()) -> list[dict]:
-    """n distinct questions (none in ``exclude``), each with its solution and one reference trace."""
+def make_rows(n: int, seed: int, exclude: set[tuple[int, ...]] = frozenset(), terms: int = TERMS) -> list[dict]:
+    """n distinct questions of ``terms`` digits (none in ``exclude``), each with its solution and one reference
+    trace. The demo trains on 4 terms; 5 is its transfer task (docs/demo.md), which the teachers never see."""
+    count = terms
     rng, seen, rows = random.Random(seed), set(exclude), []
-    if n > 9 ** TERMS - len(seen):
-        raise ValueError(f"demo task: only {9 ** TERMS - len(seen)} distinct questions are left, asked for {n}")
+    if n > 9 ** count - len(seen):
+        raise ValueError(f"demo task: only {9 ** count - len(seen)} distinct questions are left, asked for {n}")
     while len(rows) < n:
-        terms = tuple(rng.randint(1, 9) for _ in range(TERMS))
+        terms = tuple(rng.randint(1, 9) for _ in range(count))
         if terms in seen:
             continue
         seen.add(terms)
@@ -125,10 +127,11 @@ def describe_explanations(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def write_task(out: Path, train: int, test: int, seed: int) -> dict[str, Path]:
+def write_task(out: Path, train: int, test: int, seed: int, terms: int = TERMS) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    test_rows = make_rows(test, seed + 1)
-    train_rows = make_rows(train, seed, exclude={tuple(int(c) for c in r["id"][4:]) for r in test_rows})
+    test_rows = make_rows(test, seed + 1, terms=terms)
+    train_rows = make_rows(train, seed, exclude={tuple(int(c) for c in r["id"][4:]) for r in test_rows},
+                           terms=terms)
     files = {"train": out / "train.jsonl", "train_answer_only": out / "train_answer_only.jsonl",
              "test": out / "test.jsonl"}
     for name, rows in (("train", train_rows), ("test", test_rows),
