@@ -16,6 +16,7 @@ epoch, metrics.jsonl) as well as to ``ray.train.report`` (the dashboard's Train 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,6 @@ RUN_FILE = "train_run.json"  # in sft.output_dir: the Ray Train run's name and s
 def check_storage(uri: str) -> str:
     """``sft.storage_path`` as Ray Train takes it (an absolute folder, or the URI), after writing and deleting a
     probe there: a storage that cannot be reached or refuses writes fails at start, naming the key."""
-    import os
-
     import pyarrow.fs as pafs
 
     from rlt_ray.config import ConfigError
@@ -154,6 +153,9 @@ def run_sft(argv: list[str], role: str) -> int:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
+    # ray.train.report blocks until Train's controller polls the workers, every 2 s by default: 4x the demo's step.
+    # Train passes this variable on from the driver to its controller (any cluster); an operator's value wins
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     r = cfg.resources
     labels, custom = placement(cfg, "learner")  # resources.learner_placement, as the RL learners
     per_worker = {"CPU": float(r.cpus_per_actor), **custom}
@@ -246,7 +248,6 @@ def _cause(exc: BaseException) -> str:
 def sft_worker(config: dict) -> None:
     """One Ray Train worker: the DeepSpeed engine over Train's process group, resumed from Train's checkpoint
     (or sft.resume_from's), then the steps from there to the end."""
-    import os
     import signal
     import tempfile
 

@@ -49,6 +49,21 @@ def test_seeds_and_the_shape():
     assert not any(a.startswith(("run.seed", "data.seed")) for a in args["student_d"] + args["student_c"])
 
 
+def test_extended_runs_at_one_seed_and_the_transfer_task_is_one_the_teachers_never_saw(tmp_path):
+    from jobs.demo import main
+    from rlt_ray.config import ConfigError
+    from rlt_ray.demo_task import write_task
+
+    with pytest.raises(ConfigError, match="--extended and --seeds"):
+        main(["--extended", "--seeds", "1,2"])
+    train = write_task(tmp_path / "t4", 64, 16, 0)
+    transfer = write_task(tmp_path / "t5", 64, 16, 100, terms=5)
+    four = [json.loads(x) for x in train["train"].read_text().splitlines()]
+    five = [json.loads(x) for x in transfer["test"].read_text().splitlines()]
+    assert all(r["question"].count("+") == 3 for r in four) and all(r["question"].count("+") == 4 for r in five)
+    assert all(int(r["solution"]) == sum(int(t) for t in r["id"][4:]) for r in five)
+
+
 def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner_lr(tmp_path):
     from jobs.demo import stage_args
     from rlt_ray.config import ConfigError, load_config
