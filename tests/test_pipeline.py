@@ -184,3 +184,48 @@ def test_distill_survives_killed_replicas_and_a_row_that_always_fails(ray_local,
     errors = {e["index"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())
               if not e.get("completion_error")}
     assert errors[5].startswith("scoring failed: RuntimeError: injected fault")
+
+
+@pytest.mark.slow
+def test_submitted_distill_survives_a_killed_replica_and_resumes_after_job_stop(tmp_path):
+    """The operator's view, on a cluster started as the README says: `ray job submit` distill, kill a teacher
+    replica with -9, `ray job stop` the job, submit it again: every input row once, and the second job starts
+    from the rows the first one wrote."""
+    import re
+    import subprocess
+    import time
+
+    from helpers.cluster import loopback_cluster
+
+    from rlt_ray.distill import done_rows
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "distill"
+    args = ["data.size=24", "distill.k=2", "distill.batch_rows=2", f"distill.output_dir={out}",
+            "rollout.max_new_tokens=96"]
+    with loopback_cluster() as cluster:
+        env = {**cluster, "RAY_AUTH_MODE": "token"}
+        address = f"http://127.0.0.1:{env['RLT_DASHBOARD_PORT']}"
+
+        def submit(wait: bool) -> subprocess.CompletedProcess:
+            return subprocess.run(["ray", "job", "submit", "--address", address, "--working-dir", "."]
+                                  + ([] if wait else ["--no-wait"]) + ["--", "python", "jobs/distill.py", *args],
+                                  cwd=root, env=env, capture_output=True, text=True, timeout=900)
+
+        first = submit(wait=False)
+        job = re.search(r"raysubmit_\w+", first.stdout)[0]
+        end = time.time() + 600
+        while len(done_rows(out)) < 4 and time.time() < end:
+            time.sleep(0.2)
+        assert _kill_stage("SampleStage")
+        while len(done_rows(out)) < 8 and time.time() < end:
+            time.sleep(0.2)
+        subprocess.run(["ray", "job", "stop", "--address", address, job], cwd=root, env=env, capture_output=True,
+                       timeout=120)
+        written = len(done_rows(out))
+        assert 8 <= written < 24
+        second = submit(wait=True)
+        assert second.returncode == 0, second.stdout[-3000:]
+        assert f"24 rows, {written} already done" in second.stdout
+    kept, failed = _outcome(out)
+    assert sorted(kept + failed) == list(range(24))  # every row exactly once
