@@ -180,7 +180,7 @@ def test_submitted_sft_survives_a_killed_worker_shows_in_train_view_and_resumes_
         workers[-1].kill()
         wait_steps(12)
         runs = json.loads(urllib.request.urlopen(
-            urllib.request.Request(f"{address}/api/train/v2/runs",
+            urllib.request.Request(f"{address}/api/train/v2/runs/v1",  # Train V2's route
                                    headers={"Authorization": f"Bearer {_token(env)}"}), timeout=30).read())
         record = json.loads((out / "train_run.json").read_text())
         assert record["name"] in json.dumps(runs)  # the dashboard's Train view lists the run
