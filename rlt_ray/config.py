@@ -243,7 +243,8 @@ class SFTConfig:
     checkpoint_every: int = 100  # optimizer steps between checkpoints (0: only at each epoch's end)
     keep_checkpoints: int = 2  # the newest ones kept in storage (Ray Train's CheckpointConfig.num_to_keep)
     max_failures: int = 2  # worker-group restarts from the last checkpoint after a lost worker or node
-    resume_from: Optional[str] = None  # "latest": the last run in output_dir, from its newest checkpoint; or a checkpoint folder
+    # "latest": the last run in output_dir, from its newest checkpoint; or a checkpoint folder
+    resume_from: Optional[str] = None
 
 
 @dataclass
@@ -253,7 +254,8 @@ class DistillConfig:
     teacher: Optional[str] = None  # None: model.teacher
     k: int = 4  # explanations sampled per row
     keep: str = "best"  # best: the highest RLT reward of the k (needs the student); all: every closed one
-    batch_rows: int = 64  # rows per Ray Data batch and per output part file (a stop redoes at most the batches in flight)
+    # rows per Ray Data batch and per output part file (a stop redoes at most the batches in flight)
+    batch_rows: int = 64
     teacher_replicas: Optional[int] = None  # the sampling stage's vLLM replicas; None: rollout.num_workers
     scorer_replicas: Optional[int] = None  # the scoring stage's student replicas; None: resources.scorer_workers
     output_dir: str = "runs/distill"
