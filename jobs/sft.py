@@ -156,6 +156,8 @@ def run_sft(argv: list[str], role: str) -> int:
     # ray.train.report blocks until Train's controller polls the workers, every 2 s by default: 4x the demo's step.
     # Train passes this variable on from the driver to its controller (any cluster); an operator's value wins
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    # the dashboard's Train view lists a run only with Train's state tracking on (off by default in Ray 2.60)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     r = cfg.resources
     labels, custom = placement(cfg, "learner")  # resources.learner_placement, as the RL learners
     per_worker = {"CPU": float(r.cpus_per_actor), **custom}
