@@ -158,7 +158,7 @@ def test_submitted_sft_survives_a_killed_worker_shows_in_train_view_and_resumes_
                                    "--", "python", "jobs/sft_teacher.py", *args, f"sft.output_dir={out}", *extra],
                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr[-2000:]
-            return next(w for w in done.stdout.split() if w.startswith("raysubmit_"))
+            return re.search(r"raysubmit_[A-Za-z0-9]+", done.stdout)[0]  # the output is coloured
 
         def wait_steps(n: int, deadline: float = 600) -> None:
             end = time.time() + deadline
@@ -169,8 +169,9 @@ def test_submitted_sft_survives_a_killed_worker_shows_in_train_view_and_resumes_
             raise AssertionError(f"fewer than {n} steps in {deadline} s")
 
         def status(job: str) -> str:
-            return subprocess.run(["ray", "job", "status", "--address", address, job], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=60).stdout
+            done = subprocess.run(["ray", "job", "status", "--address", address, job], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            return done.stdout + done.stderr
 
         job = submit([])
         wait_steps(5)
