@@ -345,15 +345,13 @@ class LearnerRank:
         """Every rank writes its DeepSpeed shard and RNG state; rank 0 the HF teacher and the reference."""
         from safetensors.torch import save_file
 
-        from rlt_ray.learner_model import full_state
+        from rlt_ray.learner_model import full_state, save_rng
 
         ckpt = Path(path)
         ckpt.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(ckpt / "deepspeed"), tag="state",
                                     client_state={"optimizer_steps": self.optimizer_steps})
-        torch.save({"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
-                   ckpt / f"rng_rank{self.rank}.pt")
+        save_rng(ckpt, self.rank)
         self.save_hf(str(ckpt / "hf"))
         ref_state = full_state(self.ref, self.rank, self.cfg.learner.zero_stage)
         if self.rank == 0:
@@ -363,14 +361,13 @@ class LearnerRank:
     def load_checkpoint(self, path: str) -> int:
         from safetensors.torch import load_file
 
+        from rlt_ray.learner_model import load_rng
+
         ckpt = Path(path)
         _, client = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state")
         self.optimizer_steps = int((client or {}).get("optimizer_steps", 0))
         self._load_reference_state(load_file(str(ckpt / "reference.safetensors")))
-        rng = torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
+        load_rng(ckpt, self.rank)
         return self.optimizer_steps
 
 

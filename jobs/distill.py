@@ -101,49 +101,48 @@ def main(argv: list[str]) -> int:
           f"{teachers} teacher and {scorers} scorer replicas, {dc.batch_rows} rows per batch", flush=True)
     if not todo:
         return 0
-    errors_file = open(out / "errors.jsonl", "a")
-    items = []
-    for i, ids in zip(todo, prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in todo],
-                                       cfg.rollout.max_prompt_tokens)):
-        if ids is None:
-            errors_file.write(json.dumps({"index": i, "row": rows[i].id, "error": "teacher prompt longer than "
-                                          f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"}) + "\n")
-        else:
-            # the row's own seed: the same samples whichever replica and batch take it
-            items.append({"index": i, "prompt_ids": ids, "seed": step_seeds(cfg.run.seed, 0, [i])[0]})
-    errors_file.flush()
+    with open(out / "errors.jsonl", "a") as errors_file:
+        items = []
+        for i, ids in zip(todo, prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in todo],
+                                           cfg.rollout.max_prompt_tokens)):
+            if ids is None:
+                errors_file.write(json.dumps({"index": i, "row": rows[i].id, "error": "teacher prompt longer than "
+                                              f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"}) + "\n")
+            else:
+                # the row's own seed: the same samples whichever replica and batch take it
+                items.append({"index": i, "prompt_ids": ids, "seed": step_seeds(cfg.run.seed, 0, [i])[0]})
+        errors_file.flush()
 
-    ray = connect_ray()
-    check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
-    quiet_ray_data()
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // int(dc.batch_rows))))
-    ds = ds.map_batches(SampleStage, fn_constructor_kwargs={"cfg": cfg, "model": teacher, "k": int(dc.k)},
-                        **stage_options(cfg, "rollout", teachers, dc.batch_rows))
-    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"cfg": cfg, "rows": rows, "k": int(dc.k),
-                                                           "keep": dc.keep, "teacher": teacher},
-                        **stage_options(cfg, "scorer", scorers, dc.batch_rows))
-    kept, failed = 0, len(todo) - len(items)
-    bar = tqdm(total=len(items), desc="distill rows", file=sys.stderr, leave=False)
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            records = []
-            for index, rec, error, sample_errors in zip(batch["index"], batch["records"], batch["error"],
-                                                        batch["sample_errors"]):
-                for e in json.loads(sample_errors):  # a sample that could not be scored: its row goes on
-                    errors_file.write(json.dumps({"index": int(index), "completion_error": True, **e}) + "\n")
-                if error:
-                    errors_file.write(json.dumps({"index": int(index), "row": rows[int(index)].id,
-                                                  "error": str(error)}) + "\n")
-                    failed += 1
-                records.extend(json.loads(rec))
-            errors_file.flush()  # before the part file: a row is never both redone and in errors.jsonl twice
-            if records:
-                write_part(out / "data", records)
-            kept += len(records)
-            bar.update(len(batch["index"]))
-    finally:
-        bar.close()
-        errors_file.close()
+        ray = connect_ray()
+        check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
+        quiet_ray_data()
+        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // int(dc.batch_rows))))
+        ds = ds.map_batches(SampleStage, fn_constructor_kwargs={"cfg": cfg, "model": teacher, "k": int(dc.k)},
+                            **stage_options(cfg, "rollout", teachers, dc.batch_rows))
+        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"cfg": cfg, "rows": rows, "k": int(dc.k),
+                                                               "keep": dc.keep, "teacher": teacher},
+                            **stage_options(cfg, "scorer", scorers, dc.batch_rows))
+        kept, failed = 0, len(todo) - len(items)
+        bar = tqdm(total=len(items), desc="distill rows", file=sys.stderr, leave=False)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                records = []
+                for index, rec, error, sample_errors in zip(batch["index"], batch["records"], batch["error"],
+                                                            batch["sample_errors"]):
+                    for e in json.loads(sample_errors):  # a sample that could not be scored: its row goes on
+                        errors_file.write(json.dumps({"index": int(index), "completion_error": True, **e}) + "\n")
+                    if error:
+                        errors_file.write(json.dumps({"index": int(index), "row": rows[int(index)].id,
+                                                      "error": str(error)}) + "\n")
+                        failed += 1
+                    records.extend(json.loads(rec))
+                errors_file.flush()  # before the part file: a row is never both redone and in errors.jsonl twice
+                if records:
+                    write_part(out / "data", records)
+                kept += len(records)
+                bar.update(len(batch["index"]))
+        finally:
+            bar.close()
     print(f"distill: wrote {kept} explanations to {out / 'data'}; {failed} rows without one "
           f"(see {out / 'errors.jsonl'})", flush=True)
     return 0

@@ -31,7 +31,6 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(model)
     fmt = RLTFormat(cfg.format, tokenizer)
     rows = load_rows(source, split=ec.split, size=ec.size, seed=ec.seed, max_rows=ec.max_rows, fmt_cfg=cfg.format)
-    checker = AnswerChecker(source, ec.size, ec.seed)
     prompts = prompt_ids(tokenizer, [fmt.student_prompt(r) for r in rows], cfg.rollout.max_prompt_tokens)
     long = [i for i, p in enumerate(prompts) if p is None]
 
@@ -61,7 +60,8 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
                       "gold": rows[i].answer or rows[i].solution, "prediction": None, "correct": False,
                       "finish_reason": "prompt_too_long", "tokens": 0, "completion": ""})
     items.sort(key=lambda it: it["index"])
-    summary = {"model": model, "source": source, "checker": checker.method, **summarize_results(items)}
+    summary = {"model": model, "source": source, "checker": AnswerChecker.method_for(source),
+               **summarize_results(items)}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w") as f:
         for it in items:

@@ -30,6 +30,7 @@ def load_prompts(cfg: Any):
     verifier the rows without an answer to check (never scored 0 in silence). Returns (rows, prompts, dropped)."""
     from rlt_ray.config import ConfigError
     from rlt_ray.data import load_rows
+    from rlt_ray.evaluation import AnswerChecker
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
     from rlt_ray.verifier import checkable
@@ -40,7 +41,8 @@ def load_prompts(cfg: Any):
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
     dropped = {}
     if cfg.reward.kind == "verifier":
-        usable = [r for r in rows if checkable(r, str(cfg.data.source).startswith("reasoning_gym:"))]
+        rg = AnswerChecker.method_for(str(cfg.data.source)) == "reasoning_gym"  # its scorer checks every item
+        usable = [r for r in rows if checkable(r, rg)]
         if len(usable) < len(rows):
             dropped["without an answer to check"] = len(rows) - len(usable)
         rows = usable

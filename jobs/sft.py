@@ -56,7 +56,9 @@ def checkpoint_complete(path: Path, world: int) -> Optional[int]:
         position = json.loads((path / "position.json").read_text())
     except (OSError, ValueError):
         return None
-    if all((path / f"rng_rank{r}.pt").exists() for r in range(world)):
+    from rlt_ray.learner_model import rng_file
+
+    if all(rng_file(path, r).exists() for r in range(world)):
         return int(position["step"])
     return None
 
@@ -330,23 +332,18 @@ def sft_worker(config: dict) -> None:
 def save_position(engine, folder: Path, rank: int, world: int, step: int) -> None:
     """This rank's part of a checkpoint after ``step`` optimizer steps: its DeepSpeed shard (model, optimizer,
     scheduler), its RNG; rank 0 adds the data position. Ray Train merges the ranks' folders into one."""
-    import torch
+    from rlt_ray.learner_model import save_rng
 
     engine.save_checkpoint(str(folder / "deepspeed"), tag="state", client_state={"step": step})
-    torch.save({"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
-               folder / f"rng_rank{rank}.pt")
+    save_rng(folder, rank)
     if rank == 0:
         (folder / "position.json").write_text(json.dumps({"step": step, "world": world}) + "\n")
 
 
 def load_position(engine, folder: Path, rank: int) -> int:
     """Restore this rank from a checkpoint written by save_position; returns the step to continue at."""
-    import torch
+    from rlt_ray.learner_model import load_rng
 
     _, client = engine.load_checkpoint(str(folder / "deepspeed"), tag="state")
-    rng = torch.load(folder / f"rng_rank{rank}.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    load_rng(folder, rank)
     return int((client or {})["step"])

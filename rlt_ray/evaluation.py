@@ -36,12 +36,17 @@ class AnswerChecker:
         """``own_timeouts=False``: math-verify without its signal-based timeouts (for a caller that bounds the
         whole check itself: rlt_ray.verifier.time_limit; two alarms would cancel each other)."""
         self.timeout = 5 if own_timeouts else None
+        self.method = self.method_for(source)
         self.rg = None
-        if source.startswith("reasoning_gym:"):
+        if self.method == "reasoning_gym":
             import reasoning_gym
 
             self.rg = reasoning_gym.create_dataset(source.split(":", 1)[1], size=size, seed=seed)
-        self.method = "reasoning_gym" if self.rg is not None else "math_verify"
+
+    @staticmethod
+    def method_for(source: str) -> str:
+        """How answers from ``source`` are checked: reasoning-gym's own scorer for its tasks, else math-verify."""
+        return "reasoning_gym" if source.startswith("reasoning_gym:") else "math_verify"
 
     def check(self, row: Row, index: int, prediction: Optional[str]) -> bool:
         if prediction is None or not prediction.strip():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -127,6 +128,23 @@ def full_state(module: torch.nn.Module, rank: int, zero_stage: int,
             if rank == 0:
                 state[name] = p.detach().to("cpu", dtype).clone()
     return state if rank == 0 else None
+
+
+def rng_file(folder: Path, rank: int) -> Path:
+    return folder / f"rng_rank{rank}.pt"
+
+
+def save_rng(folder: Path, rank: int) -> None:
+    """This rank's RNG states (torch's, and CUDA's on a GPU) into a checkpoint folder: exact resume."""
+    torch.save({"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}, rng_file(folder, rank))
+
+
+def load_rng(folder: Path, rank: int) -> None:
+    rng = torch.load(rng_file(folder, rank), weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def save_hf(cfg: Any, model: torch.nn.Module, tokenizer: Any, path: str, rank: int) -> None:

@@ -64,10 +64,7 @@ def distilled(warm_teacher, work):
 
 def _outcome(out: Path) -> tuple[list[int], list[int]]:
     """(input rows in the part files, input rows reported in errors.jsonl)."""
-    import pyarrow.parquet as pq
-
-    kept = [i for p in sorted((out / "data").glob("part-*.parquet"))
-            for i in pq.read_table(p, columns=["row_index"]).column("row_index").to_pylist()]
+    kept = [i for p in sorted((out / "data").glob("part-*.parquet")) for i in _outcome_of(p)]
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     return kept, [e["index"] for e in errors if not e.get("completion_error")]
 
@@ -114,6 +111,7 @@ def test_distill_resumes_without_redoing_written_rows(distilled, capsys):
 
 
 def _outcome_of(part: Path) -> list[int]:
+    """The input rows one part file holds."""
     import pyarrow.parquet as pq
 
     return pq.read_table(part, columns=["row_index"]).column("row_index").to_pylist()
