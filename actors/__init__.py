@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 # Forwarded from the driver to every actor: caches (no recompiles, no downloads) and offline switches.
@@ -101,3 +102,10 @@ class ActorSlots:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
+
+
+def stage_trace(stage: str, batch: dict[str, Any]) -> None:
+    """One line per batch in the actor's log file (Ray's worker-*.err; on the console with --verbose): which
+    rows a replica started on. What a stop cost is read from these lines (the rows started and never written)."""
+    if "index" in batch:
+        print(f"{stage}: rows {[int(i) for i in batch['index']]}", file=sys.stderr, flush=True)

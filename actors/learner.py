@@ -35,6 +35,7 @@ class LearnerRank:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.optimizer_steps = 0
         self.sync_group = None
+        self.sync_buffer: torch.Tensor | None = None  # rank 0's packing buffer, kept from sync to sync
 
     def free_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
@@ -88,14 +89,22 @@ class LearnerRank:
         """Gather (ZeRO-3), pack and ``send`` each bucket of ``layout``, one at a time: every rank must call this
         (the gathers are collective); only rank 0 packs and sends. Returns the peak bytes of packed buckets alive
         at once (rank 0)."""
-        from rlt_ray.weight_sync import BufferMeter, pack_bucket
+        from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, pack_bucket
 
         params = dict(self.hf_model.named_parameters())
         meter = BufferMeter()
+        if self.rank == 0:
+            # one buffer of the largest bucket, kept from sync to sync: ``send`` is done with a bucket's bytes
+            # when it returns (ray.put copies them; a broadcast is waited on, or stream-ordered on GPU)
+            size = max(bucket_nbytes(m) for m in layout)
+            buffer = self.sync_buffer
+            if buffer is None or buffer.numel() < size or buffer.device.type != torch.device(device).type:
+                buffer = self.sync_buffer = torch.empty(size, dtype=torch.uint8, device=device)
+            meter.track(buffer)
         for metas in layout:
             with self._gathered([params[name] for name, *_ in metas]):
                 if self.rank == 0:
-                    send(meter.track(pack_bucket(params, metas, device)))
+                    send(pack_bucket(params, metas, device, out=buffer))
         return meter.peak
 
     def export_weights(self, layout: list) -> tuple[list, int] | None:

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import ray
 
-from actors import actor_options
+from actors import actor_options, stage_trace
 from rlt_ray.weight_sync import check_layout
 
 
@@ -87,11 +87,11 @@ class Rollout:
             payload = [memoryview(b).tobytes() for b in ray.get(list(bucket_refs))]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch.frombuffer on the store's read-only buffers
-            peak = self.llm.collective_rpc("rlt_load", args=(layout, payload))[0]
-        if payload and isinstance(payload[0], bytes):
-            peak = max(peak, sum(len(b) for b in payload))  # every bucket crossed the RPC at once
+            got = self.llm.collective_rpc("rlt_load", args=(layout, payload))[0]
+        if payload and isinstance(payload[0], bytes):  # every bucket crossed the RPC at once
+            got["peak_buffer_bytes"] = max(got["peak_buffer_bytes"], sum(len(b) for b in payload))
         self._loaded(version)
-        return {"seconds": time.perf_counter() - t0, "peak_buffer_bytes": peak}
+        return {**got, "seconds": time.perf_counter() - t0}
 
     def join_sync_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
         self.llm.collective_rpc("rlt_join_group", args=(backend, host, port, rank_offset, world, timeout_s))
@@ -100,9 +100,9 @@ class Rollout:
         """Collective sync: receive learner rank 0's broadcast, one bucket at a time as the loader needs it."""
         t0 = time.perf_counter()
         check_layout(self.spec, layout)
-        peak = max(self.llm.collective_rpc("rlt_receive", args=(layout,)))
+        got = self.llm.collective_rpc("rlt_receive", args=(layout,))  # one per tensor-parallel worker
         self._loaded(version)
-        return {"seconds": time.perf_counter() - t0, "peak_buffer_bytes": peak}
+        return {"seconds": time.perf_counter() - t0, **{k: max(g[k] for g in got) for k in got[0]}}
 
     def leave_sync_group(self) -> None:
         self.llm.collective_rpc("rlt_leave_group")
@@ -221,6 +221,7 @@ class SampleStage:
             raise
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        stage_trace("SampleStage", batch)
         prompts, seeds = [list(p) for p in batch["prompt_ids"]], [int(s) for s in batch["seed"]]
         k, n = self.k, len(seeds)
         try:

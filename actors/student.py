@@ -15,6 +15,8 @@ import numpy as np
 import ray
 import torch
 
+from actors import stage_trace
+
 
 class Scorer:
     """The scorer's code as a plain class: the RL job's actor (``StudentScorer``) and Ray Data's scoring stage
@@ -172,6 +174,7 @@ class ScoreStage:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import json
 
+        stage_trace("ScoreStage", batch)
         n = len(batch["index"])
         records: list = [[] for _ in range(n)]
         errors: list = [str(e) for e in batch["error"]]  # rows the sampling stage could not sample

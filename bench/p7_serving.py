@@ -2,6 +2,7 @@
 
     python bench/p7_serving.py [--model tiny-teacher] [--requests 256] [--concurrency 32] [--max-tokens 32]
                                [--rounds 3] [--sides offline,vllm_server,serve_completions,serve_explain]
+                               [--env NAME=VALUE ...] [--serve-set KEY=VALUE ...]
 
 Sides, each started once and then measured in --rounds rounds of --requests requests (min and median of the
 round's tokens/s, best and median); half of the served requests are streamed:
@@ -144,11 +145,12 @@ def serve_app(a, sides: list[str], prompts) -> dict[str, list[float]]:
 
     out = {}
     port = free_port()
+    os.environ.update(a.env)  # the local Ray's processes (proxy, replicas, engines) inherit it
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     base = [f"serve.model={a.model}", "serve.max_n=1", f"serve.max_tokens={a.max_tokens}",
-            f"serve.max_ongoing_requests={4 * a.concurrency}", f"rollout.max_num_seqs={a.concurrency}"]
+            f"serve.max_ongoing_requests={4 * a.concurrency}", f"rollout.max_num_seqs={a.concurrency}"] + a.serve_set
     try:
         plain = [s for s in sides if s in ("serve_completions", "serve_explain")]
         if plain:
@@ -179,7 +181,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sides", default="offline,vllm_server,serve_completions,serve_explain,serve_explain_reward")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench_p7"))
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set in the environment of our app's Ray processes, e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
+    p.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for our app, e.g. serve.stream_batching_interval_ms=100")
     a = p.parse_args(argv)
+    a.env = dict(kv.split("=", 1) for kv in a.env)
     a.log_dir.mkdir(parents=True, exist_ok=True)
     sides = a.sides.split(",")
     a.cpu = {side: {} for side in sides}
@@ -217,7 +224,7 @@ def main(argv: list[str]) -> int:
                                                                sorted(per.items(), key=lambda x: -x[1])), file=sys.stderr)
     for name, r in ratios.items():
         print(f"{name:36s} {r['ratio_of_best']:.2f} (best)  {r['ratio_of_median']:.2f} (median)", file=sys.stderr)
-    emit({"bench": "p7_serving", "requests": a.requests, "concurrency": a.concurrency, "max_tokens": a.max_tokens,
+    emit({"bench": "p7_serving", "env": a.env, "serve_set": a.serve_set, "requests": a.requests, "concurrency": a.concurrency, "max_tokens": a.max_tokens,
           "rounds": a.rounds, "sides": result, "ratios": ratios,
           "cpu_ms_per_request": {k: v for k, v in a.cpu.items() if v}})
     return 0

@@ -53,7 +53,8 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
             items.append({"index": i, "id": rows[i].id, "question": rows[i].question,
                           "gold": rows[i].answer or rows[i].solution,
                           "prediction": str(batch["prediction"][j]) if batch["has_prediction"][j] else None,
-                          "correct": bool(batch["correct"][j]), "finish_reason": str(batch["finish_reason"][j]),
+                          "correct": bool(batch["correct"][j]), "check_error": str(batch["check_error"][j]) or None,
+                          "finish_reason": str(batch["finish_reason"][j]),
                           "tokens": int(batch["tokens"][j]), "completion": str(batch["completion"][j])})
     for i in long:
         items.append({"index": i, "id": rows[i].id, "question": rows[i].question,

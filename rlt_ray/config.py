@@ -300,6 +300,9 @@ class ServeConfig:
     scorer_cpus: float = 1.0
     scorer_gpus: float = 0.0  # 1 on a GPU node: the student gets a GPU of its own, beside the engine's
     scorer_batch_size: int = 16  # concurrent scoring requests batched into one student forward (@serve.batch)
+    # a stream's tokens cross from the engine's replica to the ingress in batches gathered over this many ms
+    # (ray.serve.llm's experimental stream_batching_interval_ms); None: the library's default
+    stream_batching_interval_ms: Optional[float] = None
     # the HTTP host and port are Ray Serve's own (serve/config.yaml http_options, or `serve start --http-host`)
 
 
@@ -418,6 +421,10 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
+    value = cfg.serve.stream_batching_interval_ms  # None: ray.serve.llm's default
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"config key 'serve.stream_batching_interval_ms': must be a finite number >= 0 or null, "
+                          f"got {value!r}")
     for key in NON_NEGATIVE:
         value = _get(cfg, key)
         if not (value >= 0 and math.isfinite(value)):

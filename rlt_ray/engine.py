@@ -8,6 +8,7 @@ teacher term wants (vLLM's default mode ignores the temperature).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional
 
 import torch
@@ -125,8 +126,7 @@ class WeightUpdateExtension:
                 while views:  # hand each view over and forget it, so only the loader can keep it alive
                     yield views.pop(0)
 
-        self._rlt_reload(named())
-        return meter.peak
+        return {"peak_buffer_bytes": meter.peak, **self._rlt_reload(named())}
 
     def rlt_join_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
         from rlt_ray.weight_sync import open_group
@@ -154,8 +154,7 @@ class WeightUpdateExtension:
                 while views:  # hand each view over and forget it, so only the loader can keep it alive
                     yield views.pop(0)
 
-        self._rlt_reload(named())
-        return meter.peak
+        return {"peak_buffer_bytes": meter.peak, **self._rlt_reload(named())}
 
     def rlt_leave_group(self) -> None:
         from rlt_ray.weight_sync import close_group
@@ -163,10 +162,31 @@ class WeightUpdateExtension:
         group, self._rlt_group = getattr(self, "_rlt_group", None), None
         close_group(group, getattr(self, "_rlt_backend", "gloo"))
 
-    def _rlt_reload(self, named) -> None:
-        """vLLM's in-place reload reading ``named`` lazily: a bucket is fetched when its first tensor is needed."""
-        device = self.rlt_device()
-        self.reload_weights(weights_iterator=((n, t.to(device)) for n, t in named), is_checkpoint_format=True)
+    def _rlt_reload(self, named) -> dict[str, float]:
+        """vLLM's in-place reload reading ``named`` lazily: a bucket is fetched when its first tensor is needed.
+        Returns the seconds spent getting the tensors to the loader (``fetch_s``: object-store gets or
+        broadcasts, unpacking, host-to-device copies) and in vLLM's own reload (``reload_s``: its copies into
+        the parameters and its post-load processing; on CPU that repacks every linear weight for oneDNN)."""
         import gc
 
+        device = self.rlt_device()
+        fetch = [0.0]
+
+        def timed():
+            it = iter(named)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    name, tensor = next(it)
+                    tensor = tensor.to(device)
+                except StopIteration:
+                    fetch[0] += time.perf_counter() - t0
+                    return
+                fetch[0] += time.perf_counter() - t0
+                yield name, tensor
+
+        t0 = time.perf_counter()
+        self.reload_weights(weights_iterator=timed(), is_checkpoint_format=True)
+        total = time.perf_counter() - t0
         gc.collect()  # views the loader let go of are freed now, so the meters' peaks are final
+        return {"fetch_s": fetch[0], "reload_s": total - fetch[0]}

@@ -64,6 +64,9 @@ class AnswerChecker:
                            timeout_seconds=self.timeout))
 
 
+CHECK_TIMEOUT_S = 10.0  # one answer's check (math-verify's parse of a pathological answer can take minutes)
+
+
 class CheckStage:
     """A Ray Data stage of jobs/evaluate.py: decode each sampled answer, take its solution block and check it
     (AnswerChecker). Columns in: ``index``, ``completion_ids``, ``finish_reason`` (one completion per row)."""
@@ -73,12 +76,29 @@ class CheckStage:
 
         self.tokenizer = load_tokenizer(model)
         self.fmt = RLTFormat(cfg.format, self.tokenizer)
-        self.checker = AnswerChecker(source, cfg.eval.size, cfg.eval.seed)
+        # math-verify's own timeouts are signal alarms, which raise off the main thread, and Ray Data may run
+        # this stage there: the check is bounded by time_limit where it can be, and by the answer's length
+        self.checker = AnswerChecker(source, cfg.eval.size, cfg.eval.seed, own_timeouts=False)
         self.rows = rows
+
+    def check(self, index: int, prediction: Optional[str]) -> tuple[bool, str]:
+        """(correct, why the check failed or ""): a check that raises or runs past CHECK_TIMEOUT_S counts as
+        wrong, and the evaluation goes on."""
+        from rlt_ray.verifier import MAX_SOLUTION_CHARS, CheckTimeout, time_limit
+
+        if prediction is not None:
+            prediction = prediction[-MAX_SOLUTION_CHARS:]
+        try:
+            with time_limit(CHECK_TIMEOUT_S):
+                return bool(self.checker.check(self.rows[index], index, prediction)), ""
+        except CheckTimeout:
+            return False, f"the check ran past {CHECK_TIMEOUT_S:g} s"
+        except Exception as exc:  # a checker's own bug, or an answer it cannot parse: this row only
+            return False, f"the check raised {type(exc).__name__}: {str(exc)[:200]}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list] = {k: [] for k in ("index", "completion", "prediction", "has_prediction", "correct",
-                                                "finish_reason", "tokens")}
+                                                "check_error", "finish_reason", "tokens")}
         for i, ids, reasons in zip(batch["index"], batch["completion_ids"], batch["finish_reason"]):
             i, ids = int(i), [int(t) for t in ids[0]]
             completion = self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -87,7 +107,9 @@ class CheckStage:
             out["completion"].append(completion)
             out["prediction"].append(prediction or "")
             out["has_prediction"].append(prediction is not None)
-            out["correct"].append(bool(self.checker.check(self.rows[i], i, prediction)))
+            correct, error = self.check(i, prediction)
+            out["correct"].append(correct)
+            out["check_error"].append(error)
             out["finish_reason"].append(str(reasons[0]))
             out["tokens"].append(len(ids))
         return out
@@ -109,4 +131,5 @@ def summarize_results(items: list[dict[str, Any]]) -> dict[str, Any]:
     low, high = wilson_interval(correct, n)
     return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "low": low, "high": high,
             "no_solution_block": sum(1 for it in items if it["prediction"] is None),
-            "truncated": sum(1 for it in items if it["finish_reason"] == "length")}
+            "truncated": sum(1 for it in items if it["finish_reason"] == "length"),
+            "check_errors": sum(1 for it in items if it.get("check_error"))}

@@ -75,9 +75,13 @@ def bucket_nbytes(metas: Sequence[TensorMeta]) -> int:
 
 
 def pack_bucket(named: dict[str, torch.Tensor], metas: Sequence[TensorMeta],
-                device: str | torch.device = "cpu") -> torch.Tensor:
-    """Copy one bucket's tensors into a flat uint8 tensor (one copy per tensor, cast to the layout dtype)."""
-    flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=device)
+                device: str | torch.device = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy one bucket's tensors into a flat uint8 tensor (one copy per tensor, cast to the layout dtype). With
+    ``out`` (a uint8 buffer of at least the bucket's bytes, on ``device``): into its first bytes, returned as a
+    view. A buffer reused from sync to sync costs no allocation: on CPU a fresh buffer is paid in page faults,
+    which made packing 5x slower than the copy itself (bench/p3_weight_sync.py)."""
+    nbytes = bucket_nbytes(metas)
+    flat = torch.empty(nbytes, dtype=torch.uint8, device=device) if out is None else out[:nbytes]
     for name, dtype, shape, off, nbytes in metas:
         t = named[name].detach().to(device=device, dtype=DTYPES[dtype]).contiguous().reshape(-1)
         flat[off:off + nbytes].copy_(t.view(torch.uint8))
@@ -182,6 +186,8 @@ class SyncStats:
     buckets: int
     calls_per_worker: int  # remote calls made to each worker for this sync (the most any worker got)
     peak_buffer_bytes: int = 0  # the most sync-buffer bytes alive at once on any side (BufferMeter)
+    engine_fetch_s: float = 0.0  # the slowest engine's time getting the buckets to its loader
+    engine_reload_s: float = 0.0  # the slowest engine's time in vLLM's own reload (copies, post-load processing)
 
 
 class WeightSync:
@@ -248,11 +254,15 @@ class WeightSync:
     def shutdown(self) -> None:
         pass
 
-    def _stats(self, version: int, t0: float, peaks: Sequence[int]) -> SyncStats:
+    def _stats(self, version: int, t0: float, learner_peak: int, loaded: Sequence[dict]) -> SyncStats:
+        """``loaded``: each worker's answer (actors.rollout: peak_buffer_bytes, fetch_s, reload_s)."""
         self.version = version
         calls, self.calls = self.calls, {}
         return SyncStats(version, time.perf_counter() - t0, sum(bucket_nbytes(m) for m in self.layout),
-                         len(self.layout), max(calls.values(), default=0), int(max(peaks, default=0)))
+                         len(self.layout), max(calls.values(), default=0),
+                         int(max([learner_peak] + [d["peak_buffer_bytes"] for d in loaded])),
+                         max((d["fetch_s"] for d in loaded), default=0.0),
+                         max((d["reload_s"] for d in loaded), default=0.0))
 
 
 class ObjectStoreSync(WeightSync):
@@ -266,7 +276,7 @@ class ObjectStoreSync(WeightSync):
         refs, learner_peak = ray.get(self.learners.call("export_weights", self.layout))[0]
         calls = [self._call(k, "load_weights", version, self.layout, refs) for k in range(len(self.workers))]
         done = self._gather_workers(calls)
-        return self._stats(version, t0, [learner_peak] + [d["peak_buffer_bytes"] for d in done])
+        return self._stats(version, t0, learner_peak, done)
 
 
 class CollectiveSync(WeightSync):
@@ -303,7 +313,7 @@ class CollectiveSync(WeightSync):
         sends = self.learners.call("broadcast_weights", self.layout)
         receives = [self._call(k, "receive_weights", version, self.layout) for k in range(len(self.workers))]
         got = ray.get(sends + receives)
-        return self._stats(version, t0, [got[0]] + [d["peak_buffer_bytes"] for d in got[len(sends):]])
+        return self._stats(version, t0, got[0], got[len(sends):])
 
     def shutdown(self) -> None:
         import ray

@@ -97,6 +97,8 @@ def llm_config(cfg: Any) -> LLMConfig:
         deployment_config={"num_replicas": int(sc.num_replicas), "max_ongoing_requests": int(sc.max_ongoing_requests),
                            "ray_actor_options": {"num_cpus": 0}},
         log_engine_metrics=True,
+        experimental_configs=({} if sc.stream_batching_interval_ms is None
+                              else {"stream_batching_interval_ms": float(sc.stream_batching_interval_ms)}),
     )
 
 

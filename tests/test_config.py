@@ -65,6 +65,7 @@ def test_preset_by_name():
         ("reward.teacher_temperature=1.0", "reward.teacher_temperature"),  # vLLM log-probs are at 0.7
         ("rollout.stream_groups=-1", "rollout.stream_groups"),
         ("grpo.max_staleness=2", "grpo.max_staleness"),  # one step off-policy at most
+        ("serve.stream_batching_interval_ms=-5", "serve.stream_batching_interval_ms"),
         ("grpo.max_staleness=1", "grpo.clip_eps"),  # off-policy needs the clipped importance ratio
         ("grpo.clip_eps=0.2 grpo.policy_temperature=1.0", "grpo.policy_temperature"),  # ratio vs 0.7 log-probs
         ("grpo.max_staleness=1 grpo.clip_eps=0.2 reward.teacher_logprobs_from=learner",

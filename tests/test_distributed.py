@@ -88,6 +88,9 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
         # loader may hold a bucket's last views while the next arrives), well under the model's bytes
         largest = sorted(bucket_nbytes(m) for m in sync.layout)[-2:]
         assert 0 < stats.peak_buffer_bytes <= sum(largest) and stats.peak_buffer_bytes < stats.bytes / 2, stats
+        # the engine's time, split into getting the buckets to vLLM's loader and vLLM's own reload
+        assert stats.engine_fetch_s > 0 and stats.engine_reload_s > 0, stats
+        assert stats.engine_fetch_s + stats.engine_reload_s < stats.seconds, stats
         with pytest.raises(StaleWeightsError, match=f"holds weights version {version}"):
             ray.get(worker.generate.remote(prompts, [0, 0], version - 1))
         greedy = worker.generate.remote(prompts, [0, 0], version, 1, 0.0, 16)

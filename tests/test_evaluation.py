@@ -63,3 +63,28 @@ def test_summary_carries_the_interval():
     items = [{"correct": i < 3, "prediction": "x", "finish_reason": "stop"} for i in range(10)]
     s = summarize_results(items)
     assert (s["correct"], s["n"], s["accuracy"]) == (3, 10, 0.3) and s["low"] < 0.3 < s["high"]
+
+
+def test_the_check_stage_checks_off_the_main_thread_and_a_raising_check_fails_its_row_only():
+    """Ray Data runs the check stage's UDF off the main thread, where math-verify's own (signal) timeouts raise:
+    every answer of the demo's evaluation then failed the whole job. The stage checks there, and a check that
+    raises counts its row as wrong, with why."""
+    import threading
+
+    from rlt_ray.config import load_config
+    from rlt_ray.evaluation import CheckStage
+
+    rows = [Row(question="q", solution="\\boxed{70}", answer=a) for a in ("70", "71", "x")]
+    stage = CheckStage(load_config("configs/tiny_cpu.yaml", []), "tiny-student", "data/math.jsonl", rows)
+    got = {}
+    thread = threading.Thread(target=lambda: got.update({i: stage.check(i, "The answer is \\boxed{70}.")
+                                                         for i in range(2)}))
+    thread.start()
+    thread.join()
+    assert got == {0: (True, ""), 1: (False, "")}
+
+    def broken(row, index, prediction):
+        raise ZeroDivisionError("a checker's own bug")
+
+    stage.checker.check = broken
+    assert stage.check(2, "70") == (False, "the check raised ZeroDivisionError: a checker's own bug")

@@ -26,7 +26,8 @@ def uninterrupted(ray_local, tmp_path_factory):
     return _lines(out / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("fault", ["rollout_error@2", "controller_error@2"])
+# the controller's failure takes the same path to the checkpoint as the rollout's: the slow suite (CI time)
+@pytest.mark.parametrize("fault", ["rollout_error@2", pytest.param("controller_error@2", marks=pytest.mark.slow)])
 def test_a_failure_at_step_k_leaves_a_checkpoint_of_k_steps_that_resumes_exactly(
         ray_local, tmp_path, monkeypatch, capsys, uninterrupted, fault):
     from jobs.train_rlt import main

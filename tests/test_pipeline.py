@@ -222,6 +222,14 @@ def test_submitted_distill_survives_a_killed_replica_and_resumes_after_job_stop(
                        timeout=120)
         written = len(done_rows(out))
         assert 8 <= written < 24
+        # what the stop cost: rows the first job's teacher replicas started (their log lines) and never written
+        started = set()
+        for log in (Path(env["RLT_RAY_TMP"]) / "session_latest" / "logs").glob("worker-*.err"):
+            for rows in re.findall(r"SampleStage: rows \[([\d, ]*)\]", log.read_text(errors="replace")):
+                started.update(int(i) for i in rows.split(",") if i.strip())
+        redone = started - done_rows(out)
+        print(f"ray job stop after {written} rows: {len(redone)} rows to redo {sorted(redone)}")
+        assert len(redone) <= 2 * 2  # one batch of 2 rows per replica (one teacher, one scorer)
         second = submit(wait=True)
         assert second.returncode == 0, second.stdout[-3000:]
         assert f"24 rows, {written} already done" in second.stdout

@@ -31,6 +31,19 @@ def test_pack_unpack_round_trip_in_few_buckets(dtype):
         assert torch.equal(got[name], t.to(getattr(torch, dtype)))
 
 
+def test_packing_into_a_reused_buffer_gives_the_fresh_bytes():
+    """The learner packs every bucket into one buffer kept from sync to sync: a bucket packed there (into the
+    first bytes of a larger buffer that still holds another bucket's) unpacks to a freshly packed one's tensors."""
+    named = _named()
+    layout = layout_for(spec_of(named.items(), "bfloat16"), bucket_bytes=4096)
+    buffer = torch.full((max(bucket_nbytes(m) for m in layout) + 64,), 255, dtype=torch.uint8)
+    for metas in layout + layout[::-1]:
+        packed = pack_bucket(named, metas, out=buffer)
+        assert packed.data_ptr() == buffer.data_ptr() and packed.numel() == bucket_nbytes(metas)
+        for (name, got), (_, fresh) in zip(unpack(metas, packed), unpack(metas, pack_bucket(named, metas))):
+            assert torch.equal(got, fresh) and torch.equal(got, named[name].to(torch.bfloat16)), name
+
+
 def test_tensor_larger_than_a_bucket_gets_its_own():
     named = _named()
     layout = layout_for(spec_of(named.items()), bucket_bytes=16)
