@@ -3,7 +3,7 @@ on the same rows, model and machine, in interleaved rounds.
 
     python bench/p8_distill.py [--teacher tiny-teacher] [--student tiny-student] [--data reasoning_gym:gsm_symbolic]
                                [--rows 48] [--k 2] [--max-new 128] [--batch-rows 16] [--rounds 3]
-                               [--baseline 4cf9b9a]
+                               [--baseline 4cf9b9a] [--config PRESET] [--extra key=value ...]
 
 Each side is the job as a user runs it (``python jobs/distill.py``, its own local Ray, start-up included), with
 fresh output each round: the baseline is the commit before Ray Data (a git worktree of ``--baseline``), the other
@@ -60,10 +60,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-rows", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", default="4cf9b9a", help="the commit with the hand-made distill")
+    p.add_argument("--config", default=None, help="a preset for both sides (e.g. a demo run's rl/config.yaml)")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for both sides")
     a = p.parse_args(argv)
 
-    common = [f"model.teacher={a.teacher}", f"model.student={a.student}", f"data.source={a.data}",
+    common = (["--config", a.config] if a.config else []) + [f"model.teacher={a.teacher}", f"model.student={a.student}", f"data.source={a.data}",
               f"data.size={a.rows}", f"data.max_rows={a.rows}", f"distill.k={a.k}",
               f"rollout.max_new_tokens={a.max_new}", *a.extra]
     work = Path(tempfile.mkdtemp(prefix="p8-"))
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> int:
         subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     result = {"bench": "p8_distill", "rows": a.rows, "k": a.k, "max_new_tokens": a.max_new,
-              "batch_rows": a.batch_rows, "teacher": a.teacher, "data": a.data, "rounds": a.rounds,
+              "batch_rows": a.batch_rows, "config": a.config, "teacher": a.teacher, "data": a.data, "rounds": a.rounds,
               "rows_accounted": {"hand_made": rows_hand, "ray_data": rows_data},
               "kept_tokens": {"hand_made": tokens_hand, "ray_data": tokens_data}}
     for name, rows, tokens in (("hand_made", rows_hand, tokens_hand), ("ray_data", rows_data, tokens_data)):

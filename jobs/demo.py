@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -203,10 +204,16 @@ class StageLog:
             def isatty(self) -> bool:
                 return False
 
+        # what writes to the process's stderr itself (Ray's C++ core worker in this process) goes to the log too
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        os.dup2(log.fileno(), 2)
         try:
             with contextlib.redirect_stdout(Tee()), contextlib.redirect_stderr(Tee()):
                 yield
         finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
             log.close()
 
 

@@ -132,3 +132,18 @@ def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questi
     logs = out / "logs"
     assert (logs / "train_rlt.log").stat().st_size > 0 and list((logs / "ray").glob("worker-*"))
     assert str(logs) in proc.stdout
+
+
+def test_what_a_stage_writes_to_the_process_stderr_goes_to_its_log(tmp_path, capfd):
+    """Ray's C++ core worker writes to the process's stderr itself (an ERROR line per Ray Data actor pool): in a
+    stage it goes to the stage's log, not to the demo's console."""
+    from jobs.demo import StageLog
+
+    with StageLog(tmp_path, verbose=False).stage("distill"):
+        os.write(2, b"core_worker.cc: an actor with constructor arguments in the object store\n")
+        print("a stage line", file=sys.stderr)
+    os.write(2, b"after the stage\n")
+    out, err = capfd.readouterr()
+    assert "core_worker" not in out + err and "a stage line" not in out + err and "after the stage" in err
+    log = (tmp_path / "distill.log").read_text()
+    assert "core_worker.cc" in log and "a stage line" in log
