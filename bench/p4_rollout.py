@@ -1,7 +1,7 @@
 """P4: vLLM rollout tokens/s ÷ HF ``generate`` tokens/s, same model, same prompts, same n, same length, one run.
 
     python bench/p4_rollout.py [--model tiny-teacher] [--prompts 16] [--n 4] [--max-new 128] [--device cpu]
-                               [--rounds 5]
+                               [--rounds 5] [key=value ...]
 
 Sampling at the rollout temperature with min_tokens = max_tokens (both sides produce exactly the same number of
 tokens). The two sides run in interleaved rounds (bench/common.py): min and median of each, the ratios of the
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-new", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=5)
-    a = p.parse_args(argv)
+    a, overrides = p.parse_known_args(argv)  # key=value: config overrides, e.g. rollout.cpu_threads_bind=0-1
 
     import torch
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     from rlt_ray.formats import RLTFormat
     from rlt_ray.models import load_causal_lm, load_tokenizer
 
-    cfg = load_config(None, [f"rollout.max_new_tokens={a.max_new}", "rollout.max_prompt_tokens=1024"])
+    cfg = load_config(None, [f"rollout.max_new_tokens={a.max_new}", "rollout.max_prompt_tokens=1024"] + overrides)
     tok = load_tokenizer(a.model)
     fmt = RLTFormat(cfg.format, tok)
     prompts = [tok(fmt.teacher_prompt(r), add_special_tokens=False)["input_ids"]
@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
               "tokens": total, "rounds": a.rounds, **times, **r,
               "vllm_tokens_per_s": total / times["vllm"]["min_s"], "hf_tokens_per_s": total / times["hf_generate"]["min_s"],
               "target": 3.0, "met": r["ratio_of_min"] >= 3.0,
-              "vllm_in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"}
+              "vllm_in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0",
+              "cpu_threads_bind": cfg.rollout.cpu_threads_bind, "overrides": overrides}
     print(f"P4 rollout {total} tokens ({a.model}, {a.prompts} prompts x n={a.n} x {a.max_new}), best of {a.rounds}: "
           f"vLLM {result['vllm_tokens_per_s']:.0f} tok/s, HF generate {result['hf_tokens_per_s']:.0f} tok/s "
           f"-> {r['ratio_of_min']:.1f}x (min) / {r['ratio_of_median']:.1f}x (median) / "

@@ -11,7 +11,8 @@ shows the pipeline in the dashboard. Output, in the Bespoke-Stratos conversation
     <distill.output_dir>/errors.jsonl          rows that gave nothing usable, and why (and unscorable samples)
 
 Every input row ends up once: in a part file (its ``row_index``) or in errors.jsonl. Run it again with the same
-output folder and the rows already there are skipped: a stop costs at most the batches in flight.
+output folder and the rows already there are skipped: a stop costs the batches in flight (one per replica) and
+the sampled batches waiting for a scorer (measured after `ray job stop` with one replica of each: 3 batches).
 
     python jobs/distill.py model.teacher=runs/rl/checkpoints/step_000100/hf distill.k=4 [key=value ...]
 """

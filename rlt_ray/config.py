@@ -8,6 +8,7 @@ Unknown keys, wrong types and bad values raise ConfigError naming the full key.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -84,6 +85,10 @@ class RolloutConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.45
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    # CPU only: VLLM_CPU_OMP_THREADS_BIND, the cores the engine computes on ("0-1", "0-3|4-7" per TP rank); None:
+    # vLLM's "auto", which keeps one core for the engine's own process (on 2 cores the engine computes on one).
+    # "0-1" doubled P4 on 2 cores (docs/benchmarks.md); set it where the engine has the cores to itself.
+    cpu_threads_bind: Optional[str] = None
     max_num_seqs: Optional[int] = None  # vLLM's concurrent sequences; None: vLLM's default (the memory plan
     # prints how many full-length sequences the KV cache holds)
     seed: int = 0
@@ -421,6 +426,11 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
+    bind = cfg.rollout.cpu_threads_bind
+    if bind is not None and not re.fullmatch(r"auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*"
+                                             r"(\|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*", str(bind)):
+        raise ConfigError(f"config key 'rollout.cpu_threads_bind': {bind!r} is not auto, nobind or core ranges such as "
+                          "0-1 or 0-3|4-7 (one group per tensor-parallel rank)")
     value = cfg.serve.stream_batching_interval_ms  # None: ray.serve.llm's default
     if value is not None and not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"config key 'serve.stream_batching_interval_ms': must be a finite number >= 0 or null, "
@@ -497,7 +507,6 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
     if cfg.run.fault_injection is not None:
         import os
-        import re
 
         if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
             raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "

