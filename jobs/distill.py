@@ -11,8 +11,8 @@ shows the pipeline in the dashboard. Output, in the Bespoke-Stratos conversation
     <distill.output_dir>/errors.jsonl          rows that gave nothing usable, and why (and unscorable samples)
 
 Every input row ends up once: in a part file (its ``row_index``) or in errors.jsonl. Run it again with the same
-output folder and the rows already there are skipped: a stop costs the batches in flight (one per replica) and
-the sampled batches waiting for a scorer (measured after `ray job stop` with one replica of each: 3 batches).
+output folder and the rows already there are skipped: a stop costs at most one batch per replica, the one it
+holds (started, or sampled and waiting for a scorer: rlt_ray.backpressure keeps a replica from starting another).
 
     python jobs/distill.py model.teacher=runs/rl/checkpoints/step_000100/hf distill.k=4 [key=value ...]
 """
@@ -69,6 +69,15 @@ def quiet_ray_data() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def data_context() -> None:
+    """The driver's Ray Data settings for the distill and evaluate pipelines: quiet, and one batch at most per
+    replica between stages (rlt_ray.backpressure: what a stop redoes)."""
+    from rlt_ray.backpressure import hold_one_batch_between_stages
+
+    quiet_ray_data()
+    hold_one_batch_between_stages()
+
+
 def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
@@ -116,7 +125,7 @@ def main(argv: list[str]) -> int:
 
         ray = connect_ray()
         check_cluster(cfg, ray.cluster_resources(), roles=("rollout", "scorer"))
-        quiet_ray_data()
+        data_context()
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // int(dc.batch_rows))))
         ds = ds.map_batches(SampleStage, fn_constructor_kwargs={"cfg": cfg, "model": teacher, "k": int(dc.k)},
                             **stage_options(cfg, "rollout", teachers, dc.batch_rows))
@@ -126,7 +135,7 @@ def main(argv: list[str]) -> int:
         kept, failed = 0, len(todo) - len(items)
         bar = tqdm(total=len(items), desc="distill rows", file=sys.stderr, leave=False)
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                 records = []
                 for index, rec, error, sample_errors in zip(batch["index"], batch["records"], batch["error"],
                                                             batch["sample_errors"]):

@@ -19,7 +19,7 @@ from typing import Any
 def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""
     from actors.rollout import SampleStage
-    from jobs.distill import quiet_ray_data, stage_options
+    from jobs.distill import data_context, stage_options
     from rlt_ray.cluster import connect_ray
     from rlt_ray.config import check_cluster
     from rlt_ray.data import load_rows
@@ -36,7 +36,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
 
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), roles=("rollout",))
-    quiet_ray_data()
+    data_context()
     # greedy answers: a replica that dies is restarted by Ray Data and its batch asked again, with the same answers
     ds = ray.data.from_items([{"index": i, "prompt_ids": p, "seed": 0} for i, p in enumerate(prompts) if p is not None],
                              override_num_blocks=max(1, -(-(len(rows) - len(long)) // int(ec.batch_rows))))
@@ -47,7 +47,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
                                                            "rows": rows},
                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=int(ec.batch_rows), num_cpus=0.1)
     items: list[dict[str, Any]] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         for j, i in enumerate(batch["index"]):
             i = int(i)
             items.append({"index": i, "id": rows[i].id, "question": rows[i].question,
