@@ -105,9 +105,10 @@ def main(argv: list[str]) -> int:
     # the object-store sync in its two halves, to say what bounds it: the learner's export (ZeRO gather, pack
     # into buckets, put in the object store) and the engine's load (fetch, unpack, vLLM's reload_weights)
     # and the engine's load in its own two parts: getting the buckets to vLLM's loader (object-store gets,
-    # unpacking: ours) and vLLM's own reload (its copies into the parameters, then its post-load processing)
+    # unpacking: ours) and vLLM's own reload (its copies into the parameters, then its post-load processing,
+    # engine_post_s: a part of engine_reload_s)
     parts: dict[str, list[float]] = {"export_s": [], "engine_load_s": [], "engine_fetch_s": [],
-                                     "engine_reload_s": []}
+                                     "engine_reload_s": [], "engine_post_s": []}
 
     def object_store_by_parts() -> None:
         version[0] += 1
@@ -119,6 +120,7 @@ def main(argv: list[str]) -> int:
         parts["engine_load_s"].append(time.perf_counter() - t1)
         parts["engine_fetch_s"].append(max(d["fetch_s"] for d in loaded))
         parts["engine_reload_s"].append(max(d["reload_s"] for d in loaded))
+        parts["engine_post_s"].append(max(d["post_s"] for d in loaded))
 
     times = interleaved({"memcpy": memcpy, **{name: run_sync(name) for name in syncs},
                          "object_store_by_parts": object_store_by_parts}, a.rounds)

@@ -93,6 +93,7 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     m["sync_seconds"] = sync_stats.seconds if sync_stats else 0.0
     m["sync_bytes"] = float(sync_stats.bytes) if sync_stats else 0.0
     m["sync_engine_reload_seconds"] = sync_stats.engine_reload_s if sync_stats else 0.0  # vLLM's own part
+    m["sync_engine_post_seconds"] = sync_stats.engine_post_s if sync_stats else 0.0  # of it: post-load processing
     m["generate_seconds"], m["score_seconds"], m["learn_seconds"] = gen_s, score_s, learn_s
     m["generate_tokens_per_s"] = sum(lengths) / max(gen_s, 1e-9)
     m["score_tokens_per_s"] = sum(s["tokens"] for s in scored) / max(score_s, 1e-9)

@@ -188,6 +188,7 @@ class SyncStats:
     peak_buffer_bytes: int = 0  # the most sync-buffer bytes alive at once on any side (BufferMeter)
     engine_fetch_s: float = 0.0  # the slowest engine's time getting the buckets to its loader
     engine_reload_s: float = 0.0  # the slowest engine's time in vLLM's own reload (copies, post-load processing)
+    engine_post_s: float = 0.0  # of which the slowest engine's time in vLLM's post-load processing alone
 
 
 class WeightSync:
@@ -255,14 +256,15 @@ class WeightSync:
         pass
 
     def _stats(self, version: int, t0: float, learner_peak: int, loaded: Sequence[dict]) -> SyncStats:
-        """``loaded``: each worker's answer (actors.rollout: peak_buffer_bytes, fetch_s, reload_s)."""
+        """``loaded``: each worker's answer (actors.rollout: peak_buffer_bytes, fetch_s, reload_s, post_s)."""
         self.version = version
         calls, self.calls = self.calls, {}
         return SyncStats(version, time.perf_counter() - t0, sum(bucket_nbytes(m) for m in self.layout),
                          len(self.layout), max(calls.values(), default=0),
                          int(max([learner_peak] + [d["peak_buffer_bytes"] for d in loaded])),
                          max((d["fetch_s"] for d in loaded), default=0.0),
-                         max((d["reload_s"] for d in loaded), default=0.0))
+                         max((d["reload_s"] for d in loaded), default=0.0),
+                         max((d["post_s"] for d in loaded), default=0.0))
 
 
 class ObjectStoreSync(WeightSync):

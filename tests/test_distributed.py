@@ -91,6 +91,8 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
         # the engine's time, split into getting the buckets to vLLM's loader and vLLM's own reload
         assert stats.engine_fetch_s > 0 and stats.engine_reload_s > 0, stats
         assert stats.engine_fetch_s + stats.engine_reload_s < stats.seconds, stats
+        # of vLLM's reload, its post-load processing alone (every linear layer's quant method ran, timed)
+        assert 0 < stats.engine_post_s < stats.engine_reload_s, stats
         with pytest.raises(StaleWeightsError, match=f"holds weights version {version}"):
             ray.get(worker.generate.remote(prompts, [0, 0], version - 1))
         greedy = worker.generate.remote(prompts, [0, 0], version, 1, 0.0, 16)
