@@ -44,3 +44,13 @@ def test_the_result_is_the_last_stdout_line_and_names_the_machine(capsys):
     assert last["bench"] == "X" and last["value"] == 1.5
     assert last["machine"]["cores"] >= 1 and isinstance(last["machine"]["avx512"], bool)
     assert last["machine"]["cpu"] and last["machine"]["torch"] and last["machine"]["ray"]
+
+
+def test_p7_guard_passes_every_request_and_costs_more_than_the_bare_route(capsys):
+    import p7_guard
+
+    assert p7_guard.main(["--requests", "100", "--rounds", "3"]) == 0  # exits if the guard refused a request
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    per = result["us_per_request"]
+    assert result["bench"] == "P7_guard" and result["specials"] > 0
+    assert per["guarded"]["min_s"] > per["bare"]["min_s"] > 0  # the guard's checks are work on top of the route
