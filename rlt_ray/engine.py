@@ -206,13 +206,13 @@ def _timed_post_load(model: torch.nn.Module, spent: list[float]):
     ``quant_method.process_weights_after_loading``: on CPU the oneDNN repacking of every linear weight), so a
     sync's engine time splits into our fetch, vLLM's copies and vLLM's processing. The methods are wrapped on
     their instances for the reload only."""
-    wrapped = []
+    wrapped: dict[int, tuple[Any, Any]] = {}  # id → (a method object, its own attribute before, or None)
     for module in model.modules():
         method = getattr(module, "quant_method", None)
-        if method is None or not hasattr(method, "process_weights_after_loading") or \
-                any(m is method for m, _ in wrapped):
+        # layers share method objects; one without instance attributes (__slots__) is left untimed
+        if id(method) in wrapped or not hasattr(method, "process_weights_after_loading") or \
+                not hasattr(method, "__dict__"):
             continue
-        own = vars(method).get("process_weights_after_loading") if hasattr(method, "__dict__") else None
         original = method.process_weights_after_loading
 
         def timed(*args, _original=original, **kwargs):
@@ -222,15 +222,12 @@ def _timed_post_load(model: torch.nn.Module, spent: list[float]):
             finally:
                 spent[0] += time.perf_counter() - t0
 
-        try:
-            method.process_weights_after_loading = timed
-        except AttributeError:  # a method object without instance attributes: left untimed
-            continue
-        wrapped.append((method, own))
+        wrapped[id(method)] = (method, vars(method).get("process_weights_after_loading"))
+        method.process_weights_after_loading = timed
     try:
         yield
     finally:
-        for method, own in wrapped:
+        for method, own in wrapped.values():
             if own is None:
                 del method.process_weights_after_loading  # the class's own method again
             else:
