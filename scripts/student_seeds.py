@@ -1,0 +1,86 @@
+"""Students (b), (c), (d) retrained at other seeds on a finished demo's rows: is the table the teachers or the
+students' training? (docs/demo.md, "Student seeds")
+
+    python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [key=value ...]
+
+RUN_DIR is a finished demo's run.output_dir; key=value are that demo's own overrides (data.seed=... for another
+task draw), so every stage reads the same rows as the demo did; only run.seed (the student's init and batch order)
+changes. --rl names the RL arm's folder under RUN_DIR for a replicate run (seeds/42); the demo's own is RUN_DIR.
+Each arm trains on the rows its demo student had (summary.json / replicates.json). Writes
+RUN_DIR/student_seeds/<seed>/{student_<arm>,eval/<arm>} and RUN_DIR/student_seeds.json, and prints one line per
+arm: its accuracy at the demo's seed and at each new one, and their mean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARMS = "bcd"
+
+
+def main(argv: list[str]) -> int:
+    from jobs import evaluate, sft_student
+    from jobs.demo import StageLog, split_seeds, stage_args
+    from rlt_ray.cluster import RunStopped, connect_ray, verbose
+    from rlt_ray.config import ConfigError, load_config, split_argv
+
+    seeds, argv = split_seeds(argv)
+    rl_sub = ""
+    if "--rl" in argv:
+        k = argv.index("--rl")
+        rl_sub, argv = argv[k + 1], argv[:k] + argv[k + 2:]
+    if not argv or argv[0].startswith("-") or "=" in argv[0] or not seeds:
+        raise ConfigError("usage: python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [key=value ...]")
+    out, argv = Path(argv[0]), argv[1:]
+    rl_folder = out / rl_sub
+    if (out / "summary.json").is_file():
+        students = json.loads((out / "summary.json").read_text())["students"]
+    elif (out / "replicates.json").is_file() and rl_sub:
+        rep = json.loads((out / "replicates.json").read_text())
+        students = rep["seeds"][Path(rl_sub).name]["students"]
+    else:
+        raise ConfigError(f"{out}: no summary.json (or replicates.json with --rl seeds/N): not a finished demo run")
+    preset, overrides = split_argv(["--config", "demo", *argv] if "--config" not in argv else argv)
+    cfg = load_config(preset, overrides + [f"run.output_dir={out}"])
+    args = stage_args(out, int(cfg.run.steps), int(cfg.demo.student_rows), float(cfg.demo.rl_lr), rl_folder)
+    base = ["--config", preset, *overrides, f"run.output_dir={out}"]
+    logs = StageLog(out / "logs", verbose())
+    connect_ray()
+    result = {"demo_seed": int(cfg.run.seed), "seeds": seeds, "arms": {}}
+    for arm in ARMS:
+        result["arms"][arm] = {str(cfg.run.seed): students[arm]["correct"]}
+    for seed in seeds:
+        for arm in ARMS:
+            folder = out / "student_seeds" / str(seed)
+            name = f"student_seeds_{seed}_{arm}"
+            extra = [f"data.max_rows={students[arm]['train_rows']}", f"run.seed={seed}",
+                     f"sft.output_dir={folder / f'student_{arm}'}"]
+            with logs.stage(name):
+                if sft_student.main(base + args[f"student_{arm}"] + extra) != 0:
+                    raise RunStopped(f"{name} failed; see {out / 'logs' / (name + '.log')}")
+                if evaluate.main(base + args["evaluate"] + [f"eval.model={folder / f'student_{arm}' / 'final'}",
+                                                           f"eval.output_dir={folder / 'eval' / arm}"]) != 0:
+                    raise RunStopped(f"{name} evaluation failed; see {out / 'logs' / (name + '.log')}")
+            s = json.loads((folder / "eval" / arm / "summary.json").read_text())
+            result["arms"][arm][str(seed)] = s["correct"]
+            print(f"seed {seed} ({arm}): {s['correct']}/{s['n']}", flush=True)
+    n = students["b"]["n"]
+    print(f"\n{'arm':4} " + " ".join(f"{'seed ' + k:>9}" for k in result["arms"]["b"]) + f" {'mean':>7}  (of {n})")
+    for arm, counts in result["arms"].items():
+        mean = sum(counts.values()) / len(counts)
+        result["arms"][arm] = {"correct": counts, "mean": mean, "n": n}
+        print(f"({arm})  " + " ".join(f"{c:>9}" for c in counts.values()) + f" {mean:>7.1f}")
+    top = [k for k in result["arms"]["b"]["correct"]
+           if all(result["arms"]["d"]["correct"][k] > result["arms"][a]["correct"][k] for a in "bc")]
+    result["d_top_at"] = top
+    print(f"(d) above (b) and (c) at {len(top)} of {len(result['arms']['b']['correct'])} student seeds")
+    (out / "student_seeds.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
