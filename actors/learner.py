@@ -36,6 +36,7 @@ class LearnerRank:
         self.optimizer_steps = 0
         self.sync_group = None
         self.sync_buffer: torch.Tensor | None = None  # rank 0's packing buffer, kept from sync to sync
+        self.sync_host_buffer: torch.Tensor | None = None  # its pinned host copy (object-store sync from a GPU)
 
     def free_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
@@ -85,14 +86,15 @@ class LearnerRank:
         dtype = self.cfg.model.dtype
         return {n: (tuple(getattr(p, "ds_shape", p.shape)), dtype) for n, p in self.hf_model.named_parameters()}
 
-    def _send_buckets(self, layout: list, device, send) -> int:
+    def _send_buckets(self, layout: list, device, send, to_host: bool = False) -> int:
         """Gather (ZeRO-3), pack and ``send`` each bucket of ``layout``, one at a time: every rank must call this
         (the gathers are collective); only rank 0 packs and sends. Returns the peak bytes of packed buckets alive
         at once (rank 0)."""
-        from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, pack_bucket
+        from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, pack_to_host
 
         params = dict(self.hf_model.named_parameters())
         meter = BufferMeter()
+        host = None
         if self.rank == 0:
             # one buffer of the largest bucket, kept from sync to sync: ``send`` is done with a bucket's bytes
             # when it returns (ray.put copies them; a broadcast is waited on, or stream-ordered on GPU)
@@ -101,17 +103,22 @@ class LearnerRank:
             if buffer is None or buffer.numel() < size or buffer.device.type != torch.device(device).type:
                 buffer = self.sync_buffer = torch.empty(size, dtype=torch.uint8, device=device)
             meter.track(buffer)
+            if to_host and buffer.device.type != "cpu":  # the object store's bytes are on the host: one pinned
+                host = self.sync_host_buffer  # staging buffer, one transfer per bucket (pack_to_host)
+                if host is None or host.numel() < size:
+                    host = self.sync_host_buffer = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+                meter.track(host)
         for metas in layout:
             with self._gathered([params[name] for name, *_ in metas]):
                 if self.rank == 0:
-                    send(pack_bucket(params, metas, device, out=buffer))
+                    send(pack_to_host(params, metas, buffer, host))
         return meter.peak
 
     def export_weights(self, layout: list) -> tuple[list, int] | None:
-        """Object-store sync: rank 0 gathers, packs and puts each bucket in the object store, one at a time;
-        returns (bucket refs, peak bytes of packed buckets alive at once)."""
+        """Object-store sync: rank 0 gathers, packs (on its device) and puts each bucket in the object store, one
+        at a time; returns (bucket refs, peak bytes of packed buckets alive at once)."""
         refs: list = []
-        peak = self._send_buckets(layout, "cpu", lambda flat: refs.append(ray.put(flat.numpy())))
+        peak = self._send_buckets(layout, self.device, lambda flat: refs.append(ray.put(flat.numpy())), to_host=True)
         return (refs, peak) if self.rank == 0 else None
 
     def join_sync_group(self, backend: str, host: str, port: int, rank: int, world: int, timeout_s: float):

@@ -14,7 +14,7 @@ The formulas (bytes; P parameters, N learner ranks, w the training dtype's size,
   the reference P·w (÷N under ZeRO-3, where it is a ZeRO-3 inference engine); ZeRO-3's gathered parameters
   (DeepSpeed's max live parameters + one prefetch bucket); activations of one micro-batch at S tokens (with
   gradient checkpointing: every layer's input + one layer's working set; without: every layer's working set),
-  plus the fp32 logits of one 1024-token chunk and their gradient; one weight-sync bucket (rank 0, kept from
+  plus one 1024-token chunk's logits in its backward (the head's output, then 4 fp32 copies); one weight-sync bucket (rank 0, kept from
   sync to sync).
 - rollout worker: vLLM's own budget (gpu_memory_utilization × GPU: weights, activations, KV cache) + one
   weight-sync bucket received outside it; the KV cache left must hold at least one sequence of S tokens.
@@ -73,9 +73,12 @@ class Shape:
         return 2 * self.layers * self.kv_dim * w
 
     def layer_activation_bytes_per_token(self, w: int) -> int:
-        """One decoder layer's tensors kept for backward, per token: norms, q/k/v/attention output, o-proj,
-        gate/up/activation/product of the MLP, residuals (SDPA/flash attention: nothing quadratic)."""
-        return w * (7 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate)
+        """One decoder layer's tensors kept for backward, per token, as HF's Qwen2/Llama layers keep them: each
+        RMSNorm its input, its fp32 upcast (2 elements of w) and its output (4h each); q and k before and after
+        the rotary embedding and its rotate_half (2h + 2kv), v and the attention output (h + kv, SDPA/flash:
+        nothing quadratic); the MLP's gate, up, activation and product (4i). An H200 measured 1.18x the former
+        7h + 2kv + 4i without checkpointing, within 1 % of this (bench/gpu_check.py, docs/benchmarks.md)."""
+        return w * (12 * self.hidden + 4 * self.kv_dim + 4 * self.intermediate)
 
 
 def _shape_from_config(c: dict) -> Shape:
@@ -169,7 +172,10 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
         d.add(f"activations, {s} tokens x {m} (checkpointed)", act)
     else:
         d.add(f"activations, {s} tokens x {m} (no checkpointing)", m * s * shape.layers * per_token)
-    d.add("logits chunk + gradient (fp32)", 3 * LOGIT_CHUNK * shape.vocab * 4 * m)
+    # a chunk's logits alive at once in its backward: the head's output (in w; the fp32 cast is a copy only when
+    # w < 4), the logits scaled by the temperature, logsumexp's exponentials and the gradient, in fp32. Three fp32
+    # copies measured 0.8x short on an H200 in bf16 (bench/gpu_check.py)
+    d.add("logits chunk + gradient (fp32)", (16 + (w if w < 4 else 0)) * LOGIT_CHUNK * shape.vocab * m)
     if not sft:
         d.add("weight-sync bucket (rank 0)", sync_bucket_bytes(cfg, shape))
     d.notes.append(f"activations without checkpointing would be {_gib(m * s * shape.layers * per_token).strip()} "

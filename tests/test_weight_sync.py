@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlt_ray.weight_sync import (BufferMeter, WeightSyncError, bucket_nbytes, check_layout, layout_for, pack_bucket,
-                                 spec_of, unpack)
+                                 pack_to_host, spec_of, unpack)
 
 
 def _named():
@@ -42,6 +42,25 @@ def test_packing_into_a_reused_buffer_gives_the_fresh_bytes():
         assert packed.data_ptr() == buffer.data_ptr() and packed.numel() == bucket_nbytes(metas)
         for (name, got), (_, fresh) in zip(unpack(metas, packed), unpack(metas, pack_bucket(named, metas))):
             assert torch.equal(got, fresh) and torch.equal(got, named[name].to(torch.bfloat16)), name
+
+
+def test_pack_to_host_packs_on_the_weights_device_then_copies_the_bucket_once():
+    """The object-store export: on CPU the bucket is the packing buffer itself (no second copy); with a staging
+    buffer (pinned host memory behind a GPU learner) it is that buffer's first bytes, holding the same bytes.
+    The GPU case itself runs in bench/gpu_check.py (checked equal to pack_bucket there, on an H200)."""
+    named = _named()
+    layout = layout_for(spec_of(named.items(), "bfloat16"), bucket_bytes=4096)
+    size = max(bucket_nbytes(m) for m in layout)
+    buffer, host = torch.zeros(size, dtype=torch.uint8), torch.full((size + 8,), 255, dtype=torch.uint8)
+    def same(a, b):  # the tensors, not the alignment gaps between them (never written, never read)
+        return all(torch.equal(x, y) for (_, x), (_, y) in zip(unpack(metas, a), unpack(metas, b)))
+
+    for metas in layout:
+        fresh = pack_bucket(named, metas)
+        alone = pack_to_host(named, metas, buffer)
+        assert alone.data_ptr() == buffer.data_ptr() and alone.numel() == fresh.numel() and same(alone, fresh)
+        staged = pack_to_host(named, metas, buffer, host)
+        assert staged.data_ptr() == host.data_ptr() and staged.numel() == fresh.numel() and same(staged, fresh)
 
 
 def test_tensor_larger_than_a_bucket_gets_its_own():

@@ -1,8 +1,8 @@
-"""Peak memory of one real learner step on CPU, for the memory plan's formulas (tests/test_memory.py).
+"""Peak memory of a real learner's steady-state step on CPU, for the memory plan's formulas (tests/test_memory.py).
 
-A random-init Qwen2 model of the given shape, fp32, gradient checkpointing on, AdamW: one forward/backward of
+A random-init Qwen2 model of the given shape, fp32, gradient checkpointing on, AdamW: two steps (forward/backward of
 the GRPO loss through the learner's own log-prob path (rlt_ray.logprobs.token_logprobs) on SEQ tokens, then the
-optimizer step. Prints {"peak_bytes": peak RSS - RSS before the model was built, "params": ...} as JSON.
+optimizer step). Prints {"peak_bytes": peak RSS - RSS before the model was built, "params": ...} as JSON.
 """
 import json
 import resource
@@ -31,10 +31,12 @@ def main(hidden: int, layers: int, intermediate: int, vocab: int, seq: int) -> N
     attn = torch.ones_like(ids)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[0, seq // 2:] = True  # a completion of half the sequence, as in RL
-    logp = token_logprobs(model, ids, attn, mask, 0.7)
-    loss = -(logp * mask).sum() / mask.sum()
-    loss.backward()
-    opt.step()
+    for _ in range(2):  # the second step is a learner's steady state: Adam's moments exist during its backward
+        logp = token_logprobs(model, ids, attn, mask, 0.7)
+        loss = -(logp * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)  # DeepSpeed keeps its gradient buffers between steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"peak_bytes": peak - before, "params": sum(p.numel() for p in model.parameters())}))
 
