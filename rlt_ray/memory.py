@@ -18,7 +18,8 @@ The formulas (bytes; P parameters, N learner ranks, w the training dtype's size,
   sync to sync).
 - rollout worker: vLLM's own budget (gpu_memory_utilization × GPU: weights, activations, KV cache) + one
   weight-sync bucket received outside it; the KV cache left must hold at least one sequence of S tokens.
-- scorer: the student's weights + one forward at max(reward.max_batch_tokens, S) tokens, no gradient, no KV cache.
+- scorer: the student's weights + one forward at max(reward.max_batch_tokens, S) tokens, no gradient, no KV cache:
+  the hidden states + the larger of one layer's MLP tensors and one logits chunk.
 Every GPU also pays a CUDA context (1 GiB) and 10 % allocator slack on top, except vLLM's pool, which is taken whole
 and holds its own context.
 """
@@ -74,10 +75,10 @@ class Shape:
 
     def layer_activation_bytes_per_token(self, w: int) -> int:
         """One decoder layer's tensors kept for backward, per token, as HF's Qwen2/Llama layers keep them: each
-        RMSNorm its input, its fp32 upcast (2 elements of w) and its output (4h each); q and k before and after
-        the rotary embedding and its rotate_half (2h + 2kv), v and the attention output (h + kv, SDPA/flash:
+        RMSNorm its input, its fp32 upcast (2 elements of w) and its output (4h each, 8h); q and k before the
+        rotary embedding, after it and rotated by half (3h + 3kv); v and the attention output (kv + h; SDPA/flash:
         nothing quadratic); the MLP's gate, up, activation and product (4i). An H200 measured 1.18x the former
-        7h + 2kv + 4i without checkpointing, within 1 % of this (bench/gpu_check.py, docs/benchmarks.md)."""
+        7h + 2kv + 4i without checkpointing, 0.97x this (scripts/gpu_check.py, docs/benchmarks.md)."""
         return w * (12 * self.hidden + 4 * self.kv_dim + 4 * self.intermediate)
 
 
@@ -174,7 +175,7 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
         d.add(f"activations, {s} tokens x {m} (no checkpointing)", m * s * shape.layers * per_token)
     # a chunk's logits alive at once in its backward: the head's output (in w; the fp32 cast is a copy only when
     # w < 4), the logits scaled by the temperature, logsumexp's exponentials and the gradient, in fp32. Three fp32
-    # copies measured 0.8x short on an H200 in bf16 (bench/gpu_check.py)
+    # copies measured 0.8x short on an H200 in bf16 (scripts/gpu_check.py)
     d.add("logits chunk + gradient (fp32)", (16 + (w if w < 4 else 0)) * LOGIT_CHUNK * shape.vocab * m)
     if not sft:
         d.add("weight-sync bucket (rank 0)", sync_bucket_bytes(cfg, shape))
@@ -222,9 +223,12 @@ def scorer(cfg: Any, shape: Shape, role: str = "scorer") -> Device:
     d = Device(f"{role} (x{cfg.resources.scorer_workers}, student)", count=int(cfg.resources.scorer_workers),
                keys=("reward.max_batch_tokens", "resources.scorer_workers", "model.dtype"))
     d.add("student weights", shape.params * w)
-    # no gradient, no KV cache (use_cache=False): one layer's tensors at a time, plus the hidden states
-    d.add(f"forward at {tokens} tokens", tokens * (shape.layer_activation_bytes_per_token(w) + 2 * shape.hidden * w))
-    d.add("logits chunk (fp32)", 2 * LOGIT_CHUNK * shape.vocab * 4)
+    # no gradient, no KV cache (use_cache=False): nothing is kept from layer to layer but the hidden states, and the
+    # peak is the larger of a layer's transient tensors (the MLP's gate, up and product: 3i) and a logits chunk
+    # (its fp32 logits and logsumexp's exponentials), not their sum. An H200 measured 0.40x the former sum of every
+    # layer's saved tensors and the chunk at 8,192 tokens (scripts/gpu_check.py, docs/benchmarks.md)
+    d.add(f"forward at {tokens} tokens", tokens * 2 * shape.hidden * w
+          + max(tokens * 3 * shape.intermediate * w, 2 * LOGIT_CHUNK * shape.vocab * 4))
     return d
 
 

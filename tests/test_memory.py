@@ -113,3 +113,21 @@ def test_a_verifier_run_plans_no_student_and_no_gpu_for_its_verifiers(capsys):
     assert "scorer" not in out.split("nodes, by placement")[0] and "scorer 0 = 8 GPUs -> 1 node(s)" in out
     cfg = load_config(preset)
     assert [d.role.split(" (")[0] for d in check_memory(cfg)] == ["learner rank", "rollout worker"]
+
+
+def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
+    """scripts/gpu_check.py is run only where a GPU is lent, rarely: its CPU smoke run keeps it working. Every
+    check reports, the plan's figures are positive, and the object-store export packs the same tensors both ways
+    (the script raises otherwise)."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--smoke",
+                           "--dtype", "float32", "--tokens", "128", "--batch-tokens", "512", "--bucket-mb", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = json.loads(out.read_text())
+    assert [x["check"] for x in lines] == ["setup", "learner_activations", "learner_activations", "scorer_batch", "P2",
+                                           "sync_buffers", "sync_export", "bf16_vs_fp32_reward"]
+    assert all(x["planned_gib"] > 0 for x in lines if "planned_gib" in x)
+    assert [x["checkpointing"] for x in lines if x["check"] == "learner_activations"] == [True, False]
+    export = lines[6]
+    assert export["buckets"] >= 2 and export["before_s"] > 0 and export["now_s"] > 0

@@ -47,7 +47,7 @@ def test_packing_into_a_reused_buffer_gives_the_fresh_bytes():
 def test_pack_to_host_packs_on_the_weights_device_then_copies_the_bucket_once():
     """The object-store export: on CPU the bucket is the packing buffer itself (no second copy); with a staging
     buffer (pinned host memory behind a GPU learner) it is that buffer's first bytes, holding the same bytes.
-    The GPU case itself runs in bench/gpu_check.py (checked equal to pack_bucket there, on an H200)."""
+    The GPU case itself runs in scripts/gpu_check.py (checked against pack_bucket there, on an H200)."""
     named = _named()
     layout = layout_for(spec_of(named.items(), "bfloat16"), bucket_bytes=4096)
     size = max(bucket_nbytes(m) for m in layout)
