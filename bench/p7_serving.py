@@ -8,7 +8,8 @@ Sides, each started once and then measured in --rounds rounds of --requests requ
 round's tokens/s, best and median); half of the served requests are streamed:
   offline             vllm.LLM.generate of all prompts, max_num_seqs = concurrency (the ceiling)
   vllm_server         vLLM's own OpenAI server (python -m vllm.entrypoints.openai.api_server), /v1/completions
-  serve_completions   our Serve app's /v1/completions (ray.serve.llm: proxy -> ingress -> LLMServer)
+  serve_completions   our Serve app's /v1/completions (proxy -> ingress -> LLMServer; proxy -> TeacherReplica with
+                      --serve-set serve.engine_in_ingress=true)
   serve_explain       our Serve app's /v1/explain without a student (ingress builds the prompt, calls the teacher)
   serve_explain_reward  /v1/explain with serve.student: every explanation scored by the StudentScorer deployment
 The prompts are the teacher prompts /v1/explain builds for bench/serve_load.py's questions, sent as token ids to
@@ -79,7 +80,7 @@ def offline(a, cfg, prompts) -> list[float]:
     return out
 
 
-KINDS = ("ProxyActor", "TeacherIngress", "StudentScorer", "LLMServer", "EngineCore", "VLLM::Worker",
+KINDS = ("ProxyActor", "TeacherIngress", "TeacherReplica", "StudentScorer", "LLMServer", "EngineCore", "VLLM::Worker",
          "vllm.entrypoints.openai.api_server", "raylet", "gcs_server", "ServeController")
 
 

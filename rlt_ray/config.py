@@ -305,9 +305,13 @@ class ServeConfig:
     scorer_cpus: float = 1.0
     scorer_gpus: float = 0.0  # 1 on a GPU node: the student gets a GPU of its own, beside the engine's
     scorer_batch_size: int = 16  # concurrent scoring requests batched into one student forward (@serve.batch)
-    # a stream's tokens cross from the engine's replica to the ingress in batches gathered over this many ms
+    # a stream's tokens leave the engine in batches gathered over this many ms (to the proxy, or to the ingress)
     # (ray.serve.llm's experimental stream_batching_interval_ms); None: the library's default
     stream_batching_interval_ms: Optional[float] = None
+    # true: each teacher replica is its own HTTP ingress, the engine in the same process (proxy -> replica: 1.3-1.5x
+    # the tokens/s on 2 cores, docs/benchmarks.md); false: ray.serve.llm's layout, one ingress deployment in front
+    # of the engine's (proxy -> ingress -> LLMServer), with the ingress scaled apart from the engines
+    engine_in_ingress: bool = True
     # the HTTP host and port are Ray Serve's own (serve/config.yaml http_options, or `serve start --http-host`)
 
 

@@ -1,11 +1,12 @@
 """Students (b), (c), (d) retrained at other seeds on a finished demo's rows: is the table the teachers or the
 students' training? (docs/demo.md, "Student seeds")
 
-    python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [key=value ...]
+    python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [--arms bcd] [key=value ...]
 
 RUN_DIR is a finished demo's run.output_dir; key=value are that demo's own overrides (data.seed=... for another
 task draw), so every stage reads the same rows as the demo did; only run.seed (the student's init and batch order)
-changes. --rl names the RL arm's folder under RUN_DIR for a replicate run (seeds/42); the demo's own is RUN_DIR.
+changes. --rl names the RL arm's folder under RUN_DIR for a replicate run (seeds/42); the demo's own is RUN_DIR;
+--arms the arms to retrain (default bcd, the three the paper's shape compares).
 Each arm trains on the rows its demo student had (summary.json / replicates.json). Writes
 RUN_DIR/student_seeds/<seed>/{student_<arm>,eval/<arm>} and RUN_DIR/student_seeds.json, and prints one line per
 arm: its accuracy at the demo's seed and at each new one, and their mean.
@@ -19,9 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ARMS = "bcd"
-
-
 def main(argv: list[str]) -> int:
     from jobs import evaluate, sft_student
     from jobs.demo import StageLog, split_seeds, stage_args
@@ -29,12 +27,22 @@ def main(argv: list[str]) -> int:
     from rlt_ray.config import ConfigError, load_config, split_argv
 
     seeds, argv = split_seeds(argv)
-    rl_sub = ""
-    if "--rl" in argv:
-        k = argv.index("--rl")
-        rl_sub, argv = argv[k + 1], argv[:k] + argv[k + 2:]
+    rl_sub, arms = "", "bcd"
+    for flag in ("--rl", "--arms"):
+        if flag in argv:
+            k = argv.index(flag)
+            if k + 1 >= len(argv):
+                raise ConfigError(f"{flag} needs a value")
+            if flag == "--rl":
+                rl_sub = argv[k + 1]
+            else:
+                arms = argv[k + 1]
+            argv = argv[:k] + argv[k + 2:]
+    if not arms or set(arms) - set("abcd"):
+        raise ConfigError(f"--arms: letters of abcd, got {arms!r}")
     if not argv or argv[0].startswith("-") or "=" in argv[0] or not seeds:
-        raise ConfigError("usage: python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [key=value ...]")
+        raise ConfigError("usage: python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [--arms bcd] "
+                          "[key=value ...]")
     out, argv = Path(argv[0]), argv[1:]
     rl_folder = out / rl_sub
     if (out / "summary.json").is_file():
@@ -51,10 +59,10 @@ def main(argv: list[str]) -> int:
     logs = StageLog(out / "logs", verbose())
     connect_ray()
     result = {"demo_seed": int(cfg.run.seed), "seeds": seeds, "arms": {}}
-    for arm in ARMS:
+    for arm in arms:
         result["arms"][arm] = {str(cfg.run.seed): students[arm]["correct"]}
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             folder = out / "student_seeds" / str(seed)
             name = f"student_seeds_{seed}_{arm}"
             extra = [f"data.max_rows={students[arm]['train_rows']}", f"run.seed={seed}",
@@ -68,16 +76,18 @@ def main(argv: list[str]) -> int:
             s = json.loads((folder / "eval" / arm / "summary.json").read_text())
             result["arms"][arm][str(seed)] = s["correct"]
             print(f"seed {seed} ({arm}): {s['correct']}/{s['n']}", flush=True)
-    n = students["b"]["n"]
-    print(f"\n{'arm':4} " + " ".join(f"{'seed ' + k:>9}" for k in result["arms"]["b"]) + f" {'mean':>7}  (of {n})")
+    n = students[arms[0]]["n"]
+    keys = list(result["arms"][arms[0]])
+    print(f"\n{'arm':4} " + " ".join(f"{'seed ' + k:>9}" for k in keys) + f" {'mean':>7}  (of {n})")
     for arm, counts in result["arms"].items():
         mean = sum(counts.values()) / len(counts)
         result["arms"][arm] = {"correct": counts, "mean": mean, "n": n}
         print(f"({arm})  " + " ".join(f"{c:>9}" for c in counts.values()) + f" {mean:>7.1f}")
-    top = [k for k in result["arms"]["b"]["correct"]
-           if all(result["arms"]["d"]["correct"][k] > result["arms"][a]["correct"][k] for a in "bc")]
-    result["d_top_at"] = top
-    print(f"(d) above (b) and (c) at {len(top)} of {len(result['arms']['b']['correct'])} student seeds")
+    if set("bcd") <= set(arms):
+        top = [k for k in keys if all(result["arms"]["d"]["correct"][k] > result["arms"][a]["correct"][k]
+                                      for a in "bc")]
+        result["d_top_at"] = top
+        print(f"(d) above (b) and (c) at {len(top)} of {len(keys)} student seeds")
     (out / "student_seeds.json").write_text(json.dumps(result, indent=1))
     return 0
 

@@ -416,6 +416,48 @@ class TeacherIngress(OpenAiIngress):
                 "explanations": items}
 
 
+class InProcessEngine:
+    """ray.serve.llm's LLMServer in this replica, called the way OpenAiIngress calls its deployment handle
+    (``handle.options(stream=True).chat.remote(body, info)``, iterated with ``async for``): one Ray process less
+    on every request's path, and the request and its stream never serialised between two actors."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def options(self, **_: Any) -> "InProcessEngine":  # stream=True, multiplexed ids: no router to configure
+        return self
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self.server, method)
+
+        async def stream(*args: Any) -> AsyncIterator[Any]:
+            async for item in await call(*args):  # LLMServer's routes return their stream when awaited
+                yield item
+
+        class Remote:
+            remote = staticmethod(stream)
+
+        return Remote
+
+
+class TeacherReplica(TeacherIngress):
+    """``serve.engine_in_ingress``: TeacherIngress with the teacher's engine in its own process, so a request goes
+    proxy -> this replica and nothing else (the scorer stays a deployment of its own). Every replica of the
+    engine is also an ingress; Serve's proxy spreads requests over them."""
+
+    async def __init__(self, llm: LLMConfig, model_cards: dict, *, preset: Optional[str], overrides: list[str],
+                       scorer: Any = None):
+        from ray.serve.llm import LLMServer
+
+        self.server = LLMServer.sync_init(llm)  # the engine its own deployment would build (LLMServer's async
+        await self.server.start()  # constructor is Serve's to call; this is its documented two-step form)
+        super().__init__({llm.model_id: InProcessEngine(self.server)}, model_cards, preset=preset,
+                         overrides=overrides, scorer=scorer)
+
+    async def check_health(self) -> None:
+        await self.server.check_health()  # a dead engine fails the replica, which Serve then replaces
+
+
 def _add_choice(outs: dict[int, dict], c: dict) -> int:
     """Add one completion choice (a stream delta, or a whole choice) to ``outs``; returns its index."""
     out = outs.setdefault(c["index"], {"text": "", "ids": [], "logprobs": [], "finish_reason": None})
@@ -498,7 +540,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     except RuntimeError as exc:
         raise ConfigError(str(exc)) from None
     llm = llm_config(cfg)
-    teacher = build_llm_deployment(llm)
     model_id = llm.model_id
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 
@@ -511,9 +552,15 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
             num_replicas=int(sc.scorer_replicas), max_ongoing_requests=int(sc.max_ongoing_requests),
             ray_actor_options={"num_cpus": float(sc.scorer_cpus), "num_gpus": float(sc.scorer_gpus)},
         ).bind(preset, list(overrides))
+    if sc.engine_in_ingress:  # one deployment: the engine's resources and replicas, our routes in front
+        from ray.serve.llm import LLMServer
+
+        replica = make_fastapi_ingress(TeacherReplica, endpoint_map=ROUTES, app=_fastapi_app(cfg))
+        return serve.deployment(replica, name="TeacherReplica", **LLMServer.get_deployment_options(llm)).bind(
+            llm, {model_id: card}, preset=preset, overrides=list(overrides), scorer=scorer)
     ingress = make_fastapi_ingress(TeacherIngress, endpoint_map=ROUTES, app=_fastapi_app(cfg))
     return serve.deployment(ingress, name="TeacherIngress", num_replicas=1,
                             max_ongoing_requests=int(sc.max_ongoing_requests),
                             ray_actor_options={"num_cpus": 0}).bind(
-        llm_deployments={model_id: teacher}, model_cards={model_id: card}, preset=preset,
+        llm_deployments={model_id: build_llm_deployment(llm)}, model_cards={model_id: card}, preset=preset,
         overrides=list(overrides), scorer=scorer)

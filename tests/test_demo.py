@@ -132,6 +132,14 @@ def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questi
     logs = out / "logs"
     assert (logs / "train_rlt.log").stat().st_size > 0 and list((logs / "ray").glob("worker-*"))
     assert str(logs) in proc.stdout
+    if size:  # scripts/student_seeds.py on the finished demo: student (d) again at another seed, same rows
+        more = subprocess.run([sys.executable, "scripts/student_seeds.py", str(out), "--seeds", "43", "--arms", "d",
+                               *size], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert more.returncode == 0, (more.stdout[-3000:], more.stderr[-3000:])
+        again = json.loads((out / "student_seeds.json").read_text())["arms"]["d"]
+        assert again["correct"]["42"] == summary["students"]["d"]["correct"] and again["n"] == test_questions
+        assert 0 <= again["correct"]["43"] <= test_questions and (out / "student_seeds" / "43" / "eval" / "d").is_dir()
+        assert "(d) " in more.stdout and "mean" in more.stdout
 
 
 def test_what_a_stage_writes_to_the_process_stderr_goes_to_its_log(tmp_path, capfd):

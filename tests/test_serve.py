@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
-from helpers.cluster import free_port, loopback_cluster, scrape
+from helpers.cluster import deployed_app, loopback_cluster, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 TOKEN = "test-token-123"
 BODY_TIMEOUT_S = 3
-SERVE_CLI = str(Path(sys.executable).parent / "serve")  # the venv's, as scripts/bootstrap.sh puts it on PATH
 READINESS: list[int] = []  # the status of each /readyz the server fixture sent while the app came up
 GOOD = {"question": "Tom has 3 apples and buys 4 more. How many apples?", "solution": "The final answer is \\boxed{7}."}
 
@@ -33,35 +31,10 @@ def cluster_env():
 @pytest.fixture(scope="module")
 def server(cluster_env, tmp_path_factory):
     """serve/config.yaml deployed with `serve deploy`, on a free port, with the test's limits."""
-    env = cluster_env
-    raw = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    port = free_port()
-    raw["http_options"]["port"] = port
-    raw["applications"][0]["args"]["overrides"] += [
-        "serve.max_tokens=48", "serve.max_n=4", "serve.max_body_bytes=4096", "serve.max_field_chars=1000",
-        f"serve.body_timeout_s={BODY_TIMEOUT_S}"]
-    path = tmp_path_factory.mktemp("serve") / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    address = f"http://127.0.0.1:{env['RLT_DASHBOARD_PORT']}"
-    deploy = subprocess.run([SERVE_CLI, "deploy", str(path), "-a", address], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 480
-    while time.time() < deadline:
-        try:  # /readyz, as a load balancer would: /healthz and /v1/models answer before the engine is up
-            ready = requests.get(f"{url}/readyz", timeout=10)
-            READINESS.append(ready.status_code)
-            if ready.status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    else:
-        status = subprocess.run([SERVE_CLI, "status", "-a", address], env=env, capture_output=True, text=True)
-        pytest.fail(f"the app did not come up within 480 s: {status.stdout[-3000:]}")
-    yield url
-    subprocess.run([SERVE_CLI, "shutdown", "-a", address, "-y"], env=env, capture_output=True, timeout=120)
+    with deployed_app(cluster_env, ["serve.max_tokens=48", "serve.max_n=4", "serve.max_body_bytes=4096",
+                                    "serve.max_field_chars=1000", f"serve.body_timeout_s={BODY_TIMEOUT_S}"],
+                      tmp_path_factory.mktemp("serve"), READINESS) as url:
+        yield url
 
 
 def _auth() -> dict[str, str]:
