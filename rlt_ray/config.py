@@ -308,7 +308,7 @@ class ServeConfig:
     # a stream's tokens leave the engine in batches gathered over this many ms (to the proxy, or to the ingress)
     # (ray.serve.llm's experimental stream_batching_interval_ms); None: the library's default
     stream_batching_interval_ms: Optional[float] = None
-    # true: each teacher replica is its own HTTP ingress, the engine in the same process (proxy -> replica: 1.3-1.5x
+    # true: each teacher replica is its own HTTP ingress, the engine in the same process (proxy -> replica: 1.1-1.3x
     # the tokens/s on 2 cores, docs/benchmarks.md); false: ray.serve.llm's layout, one ingress deployment in front
     # of the engine's (proxy -> ingress -> LLMServer), with the ingress scaled apart from the engines
     engine_in_ingress: bool = True
