@@ -222,7 +222,6 @@ def main(argv: list[str]) -> int:
                          ("h2d_pageable", lambda: bucket.copy_(pageable))):
             export[f"{name}_gb_per_s"] = size / timed(dev, fn, 5) / 1e9
     report(export)
-    del pageable, on_device, pinned
 
     # 4. bf16 vs fp32 reward on the same tokens: the numerics of the reward's inputs
     ids = torch.randint(0, config.vocab_size, (4, 2048), device=dev)
