@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
 
     from rlt_ray.learner_model import PolicyLogprobs
     from rlt_ray.logprobs import token_logprobs
-    from rlt_ray.memory import Shape, _shape_from_config, learner_rank, scorer
+    from rlt_ray.memory import Shape, _shape_from_config, learner_rank, scorer, sync_bucket_bytes
     from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
     from rlt_ray.scoring import range_logprobs
     from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, layout_for, pack_bucket, pack_to_host, spec_of, unpack
@@ -197,8 +197,8 @@ def main(argv: list[str]) -> int:
     measured_all, _ = peak_above(dev, lambda: [pack_bucket(named, m, dev) for m in layout])
     report({"check": "sync_buffers", "buckets": len(layout), "per_bucket_gib": measured_one / GIB,
             "all_at_once_gib": measured_all / GIB, "meter_peak_gib": meter.peak / GIB,
-            "planned_gib": min(max(a.bucket_mb << 20, max(shape.vocab, shape.intermediate) *
-                               shape.hidden * shape_bytes(a.dtype)), shape.params * shape_bytes(a.dtype)) / GIB})
+            "planned_gib": sync_bucket_bytes(plan_cfg(a.tokens[0], a.batch_tokens, a.bucket_mb, True, a.dtype),
+                                             shape) / GIB})
     size = max(bucket_nbytes(m) for m in layout)
     total = sum(bucket_nbytes(m) for m in layout)
     pageable = torch.zeros(size, dtype=torch.uint8)  # touched: no page faults in the timings
@@ -243,10 +243,6 @@ def main(argv: list[str]) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
-
-
-def shape_bytes(dtype: str) -> int:
-    return 2 if dtype == "bfloat16" else 4
 
 
 if __name__ == "__main__":
