@@ -302,9 +302,7 @@ def main(argv: list[str]) -> int:
         from rlt_ray.config import ConfigError
 
         raise ConfigError("--extended and --seeds: run the extended demo at one seed at a time (run.seed=...)")
-    if not any(a == "--config" or a.startswith("--config=") or a == "-c" for a in argv):
-        argv = ["--config", "demo"] + argv
-    preset, overrides = split_argv(argv)
+    preset, overrides = split_argv(argv, default="demo")
     cfg = load_config(preset, overrides)
     out = Path(cfg.run.output_dir)
     steps = int(cfg.run.steps)

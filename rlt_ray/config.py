@@ -650,9 +650,10 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
-def split_argv(argv: list[str]) -> tuple[Optional[str], list[str]]:
-    """`[--config PRESET] key=value ...` → (preset, overrides). The default preset is configs/tiny_cpu.yaml."""
-    preset: Optional[str] = str(DEFAULT_PRESET)
+def split_argv(argv: list[str], default: str = str(DEFAULT_PRESET)) -> tuple[Optional[str], list[str]]:
+    """`[--config PRESET | --config=PRESET | -c PRESET] key=value ...` → (preset, overrides); without one, the
+    preset is ``default`` (configs/tiny_cpu.yaml; the demo's scripts pass "demo")."""
+    preset: Optional[str] = default
     overrides = []
     it = iter(argv)
     for arg in it:

@@ -13,6 +13,15 @@ def test_tiny_preset_is_the_default_and_loads():
     assert cfg.grpo.beta == 0.02
 
 
+@pytest.mark.parametrize("argv", [["--config", "paper_7b", "a=1"], ["--config=paper_7b", "a=1"], ["-c", "paper_7b", "a=1"],
+                                  ["a=1", "--config", "paper_7b"]])
+def test_every_spelling_of_the_preset_overrides_a_scripts_default(argv):
+    assert split_argv(argv, default="demo") == ("paper_7b", ["a=1"])
+    assert split_argv(["a=1"], default="demo") == ("demo", ["a=1"])
+    with pytest.raises(ConfigError, match="--config needs"):
+        split_argv(["a=1", "-c"])
+
+
 def test_paper_preset_has_the_papers_values():
     cfg = load_config("configs/paper_7b.yaml")
     assert cfg.model.teacher == "Qwen/Qwen2.5-7B-Instruct"
