@@ -18,7 +18,8 @@ ray.serve.llm's separate deployments (proxy -> ingress -> LLMServer):
                           {"index": i, "delta": "..."} as tokens arrive, then {"done": true, ...the JSON answer}
     GET  /healthz      → {"status": "ok"}: liveness, the ingress answers (no token)
     GET  /readyz       → 200 {"status": "ready", ...} once the teacher has generated a token and the scorer (if
-                          any) answers; 503 {"status": "starting"} until then (no token; never blocks a probe)
+                          any) answers; 503 {"status": "starting"} until then, and {"status": "unavailable"}
+                          from a replica whose engine has died (no token; never blocks a probe)
 
 Safe by default (serve/guard.py, serve/schema.py): 127.0.0.1; the bearer token from the replica's environment on
 every route, /docs and /openapi.json included; a body-size limit and a body-read deadline; every field checked,
@@ -238,10 +239,17 @@ class TeacherIngress(OpenAiIngress):
         return {"status": "ok"}
 
     async def readyz(self) -> JSONResponse:
-        if await self.probe.ready():
-            return JSONResponse({"status": "ready", "model": self.model_id, "weights_version": self.version})
-        return JSONResponse({"status": "starting", "model": self.model_id, "last_error": self.probe.error},
-                            status_code=503)
+        if not await self.probe.ready():
+            return JSONResponse({"status": "starting", "model": self.model_id, "last_error": self.probe.error},
+                                status_code=503)
+        if (dead := await self._engine_failure()) is not None:  # until Serve's health check replaces the replica
+            return JSONResponse({"status": "unavailable", "model": self.model_id, "last_error": dead}, status_code=503)
+        return JSONResponse({"status": "ready", "model": self.model_id, "weights_version": self.version})
+
+    async def _engine_failure(self) -> Optional[str]:
+        """Why the engine cannot answer, once it has; None while it can. The split layout's engines are other
+        deployments, which Serve health-checks itself."""
+        return None
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         from rlt_ray.formats import escape_special_tokens
@@ -339,12 +347,19 @@ class TeacherIngress(OpenAiIngress):
             yield choice
 
     async def _completion_choices(self, body: CompletionRequest) -> AsyncIterator[dict]:
-        """The teacher deployment's choices for ``body``; an error response raises (``_choices``)."""
+        """The teacher deployment's choices for ``body``; an error response raises (``_choices``), and so does a
+        dead engine, as a 503 the client can retry (Serve replaces the replica once its health check fails)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         handle = self._get_configured_serve_handle(self.model_id)
-        async for item in handle.completions.remote(body, None):
-            for response in item if isinstance(item, list) else [item]:
-                for choice in _choices(response):
-                    yield choice
+        try:
+            async for item in handle.completions.remote(body, None):
+                for response in item if isinstance(item, list) else [item]:
+                    for choice in _choices(response):
+                        yield choice
+        except EngineDeadError:  # in-process, or a Ray task error of that class from the engine's deployment
+            raise RequestError(503, None, "the teacher's engine has stopped; Serve is replacing it: retry shortly "
+                                          "(GET /readyz answers 200 again once a replica is ready)") from None
 
     async def _first_answers(self) -> None:
         """One greedy token from the teacher (so its engine is up), and the scorer's answer when there is one."""
@@ -459,6 +474,13 @@ class TeacherReplica(TeacherIngress):
 
     async def check_health(self) -> None:
         await self.server.check_health()  # a dead engine fails the replica, which Serve then replaces
+
+    async def _engine_failure(self) -> Optional[str]:
+        try:
+            await self.server.check_health()
+        except Exception as exc:  # vLLM's EngineDeadError, or whatever its health check raises
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _add_choice(outs: dict[int, dict], c: dict) -> int:

@@ -20,7 +20,8 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         # our fields, and the OpenAI error's (message, type, param, code), so one shape serves every route
-        kind = {401: "authentication_error", 404: "not_found_error", 408: "timeout_error"}.get(
+        kind = {401: "authentication_error", 404: "not_found_error", 408: "timeout_error",
+                503: "service_unavailable"}.get(
             self.status, "invalid_request_error")
         return {"error": {"status": self.status, "field": self.field, "message": self.message, "type": kind,
                           "param": self.field, "code": self.status}}

@@ -271,3 +271,44 @@ def test_load_script_small_scale_has_no_errors(server, route):
     assert 0 < summary["p50_s"] <= summary["p95_s"] <= summary["p99_s"] and summary["requests_per_s"] > 0
     if route == "chat":  # ignore_eos: every request got exactly its 8 tokens, streamed ones counted by usage
         assert summary["tokens"] == 24 * 8
+
+
+def _replica_processes(deployment: str) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("ServeReplica" in part and deployment in part for part in (p.info["cmdline"] or []))]
+
+
+def test_a_killed_engine_core_fails_the_replica_and_serve_replaces_it(server):
+    """Last in the module (it takes the server down for a while): kill -9 of vLLM's engine core inside the
+    default layout's replica (serve.engine_in_ingress): the replica's health check forwards to the engine's, so
+    Serve replaces the replica; meanwhile every answer is a JSON error, never a hang or a traceback."""
+    (replica,) = _replica_processes("TeacherReplica")
+    engine = replica.children(recursive=True)
+    assert engine, "the engine core is a process of the replica's own (vLLM's multiprocessing engine)"
+    for p in engine:
+        p.kill()
+    probes = []  # the dead replica's own answer (vLLM notices its engine core's death within a moment)
+    while len(probes) < 20 and (not probes or probes[-1].status_code == 200):
+        time.sleep(0.5)
+        probes.append(requests.get(f"{server}/readyz", timeout=30))
+    assert probes[-1].status_code == 503 and probes[-1].json()["status"] == "unavailable", probes[-1].text
+    statuses, t0 = [], time.time()
+    while time.time() - t0 < 300:
+        try:
+            r = _post(server, {**GOOD, "max_tokens": 4})
+        except requests.RequestException as exc:
+            statuses.append(type(exc).__name__)
+        else:
+            statuses.append(r.status_code)
+            if r.ok:
+                break
+            assert r.status_code == 503 and "Traceback" not in r.text, r.text
+            assert r.json()["error"]["status"] == 503 and "retry" in r.json()["error"]["message"], r.text
+        time.sleep(1)
+    assert statuses[-1] == 200, statuses
+    (new,) = _replica_processes("TeacherReplica")
+    assert new.pid != replica.pid, "answered again by a new replica"
+    print(f"statuses while the replica was replaced ({time.time() - t0:.0f} s): {statuses}")
+    assert requests.get(f"{server}/readyz", timeout=30).status_code == 200
