@@ -106,6 +106,11 @@ def llm_config(cfg: Any) -> LLMConfig:
     )
 
 
+def engine_dead() -> RequestError:
+    return RequestError(503, None, "the teacher's engine has stopped; Serve is replacing it: retry shortly "
+                                   "(GET /readyz answers 200 again once a replica is ready)")
+
+
 class ReadyProbe:
     """Readiness without blocking the prober: the first call starts ``check`` (a real generation: the ingress is
     up long before the engine) as a task and waits at most ``wait_s`` for it; later calls look at that task.
@@ -300,6 +305,8 @@ class TeacherIngress(OpenAiIngress):
     async def _timed(self, route: str, body: Any, call: Any, request: Request):
         """The library's route with our caps (serve.max_tokens, serve.max_n: a request without max_tokens gets
         the cap, not the rest of the context) and serve.request_timeout_s (to its first response, for a stream)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         t0 = time.perf_counter()
         try:
             for name, cap in (("max_tokens", self.limits.max_tokens), ("max_completion_tokens", self.limits.max_tokens),
@@ -312,9 +319,9 @@ class TeacherIngress(OpenAiIngress):
                 body.max_tokens = self.limits.max_tokens
             async with asyncio.timeout(self.timeout_s):
                 response = await call(body, request)
-        except (TimeoutError, RequestError) as exc:
-            err = exc if isinstance(exc, RequestError) else RequestError(
-                408, None, f"no answer within {self.timeout_s:g} s (serve.request_timeout_s)")
+        except (TimeoutError, RequestError, EngineDeadError) as exc:
+            err = exc if isinstance(exc, RequestError) else engine_dead() if isinstance(exc, EngineDeadError) else \
+                RequestError(408, None, f"no answer within {self.timeout_s:g} s (serve.request_timeout_s)")
             self.m_requests.inc(tags={"route": route, "status": str(err.status)})
             return JSONResponse(err.body(), status_code=err.status)
         self.m_requests.inc(tags={"route": route, "status": str(response.status_code)})
@@ -358,8 +365,7 @@ class TeacherIngress(OpenAiIngress):
                     for choice in _choices(response):
                         yield choice
         except EngineDeadError:  # in-process, or a Ray task error of that class from the engine's deployment
-            raise RequestError(503, None, "the teacher's engine has stopped; Serve is replacing it: retry shortly "
-                                          "(GET /readyz answers 200 again once a replica is ready)") from None
+            raise engine_dead() from None
 
     async def _first_answers(self) -> None:
         """One greedy token from the teacher (so its engine is up), and the scorer's answer when there is one."""

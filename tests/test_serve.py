@@ -294,6 +294,9 @@ def test_a_killed_engine_core_fails_the_replica_and_serve_replaces_it(server):
         time.sleep(0.5)
         probes.append(requests.get(f"{server}/readyz", timeout=30))
     assert probes[-1].status_code == 503 and probes[-1].json()["status"] == "unavailable", probes[-1].text
+    chat = requests.post(f"{server}/v1/chat/completions", headers=_auth(), timeout=120,
+                         json={"model": "tiny-teacher", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert chat.status_code == 503 and chat.json()["error"]["status"] == 503, chat.text  # the OpenAI routes too
     statuses, t0 = [], time.time()
     while time.time() - t0 < 300:
         try:
