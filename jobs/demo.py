@@ -38,19 +38,21 @@ ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up
 
 
 def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out: Path | None = None,
-               seed: int | None = None) -> dict[str, list[str]]:
+               seed: int | None = None, student_epochs: int | None = None) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides). The RL teacher's arm (the
     RL stage, its distillation, student (d)) goes under ``seed_out`` (default ``out``); ``seed`` is the RL stage's
     seed (run.seed: sampling, the learners' init; data.seed: the order of the questions) for a replicate
-    (--seeds), None for the preset's."""
+    (--seeds), None for the preset's. ``student_epochs`` (demo.student_epochs) is every student's sft.epochs,
+    the reward's student (b) included; None: the preset's sft.epochs, as the teacher's warm-up."""
     task, seed_out = out / "task", seed_out or out
     sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
+    student = sft + ([f"sft.epochs={student_epochs}"] if student_epochs else [])
     rl_teacher = seed_out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
     distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.batch_rows=256",
                f"model.student={out / 'student_b' / 'final'}"]
     return {
         "sft_teacher": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'teacher_sft'}"],
-        "student_b": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'student_b'}",
+        "student_b": student + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'student_b'}",
                             f"data.max_rows={student_rows}"],
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
@@ -60,9 +62,9 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
                                 f"distill.output_dir={out / 'distill_warmup'}"],
         "distill_d": distill + [f"model.teacher={rl_teacher}", f"distill.output_dir={seed_out / 'distill_rl'}"],
-        "student_a": sft + [f"data.source={task / 'train_answer_only.jsonl'}", f"sft.output_dir={out / 'student_a'}"],
-        "student_c": sft + [f"data.source={out / 'distill_warmup' / 'data'}", f"sft.output_dir={out / 'student_c'}"],
-        "student_d": sft + [f"data.source={seed_out / 'distill_rl' / 'data'}",
+        "student_a": student + [f"data.source={task / 'train_answer_only.jsonl'}", f"sft.output_dir={out / 'student_a'}"],
+        "student_c": student + [f"data.source={out / 'distill_warmup' / 'data'}", f"sft.output_dir={out / 'student_c'}"],
+        "student_d": student + [f"data.source={seed_out / 'distill_rl' / 'data'}",
                             f"sft.output_dir={seed_out / 'student_d'}"],
         "evaluate": [f"eval.source={task / 'test.jsonl'}"],
         "serve": [f"serve.model={rl_teacher}", f"serve.student={out / 'student_b' / 'final'}", "serve.max_tokens=128"],
@@ -309,7 +311,8 @@ def main(argv: list[str]) -> int:
     train_questions, test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
-    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr))
+    student_epochs = cfg.demo.student_epochs
+    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs)
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows",
                    "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
@@ -327,7 +330,7 @@ def main(argv: list[str]) -> int:
     # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
     rl_arms = [(None, out, args)] if seeds is None else [
         (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
-                                                     out / "seeds" / str(seed), seed)) for seed in seeds]
+                                                     out / "seeds" / str(seed), seed, student_epochs)) for seed in seeds]
 
     def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
         """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
@@ -392,7 +395,8 @@ def main(argv: list[str]) -> int:
         sizes["d"] = len(distilled[None])
     rows = rows_per_arm(sizes, student_rows, out, min_rows)
     same = [f"data.max_rows={rows}"]
-    print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({cfg.sft.epochs} epochs) ...", flush=True)
+    print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({student_epochs or cfg.sft.epochs} epochs) ...",
+          flush=True)
     t = time.time()
     for arm in "ac":
         run(f"student_{arm}", sft_student, args[f"student_{arm}"] + same)

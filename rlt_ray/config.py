@@ -327,6 +327,8 @@ class DemoConfig:
     # the RL stage's learning rate (constant, no warm-up); learner.* is the SFT stages' optimizer, the same for
     # every arm, so the RL stage gets its own key instead of sharing learner.lr
     rl_lr: float = 5e-4
+    # every student's sft.epochs ((a)-(d), (b) also the reward's student); None: sft.epochs, as the teacher's warm-up
+    student_epochs: Optional[int] = None
     # --extended (docs/demo.md): the cold start, (e) = student (b) and (f) = student (d) each after this many
     # outcome-reward GRPO steps (reward.kind=verifier) at this learning rate; the transfer task's chain length
     # (the teachers train on 4 terms) and its held-out questions

@@ -61,7 +61,8 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"{out}: no summary.json (or replicates.json with --rl seeds/N): not a finished demo run")
     preset, overrides = split_argv(argv, default="demo")
     cfg = load_config(preset, overrides + [f"run.output_dir={out}"])
-    args = stage_args(out, int(cfg.run.steps), int(cfg.demo.student_rows), float(cfg.demo.rl_lr), rl_folder)
+    args = stage_args(out, int(cfg.run.steps), int(cfg.demo.student_rows), float(cfg.demo.rl_lr), rl_folder,
+                      student_epochs=cfg.demo.student_epochs)
     base = ["--config", preset, *overrides, f"run.output_dir={out}"]
     logs = StageLog(out / "logs", verbose())
     connect_ray()

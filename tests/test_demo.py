@@ -73,6 +73,11 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     rl = load_config("demo", user + args["train_rlt"])
     assert rl.learner.lr == 1e-3 and rl.learner.lr_schedule == "constant" and rl.learner.warmup_ratio == 0
     assert all(load_config("demo", user + args[s]).learner.lr == 2e-3 for s in ("sft_teacher", "student_b"))
+    # demo.student_epochs: every student's epochs (the reward's student (b) too), not the teacher's warm-up's
+    longer = stage_args(tmp_path, 8, 240, 1e-3, student_epochs=7)
+    assert all(load_config("demo", longer[f"student_{a}"]).sft.epochs == 7 for a in "abcd")
+    assert load_config("demo", longer["sft_teacher"]).sft.epochs == load_config("demo").sft.epochs != 7
+    assert args["student_b"] == [a for a in longer["student_b"] if a != "sft.epochs=7"]
     assert load_config("demo").demo.rl_lr == 5e-4
     with pytest.raises(ConfigError, match="demo.rl_lr"):
         load_config("demo", ["demo.rl_lr=0"])
