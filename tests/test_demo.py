@@ -91,9 +91,10 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     # questions: with fewer, 3 epochs do not teach it to close its tag, and distillation keeps nothing)
     # (5 epochs, as the full demo: with 3 the warm-up teacher closes its tag only 78 % of the time and RL's
     # first steps knock that down; docs/demo.md, runs 9-11). The reward-hacking watch reports but does not stop
-    # it: its checks are the mechanics, whatever the 8 steps do to the teacher
-    pytest.param(["run.steps=8", "demo.test_questions=64", "demo.student_rows=240", "run.stop_on_hack=false"], 64,
-                 id="short"),
+    # it: its checks are the mechanics, whatever the 8 steps do to the teacher. Its students train the warm-up's
+    # 5 epochs, not the full demo's 10 (demo.student_epochs), to keep the CI suite's time
+    pytest.param(["run.steps=8", "demo.test_questions=64", "demo.student_rows=240", "run.stop_on_hack=false",
+                  "demo.student_epochs=5"], 64, id="short"),
     # the README's command exactly as a user runs it (about 12 minutes on 2 cores): scripts/test.sh --slow
     pytest.param([], 256, id="full", marks=pytest.mark.slow),
 ])
