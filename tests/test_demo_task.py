@@ -57,4 +57,7 @@ def test_explanation_features_count_what_a_student_can_learn():
             for t in ("Alright. 2+1=3. 3+5=8. 8+4=12. So the answer is 12.", "Alright. 1+2=3. So the answer is 3.")]
     summary = describe_explanations(rows)
     assert summary["answer_last"] == 0.5 and summary["top_opener_share"] == 1.0 and summary["rows"] == 2
+    assert summary["shared"] == 0.0  # one question: nothing was written for another one
+    copies = rows + [{"question": "What is 9+9+1+3?", "solution": "22", "explanation": rows[1]["explanation"]}]
+    assert describe_explanations(copies)["shared"] == 2 / 3  # the second and third rows: one text, two questions
     assert describe_explanations([]) == {}

