@@ -36,7 +36,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing rlt-ray ($RLT_DEVICE) into $RLT_VENV (a few minutes; pip's output: $log)" >&2
   pip=("$RLT_VENV/bin/python" -m pip --disable-pip-version-check)
   pip_or_fail() {
-    "${pip[@]}" "$@" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; echo "bootstrap: pip $* failed; see $log" >&2; return 1; }
+    "${pip[@]}" "$@" >>"$log" 2>&1 && return 0
+    tail -n 30 "$log" >&2
+    echo "bootstrap: pip $* failed; see $log" >&2
+    return 1
   }
   : >"$log"
   # each step stops the set-up on failure, sourced (`source ... || exit 1` turns set -e off) or run
