@@ -73,3 +73,17 @@ def test_seeded_batches_larger_than_one_prefill_step_survive_and_repeat():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"prompts": 40, "completions": 160, "seeded_repeat": True}
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_models_prepare_first_build_is_quiet_unless_verbose(tmp_path, verbose):
+    """`python -m rlt_ray.models prepare` (scripts/demo.sh's first step) on an empty cache builds the model: one line
+    per model on a quiet console, transformers' progress bars ("Writing model shards") only with RLT_VERBOSE=1."""
+    env = {**os.environ, "RLT_CACHE": str(tmp_path), "RLT_VERBOSE": verbose, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "rlt_ray.models", "prepare", "demo-teacher"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "models").is_dir() and any((tmp_path / "models").rglob("model.safetensors"))
+    assert "models: demo-teacher ->" in done.stderr
+    bars = "%|" in done.stderr  # tqdm's bar
+    assert bars == (verbose == "1"), done.stderr[-2000:]
