@@ -69,8 +69,9 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
                 if all("r_ss_mean" in r for r in history) else "")
         seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
         cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
-                 "for, instead of explaining this question's solution. Not measured which settings prevent it; "
-                 "candidates: a smaller reward.kl_penalty_coeff, a lower learner.lr (demo.rl_lr in the demo), a "
+                 "for, instead of explaining this question's solution. reward.kl_estimator=k3 (the demo's "
+                 "default since) or a smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it in the one "
+                 "measured case (docs/demo.md, run 26); untried: a lower learner.lr (demo.rl_lr in the demo), a "
                  "higher rollout.temperature")
     elif unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
         cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
