@@ -293,7 +293,7 @@ def main(argv: list[str]) -> int:
     student (d), its evaluation) once per seed, under <out>/seeds/<seed>/; writes <out>/replicates.json and
     <out>/replicates.png and prints the table per seed (no Serve stage)."""
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
-    from rlt_ray.cluster import RunStopped, connect_ray, library_log_dir, verbose
+    from rlt_ray.cluster import RunStopped, connect_ray, library_log_dir, quiet_library_bars, verbose
     from rlt_ray.config import load_config, split_argv
     from rlt_ray.demo_task import write_task
 
@@ -317,12 +317,7 @@ def main(argv: list[str]) -> int:
                    "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
     logs = StageLog(out / "logs", verbose())
-    if not verbose():  # the libraries' own progress bars (dataset splits, checkpoint shards) are not stages
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
+    quiet_library_bars()
     t0 = time.time()
     timings: dict[str, float] = {}
     connect_ray()

@@ -58,6 +58,18 @@ def verbose() -> bool:
     return os.environ.get("RLT_VERBOSE", "0") not in ("0", "", "false", "False")
 
 
+def quiet_library_bars() -> None:
+    """Unless verbose(): no progress bars from datasets and transformers (dataset splits, checkpoint shards, a first
+    model build's 'Writing model shards') in this process; the console's lines are the job's own stages."""
+    if verbose():
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def connect_ray():
     """Inside `ray job submit` (RAY_ADDRESS set): the job's cluster. Otherwise a local Ray of our own, never
     someone else's cluster by accident. A caller that already called ray.init (tests, notebooks) keeps its own.

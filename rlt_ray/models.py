@@ -303,12 +303,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] != ["prepare"]:
         print("usage: python -m rlt_ray.models prepare [NAME ...]", file=sys.stderr)
         return 2
-    from rlt_ray.cluster import verbose
+    from rlt_ray.cluster import quiet_library_bars
 
-    if not verbose():  # a first build writes shards and a tokenizer: transformers' bars are not the user's stages
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
+    quiet_library_bars()  # a first build writes shards and a tokenizer: transformers' bars are not the user's stages
     for name in argv[1:] or BUILTIN_MODELS:
         print(f"models: {name} -> {resolve_model(name)}", file=sys.stderr)
     return 0
