@@ -375,12 +375,13 @@ def main(argv: list[str]) -> int:
     print(f"      done in {time.time() - t:.0f} s", flush=True)
     print(f"[5/{n_stages}] distil the warm-up teacher's and the RL teacher's explanations ...", flush=True)
     t = time.time()
-    run("distill_c", distill, args["distill_c"])
+    run("distill_c", distill, args["distill_c"], show=("warning: ",))  # rows repeating across questions
     warm = distilled_rows(out / "distill_warmup")
     distilled = {}
     for seed, folder, arm_args in rl_arms:
         if seed not in stopped:
-            run("distill_d" + (f"_{seed}" if seed is not None else ""), distill, arm_args["distill_d"])
+            run("distill_d" + (f"_{seed}" if seed is not None else ""), distill, arm_args["distill_d"],
+                show=("warning: ",))
             distilled[seed] = distilled_rows(folder / "distill_rl")
     print(f"      done in {time.time() - t:.0f} s", flush=True)
     # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag

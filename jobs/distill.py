@@ -79,18 +79,10 @@ def data_context() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from tqdm import tqdm
-
-    from actors.rollout import SampleStage
-    from actors.student import ScoreStage
-    from rlt_ray.batch import step_seeds
-    from rlt_ray.cluster import connect_ray
-    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
+    from rlt_ray.config import load_config, split_argv, to_yaml
     from rlt_ray.data import load_rows
-    from rlt_ray.distill import done_rows
-    from rlt_ray.formats import RLTFormat, prompt_ids
+    from rlt_ray.distill import done_rows, folder_explanations, repeated_explanations
     from rlt_ray.memory import check_memory
-    from rlt_ray.models import load_tokenizer
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -99,7 +91,6 @@ def main(argv: list[str]) -> int:
     teacher = dc.teacher or cfg.model.teacher
     teachers = int(dc.teacher_replicas or cfg.rollout.num_workers)
     scorers = int(dc.scorer_replicas or cfg.resources.scorer_workers)
-    fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or teacher))
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
     out = Path(dc.output_dir)
@@ -109,8 +100,29 @@ def main(argv: list[str]) -> int:
     todo = [i for i in range(len(rows)) if i not in done]
     print(f"distill: {len(rows)} rows, {len(done)} already done; k={dc.k}, keep={dc.keep}, teacher {teacher}; "
           f"{teachers} teacher and {scorers} scorer replicas, {dc.batch_rows} rows per batch", flush=True)
-    if not todo:
-        return 0
+    if todo:
+        distil(cfg, rows, todo, out, teacher, teachers, scorers)
+    # the whole folder, earlier runs' rows too: what a student will train on
+    warning = repeated_explanations(folder_explanations(out), float(dc.max_shared_fraction))
+    if warning:
+        print(warning, flush=True)
+    return 0
+
+
+def distil(cfg: Any, rows: list, todo: list[int], out: Path, teacher: str, teachers: int, scorers: int) -> None:
+    """Sample and score the rows ``todo`` on Ray Data, appending part files to ``out / "data"``."""
+    from tqdm import tqdm
+
+    from actors.rollout import SampleStage
+    from actors.student import ScoreStage
+    from rlt_ray.batch import step_seeds
+    from rlt_ray.cluster import connect_ray
+    from rlt_ray.config import check_cluster
+    from rlt_ray.formats import RLTFormat, prompt_ids
+    from rlt_ray.models import load_tokenizer
+
+    dc = cfg.distill
+    fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or teacher))
     with open(out / "errors.jsonl", "a") as errors_file:
         items = []
         for i, ids in zip(todo, prompt_ids(fmt.tokenizer, [fmt.teacher_prompt(rows[i]) for i in todo],
@@ -155,7 +167,6 @@ def main(argv: list[str]) -> int:
             bar.close()
     print(f"distill: wrote {kept} explanations to {out / 'data'}; {failed} rows without one "
           f"(see {out / 'errors.jsonl'})", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -266,6 +266,9 @@ class DistillConfig:
     batch_rows: int = 64
     teacher_replicas: Optional[int] = None  # the sampling stage's vLLM replicas; None: rollout.num_workers
     scorer_replicas: Optional[int] = None  # the scoring stage's student replicas; None: resources.scorer_workers
+    # a console warning when more than this fraction of the distilled explanations were also written for another
+    # question (rlt_ray.distill.repeated_explanations); 1.0: never
+    max_shared_fraction: float = 0.25
     output_dir: str = "runs/distill"
 
 
@@ -490,7 +493,8 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
     if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
         raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
-    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction"):
+    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction",
+                "distill.max_shared_fraction"):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
     if not 0.0 <= cfg.logging.completions_fraction <= 1.0:

@@ -1,5 +1,5 @@
 """Distillation's pure parts (jobs/distill.py): which of a row's k explanations to keep, the records written for
-it, and which rows an output folder already holds (resume)."""
+it, which rows an output folder already holds (resume), and whether its explanations repeat across questions."""
 
 from __future__ import annotations
 
@@ -62,3 +62,36 @@ def done_rows(out: Path) -> set[int]:
             if record.get("index") is not None and not record.get("completion_error"):
                 done.add(int(record["index"]))
     return done
+
+
+def repeated_explanations(records: Sequence[dict[str, Any]], max_shared_fraction: float) -> Optional[str]:
+    """A console warning when more than ``max_shared_fraction`` of the distilled explanations (``id``,
+    ``explanation``) were also written, word for word, for another question; None otherwise. An explanation
+    depends on its question, so an honest teacher's rows share almost none (the demo at run 26: 0.000-0.002 at
+    three of five seeds), while a teacher drifting to text the student finds likely whatever the question
+    repeats across a whole data set (0.45-0.47 at the other three) more than any RL step shows (at most 0.22,
+    since a step has far fewer questions): the RL job's watch (run.max_shared_fraction) does not see it."""
+    from collections import Counter
+
+    from rlt_ray.hacks import shared_explanation_fraction
+
+    pairs = [(r["id"], " ".join(str(r["explanation"]).split())) for r in records]
+    shared = shared_explanation_fraction(pairs)
+    if shared <= max_shared_fraction:
+        return None
+    text, count = Counter(text for _, text in pairs).most_common(1)[0]
+    return (f"warning: {shared:.0%} of the {len(pairs)} distilled explanations were also written for another "
+            f"question (over distill.max_shared_fraction={max_shared_fraction}; the commonest, {count} times: "
+            f"{text[:80]!r}): students trained on them learn text that does not depend on the question. The "
+            f"teacher writes what the student finds likely whatever the question (docs/demo.md, runs 24 and 26): "
+            f"check its RL run, or distil an earlier checkpoint")
+
+
+def folder_explanations(out: Path) -> list[dict[str, Any]]:
+    """The (id, explanation) of every row in an output folder's complete part files (this run's and earlier)."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for part in sorted((out / "data").glob("part-*.parquet")):
+        rows.extend(pq.read_table(part, columns=["id", "explanation"]).to_pylist())
+    return rows

@@ -87,7 +87,7 @@ def test_the_watch_keys_are_checked():
     from rlt_ray.config import ConfigError, load_config
 
     for bad in ("run.min_closed_fraction=1.5", "run.min_length_ratio=-0.1", "run.hack_patience=0",
-                "run.max_shared_fraction=2"):
+                "run.max_shared_fraction=2", "distill.max_shared_fraction=-0.5"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
 
