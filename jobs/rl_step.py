@@ -476,8 +476,10 @@ class RLStep:
         if self.cfg.reward.kind == "verifier":  # its signs are the RLT reward's (an explanation's tag, its length)
             return
         self.history.append(metrics)
+        reward = self.cfg.reward
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
-                         self.cfg.reward.explanation_span, run.max_shared_fraction)
+                         reward.explanation_span, run.max_shared_fraction, kl_estimator=reward.kl_estimator,
+                         kl_weight=float(reward.kl_penalty_coeff[0]))
         if sign is None or sign.kind in self.hacks_seen:
             return
         self.hacks_seen.add(sign.kind)

@@ -35,13 +35,15 @@ def shared_explanation_fraction(explanations: Iterable[tuple[Hashable, str]]) ->
 
 def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int,
               min_length_ratio: float, explanation_span: str = "with_prompt_pad",
-              max_shared_fraction: float = 1.0) -> Optional[HackSign]:
+              max_shared_fraction: float = 1.0, *, kl_estimator: str = "k1",
+              kl_weight: float = 3.0) -> Optional[HackSign]:
     """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
     steps (up to ``patience`` of them, before the recent ones). ``copied``: in every one of those steps more than
     ``max_shared_fraction`` of the explanations were also written for another question. The message names the
-    likely mechanism, from which way the lengths went."""
+    likely mechanism, from which way the lengths went, and the run's KL term (``kl_estimator``, ``kl_weight``:
+    reward.kl_estimator and the first reward.kl_penalty_coeff)."""
     if patience < 1 or len(history) < patience:
         return None
     # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can
@@ -81,10 +83,16 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
         cause = ("explanations run to rollout.max_new_tokens and are cut off unclosed: the KL term's mean over a "
                  "longer explanation pays more than the unclosed-tag penalty costs. Make reward.not_matched_penalty "
                  "more negative, or lower reward.kl_penalty_coeff")
-    else:  # short and unclosed: the k1 term's bonus on tokens the teacher finds unlikely
+    else:  # short and unclosed
         span = (" the prompt's padding is in the KL span (reward.explanation_span=with_prompt_pad) and weighs more "
                 "in a shorter explanation's mean; try reward.explanation_span=sampled," if explanation_span ==
                 "with_prompt_pad" else "")
-        cause = ("with reward.kl_estimator=k1, -3 x the teacher's own log-prob is a bonus for tokens it finds "
-                 f"unlikely;{span} make reward.not_matched_penalty more negative, or use reward.kl_estimator=k3")
+        if kl_estimator == "k1":  # the k1 term's bonus on tokens the teacher finds unlikely
+            cause = (f"with reward.kl_estimator=k1, -{kl_weight:g} x the teacher's own log-prob is a bonus for "
+                     f"tokens it finds unlikely;{span} make reward.not_matched_penalty more negative, or use "
+                     "reward.kl_estimator=k3")
+        else:  # k3 is never a bonus: what a short unclosed explanation saves is KL
+            cause = (f"the KL term ({kl_weight:g} x {kl_estimator}) of a short explanation costs less than the "
+                     f"unclosed-tag penalty;{span} make reward.not_matched_penalty more negative, or lower "
+                     "reward.kl_penalty_coeff")
     return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")

@@ -29,8 +29,13 @@ def test_short_unclosed_explanations_name_the_prompt_padding_and_the_settings():
     assert "run.min_closed_fraction=0.5" in sign.message and "0.99 -> 0.13" in sign.message
     assert "reward.explanation_span=sampled" in sign.message and "reward.kl_estimator=k3" in sign.message
     assert "reward.not_matched_penalty" in sign.message
+    assert "-3 x the teacher's own log-prob" in sign.message
     # with the sampled span already on, the padding is not the explanation
     assert "explanation_span" not in hack_sign(history, 0.5, 3, 0.25, "sampled").message
+    # the run's own KL term: its weight, and no k1 bonus under k3
+    assert "-1 x the teacher's own log-prob" in hack_sign(history, 0.5, 3, 0.25, kl_weight=1.0).message
+    k3 = hack_sign(history, 0.5, 3, 0.25, "sampled", kl_estimator="k3").message
+    assert "bonus" not in k3 and "3 x k3" in k3 and "reward.not_matched_penalty" in k3
 
 
 def test_long_truncated_unclosed_explanations_name_the_length_and_the_penalty():
