@@ -57,7 +57,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
     # DeepSpeed's CPU shared-memory op is compiled the first time a DeepSpeed process starts: with the set-up,
     # not in a job's first stage. A failure is not the set-up's: the first DeepSpeed run builds it (or says why).
-    "$RLT_VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator
+    # The venv's ninja, as the jobs find it: another ninja's log makes theirs build it all again.
+    PATH="$RLT_VENV/bin:$PATH" "$RLT_VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator
 b = get_accelerator().create_op_builder('ShareMemCommBuilder')
 b is None or b.load()" >>"$log" 2>&1 ||
       echo "bootstrap: DeepSpeed's shared-memory op did not build (see $log); the first DeepSpeed run tries again" >&2
