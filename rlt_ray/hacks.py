@@ -92,7 +92,7 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
                      f"tokens it finds unlikely;{span} make reward.not_matched_penalty more negative, or use "
                      "reward.kl_estimator=k3")
         else:  # k3 is never a bonus: what a short unclosed explanation saves is KL
-            cause = (f"the KL term ({kl_weight:g} x {kl_estimator}) of a short explanation costs less than the "
-                     f"unclosed-tag penalty;{span} make reward.not_matched_penalty more negative, or lower "
+            cause = (f"a short explanation saves more on the KL term ({kl_weight:g} x {kl_estimator}) than the "
+                     f"unclosed-tag penalty costs;{span} make reward.not_matched_penalty more negative, or lower "
                      "reward.kl_penalty_coeff")
     return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")
