@@ -57,3 +57,18 @@ def test_each_venv_builds_its_c_ops_in_its_own_folder(tmp_path):
     one, two = (_venv_whose_pip_fails_at(tmp_path / name, "no step fails") for name in ("one", "two"))
     assert extensions_dir(one) == extensions_dir(one) != extensions_dir(two)
     assert all(Path(extensions_dir(v)).parent == tmp_path / "cache" / "torch_extensions" for v in (one, two))
+
+
+def test_the_op_is_built_with_the_venv_s_ninja(tmp_path):
+    """The jobs find the venv's ninja first on PATH; a build by another ninja leaves a log theirs discards, and
+    the op is compiled again in the first DeepSpeed stage."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text('#!/bin/sh\ncase "$*" in *ShareMemCommBuilder*) echo "build PATH=$PATH";; esac\nexit 0\n')
+    python.chmod(0o755)
+    proc = subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=ROOT, env={**os.environ, "RLT_VENV": str(venv)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    build = [line for line in (venv / "bootstrap.log").read_text().splitlines() if line.startswith("build PATH=")]
+    assert len(build) == 1 and build[0].split("=", 1)[1].split(":")[0] == str(venv / "bin")
