@@ -61,3 +61,44 @@ def test_explanation_features_count_what_a_student_can_learn():
     copies = rows + [{"question": "What is 9+9+1+3?", "solution": "22", "explanation": rows[1]["explanation"]}]
     assert describe_explanations(copies)["shared"] == 2 / 3  # the second and third rows: one text, two questions
     assert describe_explanations([]) == {}
+
+
+def test_explanation_dependence_compares_own_shuffled_reference_and_no_explanation(tmp_path):
+    """scripts/explanation_dependence.py (docs/demo.md, run 28) on the demo's untrained student: the four means
+    are finite, a reference trace equal to the row's explanation scores as the row's own, and rows that all share
+    one explanation score the same shuffled or not."""
+    import math
+    import shutil
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlt_ray.models import resolve_model
+
+    run = tmp_path / "run"
+    shutil.copytree(resolve_model("demo-student"), run / "student_b" / "final")
+    questions = [("What is 1+2+3+4?", "10"), ("What is 5+1+1+2?", "9"), ("What is 9+9+1+1?", "20")]
+    (run / "task").mkdir()
+    (run / "task" / "train.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "question": q, "solution": s, "reasoning_trace": "Add them up."}) + "\n"
+        for i, (q, s) in enumerate(questions)))
+    rows = [{"id": f"q{i}", "question": q, "solution": s, "explanation": "Add them up."}
+            for i, (q, s) in enumerate(questions)]
+    (run / "distill" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), run / "distill" / "data" / "part-0.parquet")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "explanation_dependence.py"
+    done = subprocess.run([sys.executable, str(script), str(run), str(run / "distill")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    values = dict(part.rsplit(" ", 1) for part in done.stdout.strip().split(": ", 1)[1].split(", "))
+    means = {k: float(v) for k, v in values.items()}
+    assert set(means) == {"own", "shuffled", "reference", "empty", "own_minus_shuffled"}
+    assert all(math.isfinite(v) and v <= 0 for k, v in means.items() if k != "own_minus_shuffled")
+    assert means["own"] == means["shuffled"] == means["reference"] and means["own_minus_shuffled"] == 0
+    assert means["empty"] != means["own"]  # no explanation is another context
+    missing = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "parquet parts in" in missing.stderr

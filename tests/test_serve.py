@@ -67,6 +67,16 @@ def test_health_and_models(server):
     assert card["metadata"]["weights_version"] == 0 and card["metadata"]["student"] == "tiny-student"
 
 
+def test_the_teacher_replica_starts_without_the_librarys_download_task(server, cluster_env):
+    """The served teacher is a local folder: the replica skips ray.serve.llm's per-node download task (serve.app.
+    LocalFolderInit), a worker process of its own (~7 s of each replica's start on 2 cores)."""
+    logs = [p for p in Path(cluster_env["RLT_RAY_TMP"]).glob("session_latest/logs/serve/replica_*.log")
+            if "TeacherReplica" in p.name]
+    text = "".join(p.read_text() for p in logs)
+    assert "Started initializing replica" in text, [p.name for p in logs]
+    assert "download model files" not in text
+
+
 def test_the_openai_client_streams_chat_and_completes(server):
     import openai
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,20 @@ def test_the_served_model_id_names_the_checkpoint(tmp_path):
     assert served_model_id(load_config(None, [f"serve.model={ckpt}"])) == "step_000040"
     assert served_model_id(load_config(None, [])) == "tiny-teacher"
     assert served_model_id(load_config(None, [f"serve.model={ckpt}", "serve.model_id=my-teacher"])) == "my-teacher"
+
+
+def test_the_teacher_engine_skips_the_librarys_download_task():
+    """ray.serve.llm runs a Ray task per node before each engine to fetch the model from a cloud mirror; the
+    served model is always a local folder, so that task (a worker process of its own, ~7 s) is skipped."""
+    import asyncio
+
+    from rlt_ray.config import load_config
+    from serve.app import LocalFolderInit, llm_config
+
+    config = llm_config(load_config(None, []))
+    assert Path(config.model_loading_config.model_source).is_dir()
+    callback = LocalFolderInit(llm_config=config, ctx_kwargs={})
+    assert callback.ctx.run_init_node  # the library's default: initialise
+    asyncio.run(callback.on_before_node_init())
+    assert not callback.ctx.run_init_node
+    assert config.callback_config.callback_class is LocalFolderInit
