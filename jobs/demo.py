@@ -257,8 +257,9 @@ def plot_replicates(out: Path, replicates: dict) -> None:
                 xs.append(x + offset), ys.append(s["accuracy"])
                 lo.append(s["accuracy"] - s["low"]), hi.append(s["high"] - s["accuracy"])
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=4, color=colors[arm], label=f"({arm}) {ARMS[arm]}")
-    ax.set_xticks(range(len(seeds)), [f"seed {s}" + ("" if replicates["seeds"][s]["stopped"] is None else "\n(stopped)")
-                                      for s in seeds])
+    marks = {s: "\n(stopped)" if e["stopped"] is not None else "\n(copying)" if e.get("copied") else ""
+             for s, e in replicates["seeds"].items()}
+    ax.set_xticks(range(len(seeds)), [f"seed {s}{marks[s]}" for s in seeds])
     ax.set_ylabel("held-out accuracy (95 % CI)")
     ax.set_ylim(0, 1)
     ax.set_title(f"the demo at {len(seeds)} RL seeds ((a)-(c) do not depend on it); {replicates['cpu']}", fontsize=9)
@@ -428,7 +429,8 @@ def main(argv: list[str]) -> int:
                 folder / "eval" / "d", d_rows[seed])}
     print(f"      done in {time.time() - t:.0f} s", flush=True)
     if seeds is not None:
-        return report_replicates(out, seeds, per_seed, stopped, students, distilled, time.time() - t0)
+        return report_replicates(out, seeds, per_seed, stopped, students, distilled, time.time() - t0,
+                                 float(cfg.distill.max_shared_fraction))
     students = per_seed[None]
 
     test_row = json.loads(files["test"].read_text().splitlines()[0])
@@ -570,8 +572,11 @@ def print_table(students: dict) -> None:
 
 
 def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict, shared: dict,
-                      distilled: dict, seconds: float) -> int:
-    """<out>/replicates.json and replicates.png, and the table per seed (``distilled``: each seed's rows)."""
+                      distilled: dict, seconds: float, max_shared: float = 0.25) -> int:
+    """<out>/replicates.json and replicates.png, and the table per seed (``distilled``: each seed's rows). A seed
+    whose distilled rows repeat across questions more than ``max_shared`` (distill.max_shared_fraction) is
+    counted as copying (``copied_at``) beside the seeds the RL watch stopped: the watch reads 64 explanations a
+    step and can miss what a whole data set shows (docs/demo.md, run 28: seed 57)."""
     from rlt_ray.demo_task import describe_explanations
 
     entries = {}
@@ -584,16 +589,20 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
         if seed in per_seed:
             entry["shape"] = shape_holds(per_seed[seed])
             entry["explanations"] = describe_explanations(distilled[seed])
+            entry["copied"] = entry["explanations"].get("shared", 0.0) > max_shared
         entries[str(seed)] = entry
     replicates = {"cpu": cpu_name(), "seeds": entries, "shared": shared, "seconds": seconds,
                   "shape_at": [int(s) for s, e in entries.items() if e["shape"]],
-                  "stopped_at": [int(s) for s, e in entries.items() if e["stopped"]]}
+                  "stopped_at": [int(s) for s, e in entries.items() if e["stopped"]],
+                  "copied_at": [int(s) for s, e in entries.items() if e.get("copied")],
+                  "max_shared_fraction": max_shared}
     (out / "replicates.json").write_text(json.dumps(replicates, indent=2))
     plot_replicates(out, replicates)
     print(f"\n=== demo replicates at {len(seeds)} RL seeds ({replicates['cpu']})")
     print("shared by every seed (they do not depend on the RL stage):")
     print_table(shared)
-    print(f"\n{'seed':>6} {'(d) RL teacher':>16} {'95 % interval':>16} {'closed tag':>11} {'expl. tokens':>13}  shape")
+    print(f"\n{'seed':>6} {'(d) RL teacher':>16} {'95 % interval':>16} {'closed tag':>11} {'expl. tokens':>13} "
+          f"{'repeated':>9}  shape")
     for seed, e in entries.items():
         if e["stopped"]:
             print(f"{seed:>6}  stopped: {e['stopped'][:200]}")
@@ -601,11 +610,13 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
         d, rl = e["students"]["d"], e["rl"]
         print(f"{seed:>6} {d['accuracy']:16.3f}   [{d['low']:.3f}, {d['high']:.3f}] "
               f"{rl['last']['closed_tag_fraction']:11.2f}"
-              f" {rl['last']['completion_tokens_mean']:13.1f}  {'yes' if e['shape'] else 'no'}")
+              f" {rl['last']['completion_tokens_mean']:13.1f} {e['explanations'].get('shared', 0.0):9.2f}"
+              f"  {'yes' if e['shape'] else 'no'}{'  (copying)' if e['copied'] else ''}")
     print(f"\nthe paper's shape ((d)'s interval above (b)'s and (c)'s) at {len(replicates['shape_at'])} of "
           f"{len(seeds)} "
-          f"seeds; stopped (reward hacking or too few rows) at {len(replicates['stopped_at'])}; total {seconds:.0f} s; "
-          f"{out / 'replicates.json'}, {out / 'replicates.png'}")
+          f"seeds; stopped (reward hacking or too few rows) at {len(replicates['stopped_at'])}; distilled rows "
+          f"repeated across questions (over distill.max_shared_fraction={max_shared}) at "
+          f"{len(replicates['copied_at'])}; total {seconds:.0f} s; {out / 'replicates.json'}, {out / 'replicates.png'}")
     return 0
 
 

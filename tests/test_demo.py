@@ -161,3 +161,38 @@ def test_what_a_stage_writes_to_the_process_stderr_goes_to_its_log(tmp_path, cap
     assert "core_worker" not in out + err and "a stage line" not in out + err and "after the stage" in err
     log = (tmp_path / "distill.log").read_text()
     assert "core_worker.cc" in log and "a stage line" in log
+
+
+def test_the_replicates_count_a_seed_whose_distilled_rows_repeat_as_copying(tmp_path, capsys):
+    """The replicate report: the shape per seed, the seeds the RL watch stopped, and the seeds whose distilled
+    rows repeat across questions over distill.max_shared_fraction (what the watch missed at run 28's seed 57)."""
+    import json
+
+    from jobs.demo import report_replicates
+
+    def arm(name, correct):
+        low, high = correct / 256 - 0.05, correct / 256 + 0.05
+        return {"arm": name, "accuracy": correct / 256, "low": low, "high": high, "n": 256, "correct": correct}
+
+    shared = {"a": arm("a", 100), "b": arm("b", 60), "c": arm("c", 60)}
+    curve = {"reward_mean": -6.0, "r_ss_mean": -2.0, "r_kl_mean": 3.0, "closed_tag_fraction": 1.0,
+             "completion_tokens_mean": 60.0}
+    for seed in (1, 2, 3):
+        folder = tmp_path / "seeds" / str(seed) / "rl"
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(curve) + "\n" for _ in range(8)))
+    questions = [(f"What is {i}+1+1+1?", str(i + 3)) for i in range(8)]
+    honest = [{"id": f"q{i}", "question": q, "solution": a, "explanation": f"{q[8:-1]} makes {a}."}
+              for i, (q, a) in enumerate(questions)]
+    copying = [{**r, "explanation": "So we want the sum. 6+5=11. Therefore the total is 11."} for r in honest]
+    report_replicates(tmp_path, [1, 2, 3], {1: {**shared, "d": arm("d", 150)}, 2: {**shared, "d": arm("d", 140)}},
+                      {3: "stopped at step 23 (run.stop_on_hack): reward hacking suspected"}, shared,
+                      {1: honest, 2: copying}, 10.0, max_shared=0.25)
+    out = json.loads((tmp_path / "replicates.json").read_text())
+    assert out["shape_at"] == [1, 2] and out["stopped_at"] == [3] and out["copied_at"] == [2]
+    assert out["seeds"]["2"]["explanations"]["shared"] == 1.0 and out["seeds"]["1"]["explanations"]["shared"] == 0.0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in printed.splitlines() if line.strip()[:1].isdigit()}
+    assert rows["2"].endswith("yes  (copying)") and "(copying)" not in rows["1"] and "stopped" in rows["3"]
+    assert "repeated across questions (over distill.max_shared_fraction=0.25) at 1" in printed
+    assert (tmp_path / "replicates.png").exists()
