@@ -84,8 +84,10 @@ class LocalFolderInit(CallbackBase):
     """ray.serve.llm's node initialisation, skipped: the served model is a local folder (``llm_config``). Before
     each engine starts, the library runs a Ray task on every node of the replica's placement group to fetch the
     model from a cloud mirror (``initialize_node``); for a folder that task fetches nothing and returns the path
-    it was given, yet it needs a worker process of its own (the replica's runtime env): ~7 s of every replica's
-    start on 2 cores. Set through ``LLMConfig.callback_config``, the library's hook for node initialisation."""
+    it was given, yet it needs a worker process of its own per node (with the replica's runtime env). In the
+    demo that overlapped the replica's own imports, so the replica started only ~1.5 s sooner on 2 cores (27.1 s
+    against 28.7 s, docs/demo.md); the process and the task are gone. Set through ``LLMConfig.callback_config``,
+    the library's hook for node initialisation."""
 
     async def on_before_node_init(self) -> None:
         self.ctx.run_init_node = False

@@ -69,7 +69,7 @@ def test_health_and_models(server):
 
 def test_the_teacher_replica_starts_without_the_librarys_download_task(server, cluster_env):
     """The served teacher is a local folder: the replica skips ray.serve.llm's per-node download task (serve.app.
-    LocalFolderInit), a worker process of its own (~7 s of each replica's start on 2 cores)."""
+    LocalFolderInit), which needs a worker process of its own for nothing."""
     logs = [p for p in Path(cluster_env["RLT_RAY_TMP"]).glob("session_latest/logs/serve/replica_*.log")
             if "TeacherReplica" in p.name]
     text = "".join(p.read_text() for p in logs)

@@ -191,7 +191,7 @@ def test_the_served_model_id_names_the_checkpoint(tmp_path):
 
 def test_the_teacher_engine_skips_the_librarys_download_task():
     """ray.serve.llm runs a Ray task per node before each engine to fetch the model from a cloud mirror; the
-    served model is always a local folder, so that task (a worker process of its own, ~7 s) is skipped."""
+    served model is always a local folder, so that task (a worker process of its own) is skipped."""
     import asyncio
 
     from rlt_ray.config import load_config
