@@ -64,7 +64,12 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         raise ConfigError("usage: python scripts/explanation_dependence.py RUN_DIR DISTILL_DIR [--rows N]")
     run, folder = Path(argv[0]), Path(argv[1])
-    limit = int(argv[argv.index("--rows") + 1]) if "--rows" in argv else 200
+    limit = 200
+    if "--rows" in argv:
+        value = argv[argv.index("--rows") + 1:][:1]
+        if not value or not value[0].isdigit() or int(value[0]) < 1:
+            raise ConfigError(f"--rows needs a positive number of rows, got {value[0] if value else 'nothing'}")
+        limit = int(value[0])
     student = run / "student_b" / "final"
     parts = sorted((folder / "data").glob("*.parquet"))
     if not student.is_dir() or not parts:

@@ -102,3 +102,6 @@ def test_explanation_dependence_compares_own_shuffled_reference_and_no_explanati
     missing = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "nowhere")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "parquet parts in" in missing.stderr
+    bad = subprocess.run([sys.executable, str(script), str(run), str(run / "distill"), "--rows", "x"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--rows needs a positive number" in bad.stderr
