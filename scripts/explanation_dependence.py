@@ -20,21 +20,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def solution_logprob(model, tokenizer, fmt, question: str, solution: str, explanation: str) -> float:
-    """Mean log-probability of the solution's tokens in the student's chat after ``explanation`` (r_SS's
-    tokens: the solution content after the explanation, rlt_ray.formats.RLTFormat.student_chat)."""
+def solution_logprobs(model, tokenizer, fmt, triples: list[tuple[str, str, str]]) -> list[float]:
+    """For each (question, solution, explanation): the mean log-probability of the solution's tokens in the
+    student's chat after the explanation (r_SS's tokens: rlt_ray.formats.RLTFormat.student_chat's ``solution``
+    span), in packed forwards (rlt_ray.scoring.range_logprobs, as the reward scores)."""
     import torch
 
     from rlt_ray.formats import Row
+    from rlt_ray.models import pad_token_id
+    from rlt_ray.scoring import range_logprobs
+    from rlt_ray.spans import encode_with_offsets, span_token_range
 
-    chat = fmt.student_chat(Row(question=question, solution=solution), explanation)
-    enc = tokenizer(chat.text, return_offsets_mapping=True, add_special_tokens=False)
-    ids = torch.tensor([enc["input_ids"]])
-    a, b = chat.spans["solution"]
-    positions = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if a <= s and e <= b and e > s and i > 0]
+    sequences, ranges = [], []
+    for question, solution, explanation in triples:
+        chat = fmt.student_chat(Row(question=question, solution=solution), explanation)
+        ids, offsets = encode_with_offsets(tokenizer, chat.text)
+        sequences.append(ids)
+        ranges.append([span_token_range(offsets, chat.spans["solution"])])
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-    return float(sum(logp[i - 1, ids[0, i]] for i in positions) / max(1, len(positions)))
+        scored = range_logprobs(model, sequences, ranges, pad_token_id(tokenizer), 1.0)
+    return [float(lp.mean()) if lp.numel() else 0.0 for (lp,) in scored]
 
 
 def explanation_dependence(model, tokenizer, fmt, rows: list[dict], traces: dict, seed: int = 0) -> dict[str, float]:
@@ -46,17 +51,17 @@ def explanation_dependence(model, tokenizer, fmt, rows: list[dict], traces: dict
              "reference": lambda r, o: traces.get(r["id"], ""), "empty": lambda r, o: ""}
     means = {}
     for name, pick in given.items():
-        scores = [solution_logprob(model, tokenizer, fmt, r["question"], r["solution"], pick(r, o))
-                  for r, o in zip(rows, others)]
+        scores = solution_logprobs(model, tokenizer, fmt,
+                                   [(r["question"], r["solution"], pick(r, o)) for r, o in zip(rows, others)])
         means[name] = sum(scores) / max(1, len(scores))
     means["own_minus_shuffled"] = means["own"] - means["shuffled"]
     return means
 
 
 def main(argv: list[str]) -> int:
-    import pyarrow.parquet as pq
     from transformers import AutoModelForCausalLM
 
+    from jobs.demo import distilled_rows
     from rlt_ray.config import ConfigError, load_config
     from rlt_ray.formats import RLTFormat
     from rlt_ray.models import load_tokenizer
@@ -71,11 +76,9 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--rows needs a positive number of rows, got {value[0] if value else 'nothing'}")
         limit = int(value[0])
     student = run / "student_b" / "final"
-    parts = sorted((folder / "data").glob("*.parquet"))
-    if not student.is_dir() or not parts:
+    rows = distilled_rows(folder)[:limit] if student.is_dir() else []
+    if not rows:
         raise ConfigError(f"need {student} (a finished demo) and parquet parts in {folder / 'data'} (a distillation)")
-    rows = [r for p in parts for r in pq.read_table(p, columns=["id", "question", "solution", "explanation"])
-            .to_pylist()][:limit]
     traces = {}
     for line in (run / "task" / "train.jsonl").read_text().splitlines():
         r = json.loads(line)
