@@ -479,7 +479,7 @@ class RLStep:
         reward = self.cfg.reward
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
                          reward.explanation_span, run.max_shared_fraction, kl_estimator=reward.kl_estimator,
-                         kl_weight=float(reward.kl_penalty_coeff[0]))
+                         kl_weight=float(reward.kl_penalty_coeff[0]), grpo_beta=float(self.cfg.grpo.beta))
         if sign is None or sign.kind in self.hacks_seen:
             return
         self.hacks_seen.add(sign.kind)

@@ -36,14 +36,15 @@ def shared_explanation_fraction(explanations: Iterable[tuple[Hashable, str]]) ->
 def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int,
               min_length_ratio: float, explanation_span: str = "with_prompt_pad",
               max_shared_fraction: float = 1.0, *, kl_estimator: str = "k1",
-              kl_weight: float = 3.0) -> Optional[HackSign]:
+              kl_weight: float = 3.0, grpo_beta: float = 0.04) -> Optional[HackSign]:
     """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
     steps (up to ``patience`` of them, before the recent ones). ``copied``: in every one of those steps more than
     ``max_shared_fraction`` of the explanations were also written for another question. The message names the
     likely mechanism, from which way the lengths went, and the run's KL term (``kl_estimator``, ``kl_weight``:
-    reward.kl_estimator and the first reward.kl_penalty_coeff)."""
+    reward.kl_estimator and the first reward.kl_penalty_coeff) and ``grpo_beta`` (the loss's KL to the reference
+    policy, which a copying teacher drifts from)."""
     if patience < 1 or len(history) < patience:
         return None
     # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can
@@ -70,11 +71,15 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
         r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
                 if all("r_ss_mean" in r for r in history) else "")
         seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
+        anchor = (f"a larger grpo.beta than this run's {grpo_beta:g} (the loss's KL to the warm-up teacher, whose "
+                  "explanations depend on the question: 0.2 against the reference's 0.04 removed it at all five "
+                  "seeds where it appeared under k3, docs/demo.md run 29)" if grpo_beta < 0.2 else
+                  f"grpo.beta above this run's {grpo_beta:g} (the loss's KL to the warm-up teacher; 0.2 removed it "
+                  "at five seeds, docs/demo.md run 29)")
         cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
-                 "for, instead of explaining this question's solution. reward.kl_estimator=k3 (the demo's "
-                 "default since) or a smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it in the one "
-                 "measured case (docs/demo.md, run 26); untried: a lower learner.lr (demo.rl_lr in the demo), a "
-                 "higher rollout.temperature")
+                 f"for, instead of explaining this question's solution. Try {anchor}; reward.kl_estimator=k3 or a "
+                 "smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it at some seeds, not all "
+                 "(runs 26 and 28)")
     elif unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
         cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
                  "(more sft.epochs or data), or rollout.max_new_tokens cuts explanations off "

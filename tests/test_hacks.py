@@ -80,7 +80,10 @@ def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
     sign = hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25)
     assert sign.kind == "copied" and "run.max_shared_fraction=0.25" in sign.message and "55%" in sign.message
     assert "KL term" in sign.message and "r_SS -2.30 -> -3.20" in sign.message
-    assert "reward.kl_penalty_coeff=[1.0,0.01]" in sign.message  # the setting that prevented it (docs/demo.md run 26)
+    assert "reward.kl_penalty_coeff=[1.0,0.01]" in sign.message  # prevented it at some seeds (docs/demo.md run 26)
+    # the loss's KL to the warm-up teacher removed it at five seeds (run 29): the message names the run's own weight
+    assert "a larger grpo.beta than this run's 0.04" in sign.message
+    assert "grpo.beta above this run's 0.2" in hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25, grpo_beta=0.2).message
     assert hack_sign(history, 0.5, 3, 0.25, "sampled", 0.6) is None  # not over 0.6 in every one of the 3 steps
     assert hack_sign(history, 0.5, 3, 0.25) is None  # the default of the pure function: off
     # one step of copies among healthy ones is not a sign: every one of the last `patience` steps must show it
