@@ -16,6 +16,7 @@ carries a batch. It drives actors, so it lives in jobs/, not in rlt_ray/ (pure f
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from pathlib import Path
@@ -211,6 +212,8 @@ class RLStep:
         self.prefetched: list | None = None  # grpo.max_staleness=1: the next step's chunks, sampled while learning
         self.nonfinite_in_a_row = 0
         self.history: list[dict] = []  # this run's step metrics, for the reward-hacking watch
+        # the last run.hack_window steps' (question, explanation) pairs: the watch's view of copies across steps
+        self.recent_explanations: collections.deque = collections.deque(maxlen=cfg.run.hack_window)
         self.hacks_seen: set[str] = set()  # one event per kind of sign
 
     def start(self) -> None:
@@ -445,8 +448,12 @@ class RLStep:
             for e in part["errors"]:
                 log.event(step, "sample_unscorable", row=e["row"], error=e["error"])
         records = sample_records(self.rows, chunks, scored)
-        metrics["shared_explanation_fraction"] = shared_explanation_fraction((r["row"], r["explanation"])
-                                                                             for r in records)
+        pairs = [(r["row"], r["explanation"]) for r in records]
+        metrics["shared_explanation_fraction"] = shared_explanation_fraction(pairs)
+        self.recent_explanations.append(pairs)
+        if cfg.run.hack_window > 1 and len(self.recent_explanations) == cfg.run.hack_window:
+            metrics["window_shared_fraction"] = shared_explanation_fraction(
+                pair for step_pairs in self.recent_explanations for pair in step_pairs)
         log.log(step, metrics)
         log.samples(step, records)
         skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))

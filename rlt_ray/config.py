@@ -217,11 +217,16 @@ class RunConfig:
     # more than run.max_shared_fraction of a step's explanations also written for another question (0 in a
     # healthy run: an explanation depends on its question; docs/demo.md, run 24) -> a `reward_hack_suspected`
     # event and a console line naming the likely cause; run.stop_on_hack also stops the run there, with a
-    # checkpoint of the completed steps
+    # checkpoint of the completed steps. A step has few questions, so a teacher that repeats itself now and then
+    # shows in a distilled data set long before in any one step: the watch also counts the copies across the last
+    # run.hack_window steps' explanations pooled (once it has that many; in the demo 80 questions x 8 samples, so
+    # each explanation meets about as many other questions' as in a 1,024-row distillation), against
+    # run.max_shared_fraction too (docs/demo.md, run 29; 1: a step alone)
     min_closed_fraction: float = 0.5
     min_length_ratio: float = 0.25
     max_shared_fraction: float = 0.25
     hack_patience: int = 3
+    hack_window: int = 10
     stop_on_hack: bool = False
     # a run stopped by a lost node (learners, or actors/objects with it) starts again this many times on the nodes
     # that remain, from its newest complete checkpoint (checkpoint often: run.checkpoint_every(_minutes))
@@ -403,7 +408,7 @@ POSITIVE = (
     "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
-    "reward.max_batch_tokens", "run.hack_patience", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
+    "reward.max_batch_tokens", "run.hack_patience", "run.hack_window", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
     "demo.cold_start_steps", "demo.cold_start_lr", "demo.transfer_terms", "demo.transfer_test_questions",
 )
 NON_NEGATIVE = (

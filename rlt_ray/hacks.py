@@ -41,7 +41,8 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
     steps (up to ``patience`` of them, before the recent ones). ``copied``: in every one of those steps more than
-    ``max_shared_fraction`` of the explanations were also written for another question. The message names the
+    ``max_shared_fraction`` of the explanations were also written for another question, of the step or of the RL
+    job's window of recent steps (``window_shared_fraction``, when the step metrics have it). The message names the
     likely mechanism, from which way the lengths went, and the run's KL term (``kl_estimator``, ``kl_weight``:
     reward.kl_estimator and the first reward.kl_penalty_coeff) and ``grpo_beta`` (the loss's KL to the reference
     policy, which a copying teacher drifts from)."""
@@ -57,7 +58,9 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
             f"{length_now:.1f}, {reward}")
     collapsed = len(history) > patience and length_now < min_length_ratio * length_then
     unclosed = all(float(r["closed_tag_fraction"]) < min_closed_fraction for r in recent)
-    copied = all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
+    # a step's own copies, or (once the RL job's window of steps is full) the copies across the pooled steps
+    copied = all(max(float(r.get("shared_explanation_fraction", 0.0)),
+                     float(r.get("window_shared_fraction", 0.0))) > max_shared_fraction for r in recent)
     if not (unclosed or collapsed or copied):
         return None
     kind = "unclosed" if unclosed else "length_collapse" if collapsed else "copied"
@@ -65,17 +68,21 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
             f"steps" if unclosed else
             f"explanations shrank under run.min_length_ratio={min_length_ratio} of their first steps' length"
             if collapsed else
-            f"{_mean(recent, 'shared_explanation_fraction'):.0%} of the explanations were also written for another "
-            f"question")
+            (f"{_mean(recent, 'shared_explanation_fraction'):.0%} of the explanations were also written for another "
+             f"question" if all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
+             else f"{_mean(recent, 'window_shared_fraction'):.0%} of the explanations of the last run.hack_window "
+                  f"steps were also written for another question of those steps (a single step's few questions do not "
+                  f"show it; a distilled data set would)"))
     if kind == "copied":  # tags closed, length kept: the text no longer depends on the question
         r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
                 if all("r_ss_mean" in r for r in history) else "")
         seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
         anchor = (f"a larger grpo.beta than this run's {grpo_beta:g} (the loss's KL to the warm-up teacher, whose "
-                  "explanations depend on the question: 0.2 against the reference's 0.04 removed it at all five "
-                  "seeds where it appeared under k3, docs/demo.md run 29)" if grpo_beta < 0.2 else
+                  "explanations depend on the question: in the demo 0.2 against the reference's 0.04 removed it at "
+                  "all five seeds where it appeared under k3, and the RL teacher's gain with it; 0.1 delayed it, "
+                  "docs/demo.md run 29)" if grpo_beta < 0.2 else
                   f"grpo.beta above this run's {grpo_beta:g} (the loss's KL to the warm-up teacher; 0.2 removed it "
-                  "at five seeds, docs/demo.md run 29)")
+                  "at five seeds in the demo, and the RL teacher's gain with it, docs/demo.md run 29)")
         cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
                  f"for, instead of explaining this question's solution. Try {anchor}; reward.kl_estimator=k3 or a "
                  "smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it at some seeds, not all "

@@ -9,9 +9,12 @@ import pytest
 from rlt_ray.hacks import hack_sign, shared_explanation_fraction
 
 
-def _step(closed, tokens, truncated=0.0, reward=0.0, shared=0.0, r_ss=-2.0):
-    return {"closed_tag_fraction": closed, "completion_tokens_mean": tokens, "truncated_fraction": truncated,
+def _step(closed, tokens, truncated=0.0, reward=0.0, shared=0.0, r_ss=-2.0, window=None):
+    step = {"closed_tag_fraction": closed, "completion_tokens_mean": tokens, "truncated_fraction": truncated,
             "reward_mean": reward, "shared_explanation_fraction": shared, "r_ss_mean": r_ss}
+    if window is not None:  # the RL job's window of steps is full
+        step["window_shared_fraction"] = window
+    return step
 
 
 def test_a_healthy_run_shows_no_sign():
@@ -91,6 +94,36 @@ def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
     assert hack_sign(blip, 0.5, 3, 0.25, "sampled", 0.25) is None
 
 
+def test_a_window_of_steps_sees_the_copies_a_data_set_would():
+    """Why the watch pools steps: a teacher that writes one of 20 templates 40 % of the time (its own text
+    otherwise). One explanation per question over one step's 8 questions shares little, over 1,024 questions
+    (a distillation) about 0.4; the demo's window of 10 steps x 8 questions x 8 samples shows about the same, since
+    each explanation meets 632 other questions' (run 28's seed 57: no step over 0.27, its distilled rows 0.585)."""
+    import random
+
+    rng = random.Random(0)
+
+    def explain(q):
+        return f"template {rng.randrange(20)}" if rng.random() < 0.4 else f"question {q}, sample {rng.random()}"
+
+    one_step = [shared_explanation_fraction([(q, explain(q)) for q in range(8)]) for _ in range(20)]
+    data_set = shared_explanation_fraction([(q, explain(q)) for q in range(1024)])
+    window = shared_explanation_fraction([(q, explain(q)) for q in range(80) for _ in range(8)])
+    assert sum(one_step) / len(one_step) < 0.25 < data_set and abs(window - data_set) < 0.05
+
+
+def test_copies_seen_only_across_a_window_of_steps_are_a_sign():
+    healthy = [_step(0.99, 60, reward=-7.0, r_ss=-2.3)] * 5
+    # no step writes one text for two of its questions, but the window does, three steps running
+    history = healthy + [_step(1.0, 55, reward=-6.0, r_ss=-2.5, window=w) for w in (0.5, 0.6, 0.7)]
+    sign = hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25)
+    assert sign.kind == "copied" and "60% of the explanations of the last run.hack_window steps" in sign.message
+    assert "run.max_shared_fraction=0.25" in sign.message and "grpo.beta" in sign.message
+    # under the threshold at one of the three steps: not yet
+    dip = healthy + [_step(1.0, 55, window=w) for w in (0.5, 0.2, 0.7)]
+    assert hack_sign(dip, 0.5, 3, 0.25, "sampled", 0.25) is None
+
+
 def test_the_watch_keys_are_checked():
     from rlt_ray.config import ConfigError, load_config
 
@@ -151,10 +184,12 @@ def test_a_teacher_writing_one_text_for_different_questions_is_stopped_as_copied
     with pytest.raises(RunStopped, match=r"stopped at step 2 \(run.stop_on_hack\): reward hacking suspected: "
                                          r"\d+% of the explanations were also written for another question"):
         main([f"run.output_dir={out}", f"data.source={data}", "logging.tensorboard=false", "run.steps=4",
-              "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2",
+              "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
               "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["shared_explanation_fraction"] > 0.25 for m in metrics)  # 1.0 here
+    # the window (run.hack_window=2) is full from the second step: its copies are logged too
+    assert "window_shared_fraction" not in metrics[0] and metrics[1]["window_shared_fraction"] > 0.25
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert [e["sign"] for e in events if e["event"] == "reward_hack_suspected"] == ["copied"]
     assert read_state(out / "checkpoints" / "step_000002")["step"] == 2
