@@ -220,8 +220,9 @@ class RunConfig:
     # checkpoint of the completed steps. A step has few questions, so a teacher that repeats itself now and then
     # shows in a distilled data set long before in any one step: the watch also counts the copies across the last
     # run.hack_window steps' explanations pooled (once it has that many; in the demo 80 questions x 8 samples, so
-    # each explanation meets about as many other questions' as in a 1,024-row distillation), against
-    # run.max_shared_fraction too (docs/demo.md, run 29; 1: a step alone)
+    # each explanation meets about as many other questions' as in a 1,024-row distillation, though of ten steps'
+    # teachers: it reads lower than a distillation of the last one), against run.max_shared_fraction too
+    # (docs/demo.md, run 29: it stopped run 28's seed 57 at step 39, at no healthy seed; 1: a step alone)
     min_closed_fraction: float = 0.5
     min_length_ratio: float = 0.25
     max_shared_fraction: float = 0.25

@@ -97,8 +97,9 @@ def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
 def test_a_window_of_steps_sees_the_copies_a_data_set_would():
     """Why the watch pools steps: a teacher that writes one of 20 templates 40 % of the time (its own text
     otherwise). One explanation per question over one step's 8 questions shares little, over 1,024 questions
-    (a distillation) about 0.4; the demo's window of 10 steps x 8 questions x 8 samples shows about the same, since
-    each explanation meets 632 other questions' (run 28's seed 57: no step over 0.27, its distilled rows 0.585)."""
+    (a distillation) about 0.4; the demo's window of 10 steps x 8 questions x 8 samples shows about the same for a
+    teacher that does not change across it, since each explanation meets 632 other questions' (run 28's seed 57:
+    no step over 0.27, its distilled rows 0.585)."""
     import random
 
     rng = random.Random(0)
