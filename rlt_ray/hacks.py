@@ -59,6 +59,7 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
     collapsed = len(history) > patience and length_now < min_length_ratio * length_then
     unclosed = all(float(r["closed_tag_fraction"]) < min_closed_fraction for r in recent)
     # a step's own copies, or (once the RL job's window of steps is full) the copies across the pooled steps
+    steps_copied = all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
     copied = all(max(float(r.get("shared_explanation_fraction", 0.0)),
                      float(r.get("window_shared_fraction", 0.0))) > max_shared_fraction for r in recent)
     if not (unclosed or collapsed or copied):
@@ -69,7 +70,7 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
             f"explanations shrank under run.min_length_ratio={min_length_ratio} of their first steps' length"
             if collapsed else
             (f"{_mean(recent, 'shared_explanation_fraction'):.0%} of the explanations were also written for another "
-             f"question" if all(float(r.get("shared_explanation_fraction", 0.0)) > max_shared_fraction for r in recent)
+             f"question" if steps_copied
              else f"{_mean(recent, 'window_shared_fraction'):.0%} of the explanations of the last run.hack_window "
                   f"steps were also written for another question of those steps (a single step's few questions do not "
                   f"show it; a distilled data set would)"))
