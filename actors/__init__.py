@@ -94,6 +94,15 @@ class ActorSlots:
         self._wait_ready(i)
         return self.actors[i]
 
+    def who_is_alive(self, indices: list[int], timeout_s: float) -> list[str]:
+        """The state of these slots' actors after a failure (rlt_ray.cluster.who_is_alive): a ping, queued behind
+        the actor's own calls, answered or failed, or silent past ``timeout_s``."""
+        import ray
+
+        from rlt_ray.cluster import ping, who_is_alive
+
+        return who_is_alive(ray, [ping(self.actors[i]) for i in indices], None, timeout_s)
+
     def kill_all(self) -> None:
         import ray
 

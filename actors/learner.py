@@ -29,7 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@ray.remote
+# "probe": the driver's ping (LearnerGroup.who_is_alive) runs on a thread of its own, so a rank answers while its
+# main calls wait in a collective; every other method runs, one at a time, in the default group
+@ray.remote(concurrency_groups={"probe": 1})
 class LearnerRank:
     def __init__(self, cfg: Any, rank: int, world: int):
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -37,6 +39,10 @@ class LearnerRank:
         self.sync_group = None
         self.sync_buffer: torch.Tensor | None = None  # rank 0's packing buffer, kept from sync to sync
         self.sync_host_buffer: torch.Tensor | None = None  # its pinned host copy (object-store sync from a GPU)
+
+    @ray.method(concurrency_group="probe")
+    def ping(self) -> int:
+        return os.getpid()
 
     def free_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
@@ -60,7 +66,7 @@ class LearnerRank:
         self.engine, self._zero3_init = build_engine(cfg, self.model_name, self.world)
         self.ref = build_reference(cfg, cfg.model.reference or self.model_name, self.world, self.device)
         return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address(),
-                **self.local_parameter_bytes()}
+                "node_id": ray.get_runtime_context().get_node_id(), **self.local_parameter_bytes()}
 
     def local_parameter_bytes(self) -> dict[str, int]:
         """Bytes of the policy's and the reference's parameters this rank holds (a ZeRO-3 shard, or all)."""
@@ -252,6 +258,7 @@ class LearnerRank:
                                f"{len(self.batch['completion_ids'])} have arrived")
         lengths = {i: len(self.batch["completion_ids"][i]) for i in share}
         plan = micro_batches(share, lengths, self.cfg.learner.micro_batch_size)
+        self._hold_before_collective()
         self.mine.extend(share)
         advantages = torch.cat(self.advantages)
         for idx in plan:
@@ -314,6 +321,20 @@ class LearnerRank:
         self.sums["tokens"] += m["tokens"]
         self.sums["clip_fraction"] += m.get("clip_fraction", 0.0) * m["tokens"]
         self.sums["micro_batches"] += 1
+
+    def _hold_before_collective(self) -> None:
+        """Tests only (run.fault_injection=learner_hold@<step>): the last rank stops before its first gradient
+        collective of that step and waits to be killed, while the other ranks wait in the collective for it. It
+        writes <run.output_dir>/fault_hold (its node id) so that a test knows when, and which node, to remove; a
+        restarted run finds the file and does not hold again."""
+        if self.cfg.run.fault_injection != f"learner_hold@{self.optimizer_steps}" or self.rank != self.world - 1:
+            return
+        marker = Path(self.cfg.run.output_dir) / "fault_hold"
+        if self.sums["micro_batches"] or marker.exists():  # before the step's first micro-batch, once per run
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(ray.get_runtime_context().get_node_id())
+        time.sleep(3600)
 
     def _optimizer_stepped(self) -> float:
         """Bookkeeping after a pass whose last micro-batch stepped the optimizer: the count, the mixup when due;
@@ -425,6 +446,14 @@ class LearnerGroup:
     @property
     def rank0(self):
         return self.ranks[0]
+
+    def who_is_alive(self, timeout_s: float) -> list[str]:
+        """Each rank's state after a failure (rlt_ray.cluster.who_is_alive): its ping, answered on the rank's probe
+        thread, and its node in Ray's node table."""
+        from rlt_ray.cluster import who_is_alive
+
+        return who_is_alive(ray, [rank.ping.remote() for rank in self.ranks],
+                            [info["node_id"] for info in self.info], timeout_s)
 
     def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         return [getattr(rank, method).remote(*args, **kwargs) for rank in self.ranks]

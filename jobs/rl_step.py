@@ -123,24 +123,15 @@ def node_ids(ray, actors: list) -> list[str]:
     return ray.get([a.__ray_call__.remote(_node_id) for a in actors])
 
 
-def learner_get(ray, refs, step: int, out: Path):
-    """The learners' results; a dead rank stops the run with the checkpoint to resume from."""
-    from rlt_ray.checkpoint import latest
-    from rlt_ray.cluster import LearnerLost
-
-    try:
-        # one at a time: the survivors of a dead rank may hang in a collective, so never wait for all first
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-        return ray.get(list(refs))
-    except ray.exceptions.RayActorError as exc:
-        last = latest(out)
-        where = (f"resume from {last} (run.resume_from={last} or run.resume_from=latest)" if last
-                 else "no checkpoint was written yet: start again")
-        raise LearnerLost(f"a learner rank died during step {step + 1} ({type(exc).__name__}); the run stops "
-                         f"because DeepSpeed ranks cannot be replaced one by one: {where}") from None
+def learner_get(ray, refs):
+    """The learners' results, waited for one at a time: the survivors of a dead rank may hang in a collective, so
+    the first error is raised as soon as it arrives. What it means is decided by who died
+    (RLStep.classify_failure), not by which error came first."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)
+    return ray.get(list(refs))
 
 
 def sample_records(rows, chunks, scored) -> list[dict[str, Any]]:
@@ -247,7 +238,7 @@ class RLStep:
         self.scorers.wait_ready()
         self.sync = make_weight_sync(cfg.resources.weight_sync, self.learners, self.workers.actors,
                                      cfg.resources.sync_bucket_mb << 20, cfg.resources.backend,
-                                     cfg.rollout.tensor_parallel_size)
+                                     cfg.rollout.tensor_parallel_size, cfg.resources.liveness_timeout_s)
         self.sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
         self.log.event(0, "placement", echo=False, **self.nodes())  # where each role runs (rlt_ray.placement)
 
@@ -323,7 +314,7 @@ class RLStep:
         feed.finish()
         if self.cfg.grpo.max_staleness:
             self.prefetched = None if last else self.stream(step + 1, version, next_tails, learner_version=step + 1)
-        learner_get(self.ray, feed.refs, step, self.out)
+        learner_get(self.ray, feed.refs)
         trained = self.ray.get(feed.finish_refs)
         self.in_flight = None
         return chunks, trained
@@ -343,8 +334,10 @@ class RLStep:
         rollout log-probs). Returns the chunks:
         {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
         from rlt_ray.batch import step_seeds
-        from rlt_ray.cluster import worker_lost
+        from rlt_ray.cluster import lost, worker_lost
         from rlt_ray.config import temperatures
+
+        timeout_s = self.cfg.resources.liveness_timeout_s
 
         pending: dict[Any, tuple] = {}
         chunks: list[dict[str, Any]] = []
@@ -376,7 +369,9 @@ class RLStep:
                 except StopIteration:
                     continue
                 except Exception as exc:
-                    if not worker_lost(exc):  # a bug or a bad input: the run stops, with a checkpoint
+                    # who died decides, not which error arrived first: a worker gone (its actor, its engine or its
+                    # node) is replaced; an error from a worker that answers is a bug or a bad input: the run stops
+                    if not (worker_lost(exc) or lost(self.workers.who_is_alive([k], timeout_s))):
                         raise
                     new = self.workers.replace(k)
                     self.sync.replace_worker(k, new)
@@ -407,12 +402,17 @@ class RLStep:
                             score(c)
             else:
                 c, generation = what
+                slot = c % len(self.scorers)
                 try:
                     self.ray.get(ready)
-                except self.ray.exceptions.RayActorError as exc:  # an error inside score() itself is a bug: it raises
-                    slot = c % len(self.scorers)
+                except Exception as exc:
+                    # an error from a scorer that answers is a bug or a bad input (or a learner's log-probs it was
+                    # handed, when a learner died: classify_failure sees that): the run stops
+                    replaced = self.scorers.generation[slot] != generation  # its scorer was replaced already
+                    if not (replaced or worker_lost(exc) or lost(self.scorers.who_is_alive([slot], timeout_s))):
+                        raise
                     # the dead scorer held several chunks: replace it once, then score each of them on the new one
-                    if self.scorers.generation[slot] == generation:
+                    if not replaced:
                         self.scorers.replace(slot)
                         self.log.event(step, "scorer_replaced", scorer=slot,
                                        generation=self.scorers.generation[slot], error=type(exc).__name__,
@@ -501,13 +501,14 @@ class RLStep:
         them finish the calls they have, checkpoint the completed steps, write an event, and raise: the
         interrupt as it is, a RunStopped naming the run.resume_from that continues."""
         from rlt_ray.checkpoint import latest, read_state, step_dir
-        from rlt_ray.cluster import LearnerLost, RunStopped
+        from rlt_ray.cluster import LearnerLost, RunStopped, collective_error
 
+        exc = self.classify_failure(exc, step)
         interrupted, saved, out = isinstance(exc, KeyboardInterrupt), None, self.out
         if self.learners is not None and not isinstance(exc, LearnerLost):
             try:
                 if self.in_flight is not None:  # the learners are mid-step: let them finish the calls they have
-                    learner_get(self.ray, self.in_flight.refs, step, out)
+                    learner_get(self.ray, self.in_flight.refs)
                     if self.in_flight.finish_refs is not None:  # the whole batch was in: the step is complete
                         version = step + 1
                     # else a partial batch: its accumulated gradients are dropped, the weights are the last step's
@@ -523,12 +524,37 @@ class RLStep:
         last, error = saved or latest(out), describe_error(exc)
         self.log.event(version, "error", completed_steps=version, error=error, checkpoint=str(last) if last else None)
         if isinstance(exc, RunStopped):  # its message says why; say where the completed steps are
-            if last is None or str(last) in str(exc):
+            if last is not None and str(last) in str(exc):
                 raise exc
-            raise type(exc)(f"{exc}; the completed steps are in {last} (run.resume_from={last})") from exc
+            where = (f"the completed steps are in {last} (run.resume_from={last})" if last
+                     else "no checkpoint was written yet: start again")
+            raise type(exc)(f"{exc}; {where}") from exc
         where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"
                  if last else "no checkpoint was written yet: start again")
+        if collective_error(exc):  # classify_failure found every learner rank alive
+            error += ("; every learner rank answered, so this collective error is not a lost node (a mismatch of "
+                      "the ranks' calls or shapes, a rank too slow for the collective's timeout, or a network "
+                      "fault) and the run is not restarted")
         raise RunStopped(f"step {step + 1} failed with {error}; {where}") from exc
+
+    def classify_failure(self, exc: BaseException, step: int) -> BaseException:
+        """Who died decides what a failure is, not which error reached the driver first: when a node crashes, the
+        ranks on the other nodes see gloo's or NCCL's error seconds before Ray declares the node dead. So every
+        learner rank is asked (LearnerGroup.who_is_alive, at most resources.liveness_timeout_s): if one is gone,
+        the failure is LearnerLost, which run.max_restarts restarts; if all answer, it stays what it was."""
+        from rlt_ray.cluster import LearnerLost, describe_lost, lost
+
+        if self.learners is None or isinstance(exc, (KeyboardInterrupt, LearnerLost)):
+            return exc
+        status = self.learners.who_is_alive(self.cfg.resources.liveness_timeout_s)
+        if not lost(status):
+            return exc
+        self.log.event(step, "learner_lost", echo=False, ranks=status, first_error=describe_error(exc))
+        classified = LearnerLost(f"a learner rank died: {describe_lost(status, 'learner rank')} during step "
+                                 f"{step + 1} (the driver first saw {describe_error(exc)}); the run stops because "
+                                 f"DeepSpeed ranks cannot be replaced one by one (run.max_restarts starts it again)")
+        classified.__cause__ = exc
+        return classified
 
     def shutdown(self) -> None:
         if self.sync is not None:

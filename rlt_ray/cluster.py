@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -40,6 +41,86 @@ def worker_lost(exc: BaseException) -> bool:
     if any(type(cause).__name__ in ENGINE_DEAD_ERRORS for cause in cause_chain(exc)):
         return True
     return isinstance(exc, ray.exceptions.RayTaskError) and any(name in str(exc) for name in ENGINE_DEAD_ERRORS)
+
+
+# The errors a surviving rank sees when a peer of its collective is gone: gloo's and NCCL's, as torch.distributed
+# raises them (types by name: torch.distributed's DistError family; texts: gloo's TCP transport and NCCL's own).
+# Seeing one does not decide anything: who died does (who_is_alive). It only words the message of a collective
+# error while every rank is alive, which is a real error and not a lost node.
+COLLECTIVE_ERROR_TYPES = ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
+COLLECTIVE_ERROR_TEXTS = (
+    "gloo/transport",  # gloo's TCP pairs: "Connection closed by peer", "Connection reset by peer", timeouts
+    "Connection closed by peer", "Connection reset by peer", "Broken pipe",
+    "NCCL error", "ncclRemoteError", "ncclSystemError", "ncclInternalError", "ncclUnhandledCudaError",
+    "Watchdog caught collective operation timeout", "NCCL communicator was aborted", "ProcessGroupNCCL",
+    "remote process exited or there was a network error",
+)
+
+# What who_is_alive says of each actor
+ALIVE, DEAD, NODE_LOST, UNRESPONSIVE = "alive", "dead", "node lost", "unresponsive"
+
+
+def collective_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a torch.distributed collective failing: gloo or NCCL."""
+    for cause in cause_chain(exc):
+        if type(cause).__name__ in COLLECTIVE_ERROR_TYPES:
+            return True
+        if any(text in str(cause) for text in COLLECTIVE_ERROR_TEXTS):
+            return True
+    return False
+
+
+def _pid(_actor) -> int:
+    return os.getpid()
+
+
+def ping(actor):
+    """An ObjectRef that resolves once ``actor`` runs a trivial call (after the calls queued before it), or fails
+    with Ray's actor error when it is gone: any actor, no method of its own needed."""
+    return actor.__ray_call__.remote(_pid)
+
+
+def who_is_alive(ray, pings: list, node_ids: Optional[list] = None, timeout_s: float = 60.0,
+                 poll_s: float = 0.5) -> list[str]:
+    """Ask who died: ``pings`` holds one ObjectRef per actor, of a call that returns at once (the learner ranks
+    answer on a thread of their own, even while they wait in a collective). Each actor is ALIVE when its ping
+    returns, DEAD when the ping fails (Ray's actor error), NODE_LOST when Ray's node table says its node
+    (``node_ids[i]``) is gone, UNRESPONSIVE when none of these is known after ``timeout_s``. Polled every
+    ``poll_s``: when a node crashes, the survivors' collective errors arrive seconds before Ray declares it dead."""
+    status: list[Optional[str]] = [None] * len(pings)
+    pending = {ref: i for i, ref in enumerate(pings)}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                ray.get(ref)
+                status[i] = ALIVE
+            except Exception:  # RayActorError (dead, or unavailable for good), ObjectLostError: it cannot answer
+                status[i] = DEAD
+        if pending and node_ids:
+            alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            for ref, i in list(pending.items()):
+                if node_ids[i] is not None and node_ids[i] not in alive_nodes:
+                    status[i] = NODE_LOST
+                    del pending[ref]
+        if pending and time.monotonic() >= deadline:
+            for i in pending.values():
+                status[i] = UNRESPONSIVE
+            break
+    return [s or UNRESPONSIVE for s in status]
+
+
+def lost(status: list[str]) -> list[int]:
+    """The members who_is_alive did not find alive: dead, on a lost node, or silent past its timeout."""
+    return [i for i, s in enumerate(status) if s != ALIVE]
+
+
+def describe_lost(status: list[str], what: str) -> str:
+    """'learner rank 1 (node lost)', 'learner ranks 0 (dead), 1 (node lost)'."""
+    gone = [f"{i} ({status[i]})" for i in lost(status)]
+    return f"{what}{'s' if len(gone) > 1 else ''} {', '.join(gone)}"
 
 
 def restartable(exc: BaseException) -> bool:

@@ -187,6 +187,11 @@ class ResourcesConfig:
     sync_bucket_mb: int = 256  # flat buckets of at most this size per weight sync
     placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group
     ready_timeout_s: float = 900.0  # how long a rollout worker or scorer may take to start (load its model)
+    # After a failed call, how long the driver waits for each actor of the role to answer a ping or be declared
+    # dead by Ray (a crashed node is declared dead after Ray's health checks, ~15-30 s by default) before it
+    # counts a silent one as lost. Who died decides: a lost rank restarts the run (run.max_restarts), an error
+    # while every rank is alive stops it.
+    liveness_timeout_s: float = 60.0
     gpu_memory_gib: float = 80.0  # per GPU, for the memory plan (rlt_ray.memory) checked at start on GPUs
     # where each role runs (PlacementConfig); empty: anywhere. The learner ranks form one placement group with
     # learner_strategy: PACK (as few nodes as fit, what ZeRO's and the collective's traffic prefer), STRICT_PACK
@@ -233,7 +238,8 @@ class RunConfig:
     # that remain, from its newest complete checkpoint (checkpoint often: run.checkpoint_every(_minutes))
     max_restarts: int = 0
     # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
-    # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2), "sft_kill@5" (an SFT
+    # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2), "learner_hold@2" (the last learner
+    # rank waits, before its first gradient collective of step 2, to be killed; once per output_dir), "sft_kill@5" (an SFT
     # Train worker kills its own process with SIGKILL at step 5, once per output_dir), "distill_row_error@3" (the
     # distillation's scoring of input row 3 raises, every time), "verifier_error@2" (reward.kind=verifier: the check
     # of each chunk's sample 2 raises). Refused unless
@@ -402,7 +408,8 @@ CHOICES = {
 POSITIVE = (
     "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
     "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.gpu_memory_gib", "resources.gpus_per_node",
+    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.liveness_timeout_s",
+    "resources.gpu_memory_gib", "resources.gpus_per_node",
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "sft.keep_checkpoints",
@@ -530,7 +537,7 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
             raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
                               "RLT_ALLOW_FAULT_INJECTION=1 is set")
-        kinds = "rollout_error|controller_error|nan_loss|sft_kill|distill_row_error|verifier_error"
+        kinds = "rollout_error|controller_error|nan_loss|learner_hold|sft_kill|distill_row_error|verifier_error"
         if not re.fullmatch(rf"({kinds})@\d+", cfg.run.fault_injection):
             raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
                               f"<{kinds}>@<step>")

@@ -208,9 +208,10 @@ class SyncStats:
 class WeightSync:
     """init() once; sync(version) whenever is_stale(learner version); shutdown() at the end."""
 
-    def __init__(self, learners: Any, workers: Sequence[Any], bucket_bytes: int):
+    def __init__(self, learners: Any, workers: Sequence[Any], bucket_bytes: int, liveness_timeout_s: float = 60.0):
         self.learners = learners  # actors.learner.LearnerGroup: .call(method, ...) → refs of every rank
         self.workers = list(workers)
+        self.liveness_timeout_s = liveness_timeout_s  # resources.liveness_timeout_s: see _gather_workers
         self.bucket_bytes = int(bucket_bytes)
         self.version = 0
         self.layout: list[list[TensorMeta]] = []
@@ -243,17 +244,20 @@ class WeightSync:
         return learner_version != self.version
 
     def _gather_workers(self, refs: list) -> list:
-        """Each worker's result; workers whose actor or engine died are reported together (WorkersLost)."""
+        """Each worker's result; workers whose actor or engine died are reported together (WorkersLost). Who died
+        decides, not the error: a worker whose call failed and that does not answer a ping (its node crashed, and
+        the error came from the broken transfer first) is lost too; one that answers raised a real error."""
         import ray
 
-        from rlt_ray.cluster import worker_lost
+        from rlt_ray.cluster import ALIVE, ping, who_is_alive, worker_lost
 
         done, lost, errors = [], [], []
         for k, ref in enumerate(refs):
             try:
                 done.append(ray.get(ref))
             except Exception as exc:
-                if not worker_lost(exc):
+                if not worker_lost(exc) and who_is_alive(
+                        ray, [ping(self.workers[k])], None, self.liveness_timeout_s) == [ALIVE]:
                     raise
                 lost.append(k)
                 errors.append(type(getattr(exc, "cause", None) or exc).__name__)
@@ -299,8 +303,8 @@ class CollectiveSync(WeightSync):
     """Learner rank 0 broadcasts each bucket to every engine worker in a group of their own (gloo/nccl)."""
 
     def __init__(self, learners: Any, workers: Sequence[Any], bucket_bytes: int, backend: str,
-                 ranks_per_worker: int = 1, timeout_s: float = 600.0):
-        super().__init__(learners, workers, bucket_bytes)
+                 ranks_per_worker: int = 1, timeout_s: float = 600.0, liveness_timeout_s: float = 60.0):
+        super().__init__(learners, workers, bucket_bytes, liveness_timeout_s)
         self.backend, self.ranks_per_worker, self.timeout_s = backend, ranks_per_worker, timeout_s
 
     def init(self) -> None:
@@ -328,8 +332,10 @@ class CollectiveSync(WeightSync):
         t0 = time.perf_counter()
         sends = self.learners.call("broadcast_weights", self.layout)
         receives = [self._call(k, "receive_weights", version, self.layout) for k in range(len(self.workers))]
-        got = ray.get(sends + receives)
-        return self._stats(version, t0, got[0], got[len(sends):])
+        # the workers first: a worker's lost node breaks the broadcast, and the learner's gloo/NCCL error must not
+        # hide the lost worker (WorkersLost replaces it and forms a new group)
+        loaded = self._gather_workers(receives)
+        return self._stats(version, t0, ray.get(sends)[0], loaded)
 
     def shutdown(self) -> None:
         import ray
@@ -342,9 +348,10 @@ class CollectiveSync(WeightSync):
 
 
 def make_weight_sync(kind: str, learners: Any, workers: Sequence[Any], bucket_bytes: int, backend: str,
-                     ranks_per_worker: int = 1) -> WeightSync:
+                     ranks_per_worker: int = 1, liveness_timeout_s: float = 60.0) -> WeightSync:
     if kind == "object_store":
-        return ObjectStoreSync(learners, workers, bucket_bytes)
+        return ObjectStoreSync(learners, workers, bucket_bytes, liveness_timeout_s)
     if kind == "collective":
-        return CollectiveSync(learners, workers, bucket_bytes, backend, ranks_per_worker)
+        return CollectiveSync(learners, workers, bucket_bytes, backend, ranks_per_worker,
+                              liveness_timeout_s=liveness_timeout_s)
     raise ValueError(f"unknown weight sync {kind!r}")

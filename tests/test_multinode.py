@@ -155,6 +155,88 @@ def test_the_learners_node_lost_fails_fast_naming_the_checkpoint_or_restarts_by_
     _same_steps(_lines(out / "metrics.jsonl"), one_node_run)
 
 
+def _remove_held_node(cluster, out: Path) -> threading.Thread:
+    """In the background: once the last learner rank holds before its gradient collective (run.fault_injection=
+    learner_hold, which writes its node id to <out>/fault_hold) and the other rank waits in that collective, kill
+    that rank's node (a host crash): the survivor's gloo error reaches the driver before Ray declares the node dead."""
+    def watch():
+        marker = out / "fault_hold"
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.1)
+        time.sleep(1.0)  # rank 0 is inside the collective by now (its micro-batch is milliseconds)
+        node = next(n for n in cluster.worker_nodes if n.node_id == marker.read_text())
+        cluster.remove_node(node, allow_graceful=False)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _ran_once_and_restarted(out: Path, checkpoint_every: int) -> dict:
+    """Every step logged once, one `restarted` event from the newest checkpoint (or from the start without one);
+    returns the `learner_lost` event the restart followed."""
+    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == list(range(STEPS))
+    events = _lines(out / "events.jsonl")
+    restarted = [e for e in events if e["event"] == "restarted"]
+    assert len(restarted) == 1, events
+    if checkpoint_every:
+        assert restarted[0]["checkpoint"].endswith(f"step_{restarted[0]['step']:06d}") and restarted[0]["step"] > 0
+    else:
+        assert restarted[0]["checkpoint"] is None and restarted[0]["step"] == 0
+    lost = [e for e in events if e["event"] == "learner_lost"]
+    assert len(lost) == 1 and any(state != "alive" for state in lost[0]["ranks"]), lost
+    return lost[0]
+
+
+SPREAD_LEARNERS = ["resources.learner_strategy=STRICT_SPREAD", "resources.liveness_timeout_s=30",
+                   "run.max_restarts=1", *ARGS[:2], *ARGS[3:]]
+
+
+def test_a_learner_node_lost_during_a_gradient_collective_restarts_the_run(cluster, tmp_path, monkeypatch):
+    """Run A of the field report, made deterministic: the learner ranks on two nodes, the last rank held before its
+    gradient collective at step 3 while rank 0 waits in it, then the held rank's node crashes, before any checkpoint.
+    The first error the driver sees is rank 0's gloo error, not Ray's; the driver asks who died, finds the rank
+    gone, and restarts the run from the start on the learner nodes that remain: rc 0, every step once."""
+    from jobs.train_rlt import main
+    from rlt_ray.cluster import collective_error
+
+    monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
+    cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})
+    for _ in range(2):  # a second learner node, and a spare for the restart (STRICT_SPREAD: one rank a node)
+        cluster.add_node(num_cpus=1, labels={"rlt-role": "learner"})
+    out = tmp_path / "collective_no_checkpoint"
+    killer = _remove_held_node(cluster, out)
+    assert main([f"run.output_dir={out}", "run.fault_injection=learner_hold@2", "run.checkpoint_every=0",
+                 *SPREAD_LEARNERS]) == 0
+    killer.join(timeout=1)
+    lost = _ran_once_and_restarted(out, checkpoint_every=0)
+    assert lost["ranks"][0] == "alive" and lost["ranks"][1] != "alive"  # rank 0 survived, in its collective
+    assert collective_error(RuntimeError(lost["first_error"])), lost  # gloo's error won the race, as on GPUs
+
+
+@pytest.mark.slow  # three runs with a node loss each, ~6 minutes on 2 cores
+@pytest.mark.parametrize("when,checkpoint_every", [("collective", 1), ("between_steps", 0), ("between_steps", 1)])
+def test_a_learner_node_lost_restarts_the_run_in_either_order(cluster, tmp_path, monkeypatch, when,
+                                                              checkpoint_every):
+    """The rest of the matrix: the node lost in a collective with a checkpoint written, and lost between steps
+    (its raylet killed once 2 steps are logged) with and without one. Each ends rc 0, every step once."""
+    from jobs.train_rlt import main
+
+    monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
+    cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, labels={"rlt-role": "learner"})
+    out = tmp_path / f"{when}_{checkpoint_every}"
+    if when == "collective":
+        killer, fault = _remove_held_node(cluster, out), ["run.fault_injection=learner_hold@2"]
+    else:
+        killer, fault = _remove_when(cluster, out, 2, lambda placed: placed["learner"][1]), []
+    assert main([f"run.output_dir={out}", f"run.checkpoint_every={checkpoint_every}", *fault,
+                 *SPREAD_LEARNERS]) == 0
+    killer.join(timeout=1)
+    _ran_once_and_restarted(out, checkpoint_every)
+
+
 def test_a_layout_the_cluster_cannot_place_fails_at_start_naming_the_key(cluster, tmp_path):
     from jobs.train_rlt import main
     from rlt_ray.config import ConfigError
