@@ -49,7 +49,7 @@ class LearnerRank:
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """The teacher as a DeepSpeed engine (rlt_ray.learner_model, the builder SFT shares) and its reference."""
-        from rlt_ray.config import temperatures
+        from rlt_ray.config import temperatures, trained_model
         from rlt_ray.learner_model import build_engine, build_reference, init_distributed, learner_device
         from rlt_ray.models import load_tokenizer, pad_token_id
 
@@ -60,7 +60,7 @@ class LearnerRank:
         init_distributed(cfg, self.rank, self.world, master_addr, master_port)
         torch.manual_seed(cfg.run.seed + self.rank)
         self.temperatures = temperatures(cfg)
-        self.model_name = cfg.model.teacher
+        self.model_name = trained_model(cfg)  # the teacher (reward.kind=rlt) or the student (verifier)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or self.model_name)
         self.pad_id = pad_token_id(self.tokenizer)
         self.engine, self._zero3_init = build_engine(cfg, self.model_name, self.world)
@@ -216,7 +216,7 @@ class LearnerRank:
         self.advantages: list[torch.Tensor] = []
         self.mine: list[int] = []
         self.sums = {"loss": 0.0, "kl_sum": 0.0, "tokens": 0.0, "clip_fraction": 0.0, "micro_batches": 0,
-                     "seconds": 0.0, "denominator": None}
+                     "seconds": 0.0, "denominator": None, "update_ratio": float("nan")}
 
     def accumulate(self, parts: Sequence[tuple[int, ray.ObjectRef, ray.ObjectRef]], start: int, stop: int,
                    denominator: float) -> int:
@@ -292,6 +292,7 @@ class LearnerRank:
             "clip_fraction": sums["clip_fraction"] / max(1.0, sums["tokens"]),
             "tokens": sums["tokens"],
             "grad_norm": grad_norms[-1],
+            "update_ratio": sums["update_ratio"],  # the last optimizer step's ||Δθ|| / ||θ||
             "lr": float(self.engine.get_lr()[0]),
             "optimizer_steps": self.optimizer_steps,
             "seconds": sums["seconds"],
@@ -315,12 +316,37 @@ class LearnerRank:
         if self.cfg.run.fault_injection == f"nan_loss@{self.optimizer_steps}":  # tests only (rlt_ray.config)
             loss = loss * float("nan")
         self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales
+        before = self._held_parameters_copy() if self.engine.is_gradient_accumulation_boundary() else None
         self.engine.step()  # steps the optimizer at the accumulation boundary only
+        if before is not None:
+            self.sums["update_ratio"] = self._update_ratio(before)
         self.sums["loss"] += float(loss.detach())
         self.sums["kl_sum"] += m.get("kl_sum", 0.0)
         self.sums["tokens"] += m["tokens"]
         self.sums["clip_fraction"] += m.get("clip_fraction", 0.0) * m["tokens"]
         self.sums["micro_batches"] += 1
+
+    def _held_parameters(self) -> list[torch.Tensor]:
+        """This rank's share of the policy's parameters, for ||Δθ|| / ||θ||: its ZeRO-3 partitions, or (ZeRO 0-2,
+        where every rank holds every parameter) every world-th parameter, so the copy costs 1/world of the model."""
+        params = list(self.hf_model.parameters())
+        if self.cfg.learner.zero_stage == 3:
+            return [p.ds_tensor for p in params]
+        return [p for i, p in enumerate(params) if i % self.world == self.rank]
+
+    def _held_parameters_copy(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self._held_parameters()]
+
+    def _update_ratio(self, before: list[torch.Tensor]) -> float:
+        """||θ_after − θ_before|| / ||θ_after|| over the whole policy (the ranks' sums added): the relative size of
+        the optimizer step, which a learning rate too high for RL (every weight moved by about lr at once) shows."""
+        sums = torch.zeros(2, dtype=torch.float64, device=before[0].device if before else self.device)
+        for old, new in zip(before, self._held_parameters()):
+            sums[0] += (new.detach().double() - old.double()).pow(2).sum()
+            sums[1] += new.detach().double().pow(2).sum()
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        return float(sums[0].sqrt() / sums[1].sqrt().clamp(min=1e-30))
 
     def _hold_before_collective(self) -> None:
         """Tests only (run.fault_injection=learner_hold@<step>): the last rank stops before its first gradient

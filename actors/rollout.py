@@ -36,13 +36,15 @@ class Rollout:
     stage (``SampleStage``) are both this."""
 
     def __init__(self, cfg: Any, index: int, model: Optional[str] = None):
-        """``model``: None samples the teacher (model.teacher); distillation and evaluation pass their own."""
+        """``model``: None samples the RL job's trained model (rlt_ray.config.trained_model: the teacher, or the
+        student with a verifier); distillation and evaluation pass their own."""
+        from rlt_ray.config import trained_model
         from rlt_ray.engine import build_llm
         from rlt_ray.models import parameter_spec
 
         self.cfg, self.index, self.version = cfg, index, 0
         self.requests = 0  # engine request ids: rlt-<worker>-<count>
-        model = model or cfg.model.teacher
+        model = model or trained_model(cfg)
         self.llm = build_llm(model, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
                              worker_extension_cls="rlt_ray.engine.WeightUpdateExtension")
         self.spec = parameter_spec(model, cfg.model.dtype)

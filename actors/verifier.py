@@ -20,13 +20,14 @@ class Verify:
     """The verifier's code as a plain class (``Verifier`` is its actor)."""
 
     def __init__(self, cfg: Any, index: int = 0):
+        from rlt_ray.config import trained_model
         from rlt_ray.data import load_rows
         from rlt_ray.evaluation import AnswerChecker
         from rlt_ray.formats import RLTFormat
         from rlt_ray.models import load_tokenizer
 
         self.cfg, self.index = cfg, index
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
         self.fmt = RLTFormat(cfg.format, self.tokenizer)
         source = str(cfg.data.source)
         self.checker = AnswerChecker(source, cfg.data.size, cfg.data.seed, own_timeouts=False)
@@ -61,11 +62,11 @@ class Verify:
                 check = (lambda prediction, row=row: self.checker.check(row, self.positions.get(row.id, 0),
                                                                         prediction))
                 # bounded by SIGALRM: an actor's method runs in its process's main thread
-                v = verdict(check, self.fmt, text, float(rc.verifier_timeout_s))
+                v = verdict(check, self.fmt, text, float(rc.verifier_timeout_s), rollout["finish_reason"][i])
             if v.error is not None:
                 errors.append({"completion": i, "row": getattr(row, "id", None), "error": v.error})
             verdicts.append(v)
-        total = verifier_totals(verdicts, n, float(rc.format_bonus))
+        total = verifier_totals(verdicts, n, float(rc.format_bonus), float(rc.overlong_penalty))
         parts = verifier_metrics(verdicts)
         lengths = np.asarray([len(c) for c in rollout["completion_ids"]], dtype=np.float32)
         return {"total": total, "failed": np.asarray([v.error is not None for v in verdicts]),

@@ -38,7 +38,8 @@ ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up
 
 
 def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out: Path | None = None,
-               seed: int | None = None, student_epochs: int | None = None) -> dict[str, list[str]]:
+               seed: int | None = None, student_epochs: int | None = None,
+               rl_warmup_ratio: float = 0.1) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides). The RL teacher's arm (the
     RL stage, its distillation, student (d)) goes under ``seed_out`` (default ``out``); ``seed`` is the RL stage's
     seed (run.seed: sampling, the learners' init; data.seed: the order of the questions) for a replicate
@@ -57,7 +58,7 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
                       f"run.output_dir={seed_out / 'rl'}", "logging.tensorboard=true", f"learner.lr={rl_lr}",
-                      "learner.lr_schedule=constant", "learner.warmup_ratio=0"]
+                      "learner.lr_schedule=constant", f"learner.warmup_ratio={rl_warmup_ratio}"]
                      + ([f"run.seed={seed}", f"data.seed={seed}"] if seed is not None else []),
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
                                 f"distill.output_dir={out / 'distill_warmup'}"],
@@ -224,13 +225,14 @@ def shape_holds(students: dict) -> bool:
     return all(students["d"]["low"] > students[arm]["high"] for arm in "bc")
 
 
-def rl_curve(metrics_file: Path) -> tuple[int, dict, dict]:
-    """The RL curves' means over the first and last quarter of the steps (at most 10 steps each)."""
+def rl_curve(metrics_file: Path) -> dict:
+    """The RL curves at step 1 and their means over the first and last quarter of the steps (at most 10 steps
+    each): rlt_ray.metrics.run_summary."""
+    from rlt_ray.metrics import run_summary
+
     metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    k = max(1, min(10, len(metrics) // 4))
-    curve = {key: [m[key] for m in metrics] for key in ("reward_mean", "r_ss_mean", "r_kl_mean",
-                                                         "closed_tag_fraction", "completion_tokens_mean")}
-    return k, {key: sum(v[:k]) / k for key, v in curve.items()}, {key: sum(v[-k:]) / k for key, v in curve.items()}
+    return run_summary(metrics, ("reward_mean", "r_ss_mean", "r_kl_mean", "closed_tag_fraction",
+                                 "completion_tokens_mean"))
 
 
 def cpu_name() -> str:
@@ -313,7 +315,8 @@ def main(argv: list[str]) -> int:
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
     student_epochs = cfg.demo.student_epochs
-    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs)
+    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs,
+                      rl_warmup_ratio=float(cfg.demo.rl_warmup_ratio))
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows",
                    "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
@@ -326,7 +329,8 @@ def main(argv: list[str]) -> int:
     # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
     rl_arms = [(None, out, args)] if seeds is None else [
         (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
-                                                     out / "seeds" / str(seed), seed, student_epochs)) for seed in seeds]
+                                                     out / "seeds" / str(seed), seed, student_epochs,
+                                                     float(cfg.demo.rl_warmup_ratio))) for seed in seeds]
 
     def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
         """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
@@ -450,7 +454,8 @@ def main(argv: list[str]) -> int:
         students.update(cold)
         transfer = transfer_arms(cfg, out, args, run, evaluate_arm, rows, n_stages)
 
-    k, first, last = rl_curve(out / "rl" / "metrics.jsonl")
+    curve = rl_curve(out / "rl" / "metrics.jsonl")
+    k, step1, first, last = curve["window"], curve["step1"], curve["first"], curve["last"]
     rl = distilled[None]
     by_id = {r["id"]: r for r in rl}
     train_rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
@@ -462,8 +467,9 @@ def main(argv: list[str]) -> int:
     plot(out, {a: students[a] for a in "abcd"}, out / "rl" / "metrics.jsonl")
     library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
-               "rl": {"steps": steps, f"first{k}": first, f"last{k}": last,
-                      "reward_rose": last["reward_mean"] > first["reward_mean"]},
+               "rl": {"steps": steps, "step1": step1, f"first{k}": first, f"last{k}": last,
+                      "reward_rose": last["reward_mean"] > first["reward_mean"],
+                      "reward_ended_above_step1": curve["reward_ended_above_step1"]},
                "distilled_rows": sizes, "explanations": features, "examples": examples,
                "served_weights_version": served["weights_version"],
                **({"transfer": transfer} if transfer is not None else {}),
@@ -479,10 +485,10 @@ def main(argv: list[str]) -> int:
         print(f"\ntransfer: {cfg.demo.transfer_terms}-term sums, which the teachers never trained on")
         print_table(transfer)
     print(f"(d)'s interval above (b)'s and (c)'s (the paper's shape): {'yes' if summary['shape'] else 'no'}")
-    print(f"\nteacher RL, mean of the first / last {k} steps:")
+    print(f"\nteacher RL, step 1 / mean of the first {k} steps -> of the last {k}:")
     for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS"), ("r_kl_mean", "r_KL"),
                        ("closed_tag_fraction", "closed tag"), ("completion_tokens_mean", "explanation tokens")):
-        print(f"  {label:20} {first[key]:9.3f} -> {last[key]:9.3f}")
+        print(f"  {label:20} {step1[key]:9.3f} / {first[key]:9.3f} -> {last[key]:9.3f}")
     if examples:
         e = examples[0]
         print(f"\n{e['question']}  (solution {e['solution']})\n  reference trace: {e['reference_trace']}\n"
@@ -509,9 +515,10 @@ def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, row
         folder = out / "cold_start" / arm
         weights = start / "final" if (start / "final").is_dir() else start
         run(f"cold_start_{arm}", train_rlt, [
-            f"data.source={out / 'task' / 'train.jsonl'}", "reward.kind=verifier", f"model.teacher={weights}",
+            f"data.source={out / 'task' / 'train.jsonl'}", "reward.kind=verifier",
             f"model.student={weights}", f"run.steps={steps}", "run.checkpoint_every=0", f"run.output_dir={folder}",
-            f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant", "learner.warmup_ratio=0",
+            f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant",
+            f"learner.warmup_ratio={cfg.demo.rl_warmup_ratio}",
             f"rollout.max_new_tokens={cfg.eval.max_new_tokens}"], show=("step ",))
         arms[arm] = evaluate_arm(arm, f"evaluate_{arm}", folder / "checkpoints" / f"step_{steps:06d}" / "hf",
                                  out / "eval" / arm, rows)
@@ -584,8 +591,9 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
         entry: dict = {"students": per_seed.get(seed, {}), "stopped": stopped.get(seed), "shape": False, "rl": None}
         metrics = out / "seeds" / str(seed) / "rl" / "metrics.jsonl"
         if metrics.exists() and metrics.read_text().strip():
-            k, first, last = rl_curve(metrics)
-            entry["rl"] = {"k": k, "first": first, "last": last}
+            curve = rl_curve(metrics)
+            entry["rl"] = {"k": curve["window"], "step1": curve["step1"], "first": curve["first"],
+                           "last": curve["last"]}
         if seed in per_seed:
             entry["shape"] = shape_holds(per_seed[seed])
             entry["explanations"] = describe_explanations(distilled[seed])

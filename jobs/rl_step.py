@@ -29,14 +29,14 @@ def load_prompts(cfg: Any):
     """Rows and their tokenized prompts: the teacher's (question and solution; reward.kind=rlt) or the student's
     (the question; reward.kind=verifier). Dropped and counted: prompts over rollout.max_prompt_tokens, and with a
     verifier the rows without an answer to check (never scored 0 in silence). Returns (rows, prompts, dropped)."""
-    from rlt_ray.config import ConfigError
+    from rlt_ray.config import ConfigError, trained_model
     from rlt_ray.data import load_rows
     from rlt_ray.evaluation import AnswerChecker
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
     from rlt_ray.verifier import checkable
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.teacher)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
     fmt = RLTFormat(cfg.format, tokenizer)
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
@@ -63,6 +63,7 @@ def load_prompts(cfg: Any):
 
 
 def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
+    from rlt_ray.grpo import signal_fraction
     from rlt_ray.metrics import summarize
 
     total = np.concatenate([s["total"] for s in scored])
@@ -77,12 +78,14 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     learn_s = max(t["seconds"] for t in trained)
     m: dict[str, float] = {}
     m.update(summarize("reward", total))
+    m["signal_fraction"] = signal_fraction(total, int(rollouts[0]["n"]))  # groups with a non-zero advantage
     # the RLT reward's parts, or the verifier's (correct: accuracy; formatted: both blocks closed)
-    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens", "correct", "formatted"):
+    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens", "correct", "formatted", "overlong"):
         if key in scored[0]:
             m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
     if "correct" in scored[0]:
         m["accuracy"], m["format_rate"] = m.pop("correct_mean"), m.pop("formatted_mean")
+        m["overlong_fraction"] = m.pop("overlong_mean")  # cut at the token limit or run on: no answer reward
     m["closed_tag_fraction"] = float(np.mean(np.concatenate([s["match"] for s in scored]) == 0.0))
     m.update(summarize("completion_tokens", lengths))
     m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
@@ -90,6 +93,7 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     m["policy_kl"] = float(np.mean([t["kl"] for t in trained]))
     m["clip_fraction"] = float(np.mean([t["clip_fraction"] for t in trained]))  # grpo.clip_eps: tokens clipped
     m["grad_norm"] = float(trained[0]["grad_norm"])
+    m["update_ratio"] = float(trained[0]["update_ratio"])  # ||Δθ|| / ||θ|| of the step's last optimizer step
     m["lr"] = float(trained[0]["lr"])
     m["sync_seconds"] = sync_stats.seconds if sync_stats else 0.0
     m["sync_bytes"] = float(sync_stats.bytes) if sync_stats else 0.0
@@ -526,7 +530,8 @@ class RLStep:
         if isinstance(exc, RunStopped):  # its message says why; say where the completed steps are
             if last is not None and str(last) in str(exc):
                 raise exc
-            where = (f"the completed steps are in {last} (run.resume_from={last})" if last
+            where = (f"the completed steps are in {last}: run.resume_from={last} (or run.resume_from=latest) "
+                     f"continues from there" if last
                      else "no checkpoint was written yet: start again")
             raise type(exc)(f"{exc}; {where}") from exc
         where = (f"run.resume_from={last} (or run.resume_from=latest) continues from step {read_state(last)['step']}"

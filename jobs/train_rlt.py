@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     from jobs.rl_step import load_prompts
     from rlt_ray.checkpoint import latest, resolve_resume
     from rlt_ray.cluster import RunStopped, connect_ray, restartable
-    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml
+    from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml, trained_model, trained_model_key
     from rlt_ray.memory import check_memory
 
     preset, overrides = split_argv(argv)
@@ -44,18 +44,43 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     skipped = ", ".join(f"{n} {why}" for why, n in dropped.items()) or "none"
-    print(f"train_rlt: {len(rows)} rows (dropped: {skipped}); reward {cfg.reward.kind}; output {out}", flush=True)
+    print(f"train_rlt: {len(rows)} rows (dropped: {skipped}); reward {cfg.reward.kind}; trains "
+          f"{trained_model_key(cfg)}={trained_model(cfg)}; output {out}", flush=True)
     # A lost node (its learners, or objects only it held) ends a run with a checkpoint; run.max_restarts > 0
     # starts every actor again on the nodes that remain and continues from the newest complete checkpoint
     for attempt in range(cfg.run.max_restarts + 1):
         try:
-            return train(ray, cfg, rows, prompts, out, resume, attempt)
+            train(ray, cfg, rows, prompts, out, resume, attempt)
+            return summarize_run(cfg, out)
         except RunStopped as exc:
             if attempt == cfg.run.max_restarts or not restartable(exc):
                 raise
             resume = latest(out)
             print(f"train_rlt: restart {attempt + 1}/{cfg.run.max_restarts} from "
                   f"{resume or 'the start (no checkpoint yet)'}: {exc}", flush=True)
+    return 0
+
+
+SUMMARY_KEYS = ("reward_mean", "accuracy", "format_rate", "r_ss_mean", "r_kl_mean", "closed_tag_fraction",
+                "completion_tokens_mean", "signal_fraction", "update_ratio")
+
+
+def summarize_run(cfg, out: Path) -> int:
+    """The console's closing lines and <output_dir>/summary.json: each curve at step 1, over the first and the last
+    steps (rlt_ray.metrics.run_summary)."""
+    import json
+
+    from rlt_ray.metrics import run_summary
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = run_summary(metrics, SUMMARY_KEYS)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    k = summary["window"]
+    print(f"train_rlt: {summary['steps']} steps; step 1 / mean of the first {k} / of the last {k}:", flush=True)
+    for key in summary["step1"]:
+        print(f"  {key:24} {summary['step1'][key]:+10.4f} {summary['first'][key]:+10.4f} {summary['last'][key]:+10.4f}",
+              flush=True)
+    print(f"train_rlt: summary {out / 'summary.json'}", flush=True)
     return 0
 
 

@@ -108,6 +108,9 @@ class RewardConfig:
     kind: str = "rlt"
     format_bonus: float = 0.0  # verifier: added when the thought and solution blocks are both closed
     verifier_timeout_s: float = 10.0  # verifier: one sample's check; past it, the sample gets its group's worst
+    # verifier: added to a completion cut at rollout.max_new_tokens or with text after its solution block; such a
+    # completion never earns the answer's reward (rlt_ray.verifier.runs_on). 0: no penalty beyond that
+    overlong_penalty: float = 0.0
     answer_log_prob_coeff: list[float] = field(default_factory=lambda: [1.0, 0.01])
     log_prob_reductions: list[str] = field(default_factory=lambda: ["mean", "min"])
     kl_penalty_coeff: list[float] = field(default_factory=lambda: [3.0, 0.03])
@@ -342,9 +345,12 @@ class DemoConfig:
     # every student arm trains on this many rows (the first ones of its data): distillation drops the rows whose
     # explanation never closed its tag, so the distilled sets can be a little shorter than the task's train set
     student_rows: int = 960
-    # the RL stage's learning rate (constant, no warm-up); learner.* is the SFT stages' optimizer, the same for
-    # every arm, so the RL stage gets its own key instead of sharing learner.lr
+    # the RL stage's learning rate (constant after its warm-up); learner.* is the SFT stages' optimizer, the same
+    # for every arm, so the RL stage gets its own key instead of sharing learner.lr
     rl_lr: float = 5e-4
+    # the RL stages' (and the cold start's) linear warm-up, a share of their steps: a fresh AdamW's first step moves
+    # every weight by about the learning rate. The reference has none (constant; its warmup_ratio 0.03 is ignored)
+    rl_warmup_ratio: float = 0.1
     # every student's sft.epochs ((a)-(d), (b) also the reward's student); None: sft.epochs, as the teacher's warm-up
     student_epochs: Optional[int] = None
     # --extended (docs/demo.md): the cold start, (e) = student (b) and (f) = student (d) each after this many
@@ -415,13 +421,15 @@ POSITIVE = (
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "sft.keep_checkpoints",
     "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
-    "reward.student_temperature", "learner.lr", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
+    "reward.student_temperature", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
     "reward.max_batch_tokens", "run.hack_patience", "run.hack_window", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
     "demo.cold_start_steps", "demo.cold_start_lr", "demo.transfer_terms", "demo.transfer_test_questions",
 )
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
-    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "rollout.temperature",
+    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "demo.rl_warmup_ratio",
+    "rollout.temperature",
+    "learner.lr",  # 0: the weights never move (a baseline of the sampling alone)
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
     "reward.clip_log_prob", "reward.clip_kl",
     "rollout.stream_groups", "run.keep_checkpoints", "run.max_restarts", "sft.checkpoint_every", "sft.max_failures",
@@ -446,6 +454,9 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
         raise ConfigError("config key 'reward.teacher_logprobs_from': a verifier needs no log-probs; leave it at rollout "
                           "with reward.kind=verifier")
+    if not cfg.reward.overlong_penalty <= 0:
+        raise ConfigError(f"config key 'reward.overlong_penalty': must be <= 0 (a penalty), got "
+                          f"{cfg.reward.overlong_penalty}")
     if not cfg.reward.verifier_timeout_s > 0:
         raise ConfigError("config key 'reward.verifier_timeout_s': must be > 0")
     for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
@@ -544,6 +555,16 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
     if len(set(tags)) != 3 or not all(tags):
         raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")
+
+
+def trained_model(cfg: DictConfig) -> str:
+    """The model the RL job trains, by reward kind: the teacher with the RLT reward (it writes explanations), the
+    student with a verifier (outcome-reward GRPO of a student, the paper's cold start). One key each, never both."""
+    return str(cfg.model.student if cfg.reward.kind == "verifier" else cfg.model.teacher)
+
+
+def trained_model_key(cfg: DictConfig) -> str:
+    return "model.student" if cfg.reward.kind == "verifier" else "model.teacher"
 
 
 def temperatures(cfg: DictConfig) -> dict[str, float]:

@@ -27,6 +27,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     return adv.reshape(-1)
 
 
+def signal_fraction(rewards, group_size: int) -> float:
+    """The share of GRPO groups whose rewards differ (a non-zero advantage somewhere): a group whose completions all
+    score the same teaches nothing. At 5 % accuracy and 8 samples, about a third of the groups carry a signal."""
+    r = torch.as_tensor(rewards, dtype=torch.float64).view(-1, group_size)
+    return float(((r.max(-1).values - r.min(-1).values) > 0).double().mean()) if r.numel() else 0.0
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(π_θ ‖ π_ref) per sampled token: exp(ref − ℓ) − (ref − ℓ) − 1 ≥ 0."""
     d = ref_logp - logp

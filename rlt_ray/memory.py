@@ -235,7 +235,9 @@ def scorer(cfg: Any, shape: Shape, role: str = "scorer") -> Device:
 def plan(cfg: Any, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> list[Device]:
     """The memory of one device of every actor kind of ``roles`` for this config."""
     gpu = float(cfg.resources.gpu_memory_gib) * GIB
-    teacher, student = model_shape(cfg.model.teacher), model_shape(cfg.model.student)
+    from rlt_ray.config import trained_model
+
+    teacher, student = model_shape(trained_model(cfg)), model_shape(cfg.model.student)  # teacher: the RL policy
     out = []
     for role in roles:  # "sft_teacher" / "sft_student": the SFT jobs' Ray Train workers
         if role.startswith("sft_"):

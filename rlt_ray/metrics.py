@@ -43,6 +43,23 @@ def summarize(name: str, values: Sequence[float]) -> dict[str, float]:
             f"{name}_max": float(v.max())}
 
 
+def run_summary(metrics: Sequence[dict], keys: Sequence[str], window: int = 10) -> dict:
+    """Where a run's curves started and ended: step 1's value, the mean of the first and of the last ``window``
+    steps (at most a quarter of the run each), for each of ``keys`` the steps logged. A first-window mean can hide
+    a fall right after step 1 (a fresh optimizer's first steps move every weight by about the learning rate), so
+    both are reported."""
+    k = max(1, min(window, len(metrics) // 4))
+    present = [key for key in keys if metrics and key in metrics[0]]
+    curve = {key: [float(m[key]) for m in metrics] for key in present}
+    out = {"steps": len(metrics), "window": k,
+           "step1": {key: v[0] for key, v in curve.items()},
+           "first": {key: sum(v[:k]) / k for key, v in curve.items()},
+           "last": {key: sum(v[-k:]) / k for key, v in curve.items()}}
+    if "reward_mean" in curve:
+        out["reward_ended_above_step1"] = out["last"]["reward_mean"] > out["step1"]["reward_mean"]
+    return out
+
+
 def metric_name(key: str) -> str:
     return "rlt_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 

@@ -2,6 +2,12 @@
 worth 1 when its solution's answer is right (rlt_ray.evaluation.AnswerChecker: math-verify, or reasoning-gym's
 own scorer), plus reward.format_bonus when both blocks are closed. Pure functions, unit-tested without Ray.
 
+What cannot earn the answer's reward, whatever its solution block says (the shapes that broke the extended demo's
+cold start, where a student learnt to write run-on text up to the token limit):
+- a completion cut at rollout.max_new_tokens (finish_reason "length"): it never finished;
+- a completion that goes on after its solution block (anything but whitespace and the end-of-turn token).
+Both also get reward.overlong_penalty (0 by default: no reward beyond losing the answer's).
+
 A sample whose check raises or runs past reward.verifier_timeout_s gets its group's worst reward (the rule the
 RLT reward follows for an unscorable sample): it can never be the best of its group, and the run goes on.
 """
@@ -28,6 +34,7 @@ class Verdict:
     correct: bool = False
     formatted: bool = False  # both the thought block and the solution block closed
     error: Optional[str] = None  # the check raised or timed out: the sample takes its group's worst reward
+    overlong: bool = False  # cut at the token limit, or text after the solution block: no answer reward
 
 
 def solution_of(fmt: RLTFormat, completion: str) -> tuple[Optional[str], bool]:
@@ -38,6 +45,20 @@ def solution_of(fmt: RLTFormat, completion: str) -> tuple[Optional[str], bool]:
     except FormatError:
         return None, False
     return solution[-MAX_SOLUTION_CHARS:], trace is not None
+
+
+def runs_on(fmt: RLTFormat, completion: str, finish_reason: Optional[str]) -> bool:
+    """Whether a completion was cut at the token limit, or writes anything but whitespace and the end-of-turn token
+    after its solution block."""
+    if finish_reason == "length":
+        return True
+    close = completion.find(fmt.solution[1], completion.find(fmt.solution[0]))
+    if close < 0:
+        return False  # no closed solution block: nothing to check, no answer reward anyway
+    rest = completion[close + len(fmt.solution[1]):]
+    if fmt.eos_text:
+        rest = rest.replace(fmt.eos_text, "")
+    return bool(rest.strip())
 
 
 def checkable(row: Row, reasoning_gym: bool) -> bool:
@@ -76,9 +97,13 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def verdict(check: Callable[[str], bool], fmt: RLTFormat, completion: str, timeout_s: float) -> Verdict:
-    """Check one completion with ``check(prediction)`` in at most ``timeout_s`` seconds."""
+def verdict(check: Callable[[str], bool], fmt: RLTFormat, completion: str, timeout_s: float,
+            finish_reason: Optional[str] = None) -> Verdict:
+    """Check one completion with ``check(prediction)`` in at most ``timeout_s`` seconds; a cut or run-on completion
+    (runs_on) is not checked and earns no answer reward."""
     prediction, formatted = solution_of(fmt, completion)
+    if runs_on(fmt, completion, finish_reason):
+        return Verdict(False, formatted, overlong=True)
     if prediction is None or not prediction.strip():
         return Verdict(False, formatted)
     try:
@@ -94,10 +119,13 @@ def raised(exc: BaseException, formatted: bool) -> Verdict:
     return Verdict(False, formatted, f"the verifier raised {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def verifier_totals(verdicts: Sequence[Verdict], n: int, format_bonus: float) -> np.ndarray:
-    """Rewards of a rollout's samples (groups of ``n``): correct + format_bonus x formatted; a sample whose check
-    failed gets the worst reward of the others in its group (0 when none could be checked)."""
-    total = np.asarray([float(v.correct) + format_bonus * float(v.formatted) for v in verdicts], dtype=np.float32)
+def verifier_totals(verdicts: Sequence[Verdict], n: int, format_bonus: float,
+                    overlong_penalty: float = 0.0) -> np.ndarray:
+    """Rewards of a rollout's samples (groups of ``n``): correct + format_bonus x formatted + overlong_penalty x
+    overlong; a sample whose check failed gets the worst reward of the others in its group (0 when none could be
+    checked)."""
+    total = np.asarray([float(v.correct) + format_bonus * float(v.formatted) + overlong_penalty * float(v.overlong)
+                        for v in verdicts], dtype=np.float32)
     for g in range(0, len(verdicts), n):
         group = range(g, min(g + n, len(verdicts)))
         fine = [total[i] for i in group if verdicts[i].error is None]
@@ -110,4 +138,5 @@ def verifier_totals(verdicts: Sequence[Verdict], n: int, format_bonus: float) ->
 
 def verifier_metrics(verdicts: Sequence[Verdict]) -> dict[str, Any]:
     return {"correct": np.asarray([v.correct for v in verdicts], dtype=np.float32),
-            "formatted": np.asarray([v.formatted for v in verdicts], dtype=np.float32)}
+            "formatted": np.asarray([v.formatted for v in verdicts], dtype=np.float32),
+            "overlong": np.asarray([v.overlong for v in verdicts], dtype=np.float32)}

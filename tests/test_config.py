@@ -220,3 +220,23 @@ def test_the_engines_cpu_threads_come_from_config():
     for bind in ("0-1", "0-3|4-7", "0,2,4", "auto"):
         cfg = load_config("configs/tiny_cpu.yaml", [f"rollout.cpu_threads_bind='{bind}'"])
         assert cpu_engine_env(cfg.rollout)["VLLM_CPU_OMP_THREADS_BIND"] == bind
+
+
+def test_the_trained_model_is_the_teacher_with_the_rlt_reward_and_the_student_with_a_verifier():
+    from rlt_ray.config import load_config, trained_model, trained_model_key
+
+    rlt = load_config("configs/tiny_cpu.yaml", ["model.student=some-student"])
+    assert (trained_model_key(rlt), trained_model(rlt)) == ("model.teacher", "tiny-teacher")
+    verifier = load_config("configs/tiny_cpu.yaml", ["reward.kind=verifier", "model.student=some-student"])
+    assert (trained_model_key(verifier), trained_model(verifier)) == ("model.student", "some-student")
+
+
+def test_the_run_summary_reports_step_1_beside_the_first_and_last_windows():
+    from rlt_ray.metrics import run_summary
+
+    rewards = [-4.4, -12.0, -11.0, -10.0] + [-6.0] * 36  # a fall right after step 1 that a first-10 mean hides
+    s = run_summary([{"reward_mean": r, "accuracy": 0.1} for r in rewards], ("reward_mean", "accuracy", "r_ss_mean"))
+    assert s["steps"] == 40 and s["window"] == 10
+    assert s["step1"] == {"reward_mean": -4.4, "accuracy": 0.1}  # keys not logged are left out
+    assert s["first"]["reward_mean"] == pytest.approx(-7.34) and s["last"]["reward_mean"] == -6.0
+    assert s["reward_ended_above_step1"] is False

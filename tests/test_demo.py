@@ -71,7 +71,8 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     args = stage_args(tmp_path, 8, 240, 1e-3)
     user = ["learner.lr=2e-3"]  # the user's override comes first, as in jobs/demo.py's main
     rl = load_config("demo", user + args["train_rlt"])
-    assert rl.learner.lr == 1e-3 and rl.learner.lr_schedule == "constant" and rl.learner.warmup_ratio == 0
+    # the RL stage warms up over demo.rl_warmup_ratio of its steps (a fresh AdamW moves every weight by ~lr at once)
+    assert rl.learner.lr == 1e-3 and rl.learner.lr_schedule == "constant" and rl.learner.warmup_ratio == 0.1
     assert all(load_config("demo", user + args[s]).learner.lr == 2e-3 for s in ("sft_teacher", "student_b"))
     # demo.student_epochs: every student's epochs (the reward's student (b) too), not the teacher's warm-up's
     longer = stage_args(tmp_path, 8, 240, 1e-3, student_epochs=7)

@@ -139,3 +139,11 @@ def test_mixup_is_exact_parameter_by_parameter(teacher, student):
         assert torch.allclose(r, 0.9 * p + 0.1 * old, atol=1e-7)
     mixup_(ref.parameters(), teacher.parameters(), 1.0)
     assert all(torch.equal(r, p) for r, p in zip(ref.parameters(), teacher.parameters()))
+
+
+def test_signal_fraction_counts_the_groups_whose_rewards_differ():
+    from rlt_ray.grpo import signal_fraction
+
+    rewards = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0.5, 0.5, 0.2, 0.5]
+    assert signal_fraction(rewards, 4) == 0.5  # groups 2 and 4 differ; 1 (all 0) and 3 (all 1) teach nothing
+    assert signal_fraction([], 4) == 0.0

@@ -73,3 +73,23 @@ def test_rows_without_a_checkable_answer():
     assert not checkable(Row(question="q", solution="A long proof.\nIt goes on and on without a final answer."),
                          False)
     assert checkable(Row(question="q", solution="anything"), True)  # reasoning-gym scores its own items
+
+
+def test_a_cut_or_run_on_completion_earns_no_answer_reward_and_the_penalty_is_a_setting(fmt, check):
+    """What broke the extended demo's cold start: a right solution block followed by run-on text, or a completion
+    cut at the token limit, scored like a finished one. Neither earns the answer's reward now; whitespace and the
+    end-of-turn token after the block are a finished answer."""
+    good = _completion(fmt, "2 plus 3", "\\boxed{5}")
+    assert verdict(check, fmt, good + "\n\n" + fmt.eos_text, 10, "stop") == Verdict(True, True)
+    assert verdict(check, fmt, good + " 1111111111", 10, "stop") == Verdict(False, True, overlong=True)
+    assert verdict(check, fmt, good, 10, "length") == Verdict(False, True, overlong=True)
+    verdicts = [Verdict(True, True), Verdict(False, True, overlong=True), Verdict(False, True), Verdict(True, False)]
+    np.testing.assert_allclose(verifier_totals(verdicts, 4, 0.1), [1.1, 0.1, 0.1, 1.0])  # the default: no penalty
+    np.testing.assert_allclose(verifier_totals(verdicts, 4, 0.1, overlong_penalty=-0.5), [1.1, -0.4, 0.1, 1.0])
+
+
+def test_a_positive_overlong_penalty_is_refused_naming_the_key():
+    from rlt_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"reward.overlong_penalty.*<= 0"):
+        load_config("configs/tiny_cpu.yaml", ["reward.overlong_penalty=0.5"])
