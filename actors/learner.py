@@ -35,6 +35,8 @@ def free_port() -> int:
 class LearnerRank:
     def __init__(self, cfg: Any, rank: int, world: int):
         self.cfg, self.rank, self.world = cfg, rank, world
+        # learner.max_tokens_per_micro_batch: packed micro-batches by a token budget (0/None: learner.micro_batch_size)
+        self.budget = int(cfg.learner.max_tokens_per_micro_batch or 0)
         self.optimizer_steps = 0
         self.sync_group = None
         self.sync_buffer: torch.Tensor | None = None  # rank 0's packing buffer, kept from sync to sync
@@ -154,20 +156,20 @@ class LearnerRank:
         """Policy log-probs of this rank's shard (index over the whole step → array): the teacher term of the
         reward when reward.teacher_logprobs_from=learner. Each array holds the log-probs of the prompt's last
         ``prompt_tail`` tokens (the padding the reference's explanation span starts with), then the completion's."""
-        from rlt_ray.batch import concat_rollouts, micro_batches, policy_tensors, rank_shard
+        from rlt_ray.batch import concat_rollouts
 
         batch = concat_rollouts(ray.get(list(rollout_refs)))
-        mine = rank_shard(len(batch["completion_ids"]), self.rank, self.world)
-        lengths = [len(c) for c in batch["completion_ids"]]
+        micro, chunks = self._micro_batches(batch, [(0, len(batch["completion_ids"]))], prompt_tail)
         out = {}
         self.engine.eval()
         with torch.no_grad():
-            for idx in micro_batches(mine, lengths, self.cfg.learner.micro_batch_size):
-                ids, attn, mask, _ = policy_tensors(batch, idx, self.pad_id, self.device)
+            for idx, c in zip(micro, chunks):
+                # an empty micro-batch is a forward all the same: ZeRO-3 gathers parameters in every rank's together
+                ids, attn, mask, _ = self._tensors(batch, idx)
                 for row, i in enumerate(idx):
                     p = len(batch["prompt_ids"][i // batch["n"]])
                     mask[row, max(1, p - prompt_tail):p] = True
-                lp = self.engine(ids, attn, mask, float(temperature)).cpu()
+                lp = self.engine(ids, attn, mask, float(temperature), packed=bool(self.budget), chunks=c).cpu()
                 for row, i in enumerate(idx):
                     out[i] = lp[row][mask[row].cpu()].numpy()
         self.engine.train()
@@ -207,25 +209,27 @@ class LearnerRank:
             parts.append((offset, r, s))
             offset += len(rollout["completion_ids"])
         denominator = loss_denominator(self.cfg.grpo.loss_aggregation, offset, sum(lengths), self.world)
-        self.accumulate(parts, 0, offset, denominator)
+        self.accumulate(parts, 0, offset, denominator, final=True)
         return self.finish_step()
 
     def begin_step(self) -> None:
         """Start a batch that arrives in parts (accumulate); the optimizer steps once, at its end."""
         self.batch = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "finish_reason": [], "n": None}
         self.advantages: list[torch.Tensor] = []
-        self.mine: list[int] = []
+        self.ranges: list[tuple[int, int]] = []  # the [start, stop) of each accumulate call: the passes replan them
         self.sums = {"loss": 0.0, "kl_sum": 0.0, "tokens": 0.0, "clip_fraction": 0.0, "micro_batches": 0,
-                     "seconds": 0.0, "denominator": None, "update_ratio": float("nan")}
+                     "seconds": 0.0, "denominator": None, "update_ratio": float("nan"), "stepped": False}
 
     def accumulate(self, parts: Sequence[tuple[int, ray.ObjectRef, ray.ObjectRef]], start: int, stop: int,
-                   denominator: float) -> int:
-        """Forward/backward for this rank's equal share of the batch's sequences [start, stop), with gradient
-        accumulation. ``parts``: the (offset, rollout, scored) parts not sent before, appended at their offsets
-        (whole GRPO groups, so advantages need nothing else). Every rank gets the same calls in the same order,
-        and the same number of micro-batches per call (rlt_ray.batch.learnable_stop): ZeRO's collectives stay in
-        lockstep. ``denominator``: the whole batch's (rlt_ray.batch.loss_denominator), the same in every call."""
-        from rlt_ray.batch import group_size, micro_batches, rank_shard
+                   denominator: float, final: bool = False) -> int:
+        """Forward/backward for this rank's share of the batch's sequences [start, stop) (_micro_batches: equal
+        counts, or packed and balanced by tokens), with gradient accumulation. ``parts``: the (offset, rollout,
+        scored) parts not sent before, appended at their offsets (whole GRPO groups, so advantages need nothing
+        else). Every rank gets the same calls in the same order, and the same number of micro-batches per call
+        (rlt_ray.batch.learnable_stop, or the packed plan's): ZeRO's collectives stay in lockstep.
+        ``denominator``: the whole batch's (rlt_ray.batch.loss_denominator), the same in every call. ``final``: the
+        batch's last part, whose last micro-batch steps the optimizer."""
+        from rlt_ray.batch import group_size
         from rlt_ray.grpo import group_advantages
 
         t0 = time.perf_counter()
@@ -246,43 +250,45 @@ class LearnerRank:
         if self.sums["denominator"] not in (None, denominator):
             raise RuntimeError(f"learner rank {self.rank}: the loss denominator changed within a batch")
         self.sums["denominator"] = denominator
-        share = rank_shard(stop - start, self.rank, self.world, start)
-        # checked on counts alone, so every rank refuses the same way before touching anything
-        planned = -(-len(share) // self.cfg.learner.micro_batch_size)
-        if self.sums["micro_batches"] + planned > self.engine.gradient_accumulation_steps():
-            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
-                               f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
-                               f"per rank): the optimizer would step mid-batch")
         if stop > len(self.batch["completion_ids"]):
             raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) asked for, but only "
                                f"{len(self.batch['completion_ids'])} have arrived")
-        lengths = {i: len(self.batch["completion_ids"][i]) for i in share}
-        plan = micro_batches(share, lengths, self.cfg.learner.micro_batch_size)
-        self._hold_before_collective()
-        self.mine.extend(share)
         advantages = torch.cat(self.advantages)
-        for idx in plan:
-            self._learn_micro_batch(idx, advantages, denominator)
+        plan, chunks = self._micro_batches(self.batch, [(start, stop)])
+        # checked on counts alone, so every rank refuses the same way before touching anything
+        if not self.budget and self.sums["micro_batches"] + len(plan) > self.engine.gradient_accumulation_steps():
+            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
+                               f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
+                               f"per rank): the optimizer would step mid-batch")
+        self.ranges.append((start, stop))
+        self._hold_before_collective()
+        for k, (idx, c) in enumerate(zip(plan, chunks)):
+            # packed plans set the optimizer's boundary themselves (their micro-batch count varies); else DeepSpeed
+            # counts learner.micro_batch_size micro-batches
+            boundary = (final and k == len(plan) - 1) if self.budget else None
+            self._learn_micro_batch(idx, advantages, denominator, boundary, c)
         self.sums["seconds"] += time.perf_counter() - t0
-        return len(share)
+        return sum(len(idx) for idx in plan)
 
     def finish_step(self) -> dict[str, float]:
         """End the batch: the further passes of grpo.updates_per_batch over the whole batch, the reference
         mixup when due; this rank's metrics."""
-        from rlt_ray.batch import micro_batches
-
         t0 = time.perf_counter()
         g, sums = self.cfg.grpo, self.sums
+        if self.budget and not sums["stepped"]:
+            raise RuntimeError(f"learner rank {self.rank}: the batch ended without its final part "
+                               f"(accumulate(final=True)): the optimizer did not step")
         expected = self.engine.gradient_accumulation_steps()
-        if sums["micro_batches"] != expected:
+        if not self.budget and sums["micro_batches"] != expected:
             raise RuntimeError(f"learner rank {self.rank}: {sums['micro_batches']} micro-batches in this batch, "
                                f"{expected} expected per optimizer step: the optimizer did not step")
         grad_norms = [self._optimizer_stepped()]
         advantages = torch.cat(self.advantages)
-        lengths = {i: len(self.batch["completion_ids"][i]) for i in self.mine}
         for _ in range(g.updates_per_batch - 1):
-            for idx in micro_batches(self.mine, lengths, self.cfg.learner.micro_batch_size):
-                self._learn_micro_batch(idx, advantages, sums["denominator"])
+            plan, chunks = self._micro_batches(self.batch, self.ranges)
+            for k, (idx, c) in enumerate(zip(plan, chunks)):
+                boundary = k == len(plan) - 1 if self.budget else None
+                self._learn_micro_batch(idx, advantages, sums["denominator"], boundary, c)
             grad_norms.append(self._optimizer_stepped())
         sums["seconds"] += time.perf_counter() - t0
         passes = g.updates_per_batch
@@ -298,21 +304,69 @@ class LearnerRank:
             "seconds": sums["seconds"],
         }
 
-    def _learn_micro_batch(self, idx: list[int], advantages: torch.Tensor, denominator: float) -> None:
+    def _micro_batches(self, batch: dict, ranges: Sequence[tuple[int, int]],
+                       prompt_tail: int = 0) -> tuple[list[list[int]], list[int | None]]:
+        """This rank's micro-batches of the rows in ``ranges``, and how many output-projection calls each makes.
+        Packed (learner.max_tokens_per_micro_batch): rlt_ray.packing.plan, balanced over the ranks by tokens, some
+        maybe empty. Else equal contiguous shards of each range in learner.micro_batch_size rows. Every rank plans
+        every rank's micro-batches (the same data, the same plan), so under ZeRO-3 each makes as many projection
+        calls as the rank with the most targets at that micro-batch (rlt_ray.packing.head_chunks)."""
+        from rlt_ray.batch import micro_batches, rank_shard
+        from rlt_ray.packing import head_chunks, plan
+
+        rows = [i for a, b in ranges for i in range(a, b)]
+        completion = {i: len(batch["completion_ids"][i]) for i in rows}
+        if self.budget:
+            full = {i: len(batch["prompt_ids"][i // batch["n"]]) + completion[i] for i in rows}
+            plans = plan(rows, full, self.world, self.budget)
+        else:
+            plans = [micro_batches([i for a, b in ranges for i in rank_shard(b - a, r, self.world, a)], completion,
+                                   self.cfg.learner.micro_batch_size) for r in range(self.world)]
+        if self.cfg.learner.zero_stage != 3:
+            return plans[self.rank], [None] * len(plans[self.rank])
+        return plans[self.rank], head_chunks(plans, {i: completion[i] + prompt_tail for i in rows})
+
+    def _tensors(self, batch: dict, idx: list[int]):
+        """policy_tensors of the rows ``idx``; for an empty micro-batch (a rank with fewer rows than the plan's
+        micro-batches), the batch's shortest row with one target token, which its caller weights 0."""
         from rlt_ray.batch import policy_tensors
+
+        if idx:
+            return policy_tensors(batch, idx, self.pad_id, self.device)
+        shortest = min(range(len(batch["completion_ids"])), key=lambda i: len(batch["completion_ids"][i]))
+        ids, attn, mask, old = policy_tensors(batch, [shortest], self.pad_id, self.device)
+        first = int(mask[0].nonzero()[0])
+        mask[0, first + 1:] = False
+        return ids, attn, mask, old
+
+    def _learn_micro_batch(self, idx: list[int], advantages: torch.Tensor, denominator: float,
+                           boundary: bool | None = None, chunks: int | None = None) -> None:
+        """Forward and backward of the rows ``idx``. ``boundary`` (packed plans, whose micro-batch count varies):
+        whether this is the batch's last micro-batch, the one whose step() steps the optimizer; None: DeepSpeed
+        counts (learner.micro_batch_size). An empty ``idx`` (a rank with fewer rows than the plan's micro-batches)
+        runs the batch's shortest row at weight 0, so that every rank joins every ZeRO collective."""
         from rlt_ray.grpo import policy_loss
         from rlt_ray.logprobs import token_logprobs
 
         g = self.cfg.grpo
+        packed = bool(self.budget)
+        if boundary is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
+            self.sums["stepped"] |= boundary
+        weight = 1.0 if idx else 0.0
         temperature = self.temperatures["policy"]
-        ids, attn, mask, old = policy_tensors(self.batch, idx, self.pad_id, self.device)
-        logp = self.engine(ids, attn, mask, temperature)
+        ids, attn, mask, old = self._tensors(self.batch, idx)
+        if not idx:  # the stand-in row's advantage (weighted 0 below)
+            idx = [min(range(len(self.batch["completion_ids"])), key=lambda i: len(self.batch["completion_ids"][i]))]
+        logp = self.engine(ids, attn, mask, temperature, packed=packed, chunks=chunks)
         ref_logp = None
         if g.beta:
             with torch.no_grad():
-                ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature)
+                ref_logp = token_logprobs(self.ref, ids, attn, mask, temperature, packed=packed, chunks=chunks)
         loss, m = policy_loss(logp, mask, advantages[idx].to(self.device), ref_logp, g.beta, g.loss_aggregation,
                               old if g.clip_eps is not None else None, g.clip_eps, denominator)
+        if not weight:
+            loss, m = loss * 0.0, {"tokens": 0.0}
         if self.cfg.run.fault_injection == f"nan_loss@{self.optimizer_steps}":  # tests only (rlt_ray.config)
             loss = loss * float("nan")
         self.engine.backward(loss, scale_wrt_gas=False)  # the denominator already scales

@@ -177,11 +177,17 @@ class BatchFeed:
         aggregation = self.cfg.grpo.loss_aggregation
         if aggregation == "token_mean" and self.tokens is None:
             return
-        stop = learnable_stop(self.consumed, self.available, self.learners.world, self.cfg.learner.micro_batch_size)
+        if self.cfg.learner.max_tokens_per_micro_batch:  # packed: any prefix plans into as many micro-batches a rank
+            stop = self.available
+        else:
+            stop = learnable_stop(self.consumed, self.available, self.learners.world,
+                                  self.cfg.learner.micro_batch_size)
         if stop == self.consumed:
             return
         denominator = loss_denominator(aggregation, self.batch_size, self.tokens or 0, self.learners.world)
-        self.refs += self.learners.call("accumulate", self.parts[self.sent:], self.consumed, stop, denominator)
+        # the batch's last part: its last micro-batch steps the optimizer (packed plans set the boundary themselves)
+        self.refs += self.learners.call("accumulate", self.parts[self.sent:], self.consumed, stop, denominator,
+                                        stop == self.batch_size)
         self.sent, self.consumed = len(self.parts), stop
 
     def finish(self) -> list:

@@ -162,7 +162,12 @@ class LearnerConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
-    micro_batch_size: int = 1  # sequences per rank per forward/backward
+    micro_batch_size: int = 1  # sequences per rank per forward/backward (without max_tokens_per_micro_batch)
+    # Packed micro-batches (rlt_ray.packing): each rank's rows concatenated without padding, at most this many tokens
+    # a forward, attention kept within each row; rows balanced over the ranks by tokens, not by count. The policy's
+    # forward and backward, the reference's and the reward's teacher log-probs use it. None: micro_batch_size rows
+    # a forward, padded. Must hold the longest row (rollout.max_prompt_tokens + rollout.max_new_tokens).
+    max_tokens_per_micro_batch: Optional[int] = None
     gradient_checkpointing: bool = False
     offload_optimizer: bool = False
 
@@ -530,6 +535,15 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
             f"config keys 'run.questions_per_step' x 'rollout.n' = {batch} completions per step do not split into "
             f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}: every rank needs the same number "
             f"of whole micro-batches")
+    budget = cfg.learner.max_tokens_per_micro_batch
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"config key 'learner.max_tokens_per_micro_batch': must be > 0 or null, got {budget}")
+    longest = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if job == "rl" and budget is not None and budget < longest:
+        raise ConfigError(
+            f"config key 'learner.max_tokens_per_micro_batch': {budget} tokens cannot hold the longest row, "
+            f"{longest} tokens (rollout.max_prompt_tokens {cfg.rollout.max_prompt_tokens} + rollout.max_new_tokens "
+            f"{cfg.rollout.max_new_tokens}); a row is never cut: raise the budget or lower those keys")
     if job == "rl" and cfg.rollout.num_workers > cfg.run.questions_per_step:
         raise ConfigError(
             f"config key 'rollout.num_workers': {cfg.rollout.num_workers} workers for "

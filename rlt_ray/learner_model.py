@@ -23,10 +23,12 @@ class PolicyLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, target_mask, temperature: float):
+    def forward(self, input_ids, attention_mask, target_mask, temperature: float, packed: bool = False,
+                chunks: int | None = None):
         from rlt_ray.logprobs import token_logprobs
 
-        return token_logprobs(self.model, input_ids, attention_mask, target_mask, temperature)
+        return token_logprobs(self.model, input_ids, attention_mask, target_mask, temperature, packed=packed,
+                              chunks=chunks)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):

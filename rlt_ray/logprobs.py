@@ -8,7 +8,12 @@ the reference model.
   to fp32 before the temperature and the log-softmax;
 - never a full [batch, length, vocab] fp32 tensor: hidden states are gathered at the needed positions and
   projected ``chunk_tokens`` at a time; with gradients on, each chunk is recomputed in backward (checkpointed),
-  so only the chunk's logits are ever alive.
+  so only the chunk's logits are ever alive;
+- ``packed=True``: the rows' real tokens in ONE row, no padding, positions restarting at 0 per row and no attention
+  mask, which transformers turns into attention that never crosses rows (SDPA and eager: a block-diagonal causal
+  mask; flash-attention 2: its varlen kernel). Same inputs and outputs as the padded path, so every caller (the
+  policy's forward and backward, the reference, the reward's teacher log-probs, the student scorer) switches with
+  one flag; the compute is the real tokens' only (rlt_ray.packing plans the micro-batches by a token budget).
 """
 
 from __future__ import annotations
@@ -42,35 +47,68 @@ def token_logprobs(
     target_mask: torch.Tensor,
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
+    packed: bool = False,
+    chunks: int | None = None,
 ) -> torch.Tensor:
     """fp32 [B, L]: log p_T(input_ids[b, j] | input_ids[b, :j]) where target_mask[b, j], 0 elsewhere.
 
-    target_mask[:, 0] must be False (the first token has no context)."""
+    target_mask[:, 0] must be False (the first token has no context). ``input_ids`` right-padded
+    (``attention_mask``); ``packed``: the forward runs on the real tokens only (module docstring). ``chunks``: call
+    the output projection at least this many times (extra calls on one token, weighted 0): under ZeRO-3 each call
+    gathers the projection's weight, a collective, so every rank must make as many calls as the rank with the most
+    targets (rlt_ray.packing.head_chunks), or the ranks hang."""
     if target_mask[:, 0].any():
         raise ValueError("token_logprobs: position 0 has no context and cannot be a target")
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     rows, cols = target_mask.nonzero(as_tuple=True)
     if rows.numel() == 0:
         return out
-    # Only run the trunk up to the last needed position of each batch.
-    length = int(cols.max()) + 1
     decoder = model.get_decoder()
-    # use_cache=False: a scoring or training forward never decodes further, a KV cache would only take memory
-    hidden = decoder(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length],
-                     use_cache=False).last_hidden_state
-    picked = hidden[rows, cols - 1]  # the state before token j predicts token j
+    if packed:
+        hidden, before = _packed_hidden(decoder, input_ids, target_mask, rows, cols)
+        picked = hidden[before]
+    else:
+        # Only run the trunk up to the last needed position of each batch.
+        length = int(cols.max()) + 1
+        # use_cache=False: a scoring or training forward never decodes further, a KV cache would only take memory
+        hidden = decoder(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length],
+                         use_cache=False).last_hidden_state
+        picked = hidden[rows, cols - 1]  # the state before token j predicts token j
     targets = input_ids[rows, cols]
     head = model.get_output_embeddings()
     inv_temp = 1.0 / float(temperature)
     pieces = []
-    for start in range(0, picked.shape[0], chunk_tokens):
-        h, t = picked[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+    starts = list(range(0, picked.shape[0], chunk_tokens))
+    starts += [None] * max(0, (chunks or 0) - len(starts))  # None: a zero-weight call on the first target
+    for start in starts:
+        h, t = (picked[:1], targets[:1]) if start is None else (picked[start:start + chunk_tokens],
+                                                                 targets[start:start + chunk_tokens])
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logprobs, head, h, t, inv_temp, use_reentrant=False))
+            piece = checkpoint(_chunk_logprobs, head, h, t, inv_temp, use_reentrant=False)
         else:
-            pieces.append(_chunk_logprobs(head, h, t, inv_temp))
+            piece = _chunk_logprobs(head, h, t, inv_temp)
+        if start is None:  # kept in the graph, so backward's recompute makes the same calls on every rank
+            pieces[0] = pieces[0] + 0.0 * piece.sum()
+        else:
+            pieces.append(piece)
     out = out.index_put((rows, cols), torch.cat(pieces))
     return out
+
+
+def _packed_hidden(decoder: torch.nn.Module, input_ids: torch.Tensor, target_mask: torch.Tensor,
+                   rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's hidden states [T, H] of the rows' tokens up to each row's last target, in one packed row
+    (positions restarting per row, no attention mask: attention stays within each row), and, for each target
+    (rows[k], cols[k]), the index of the state that predicts it."""
+    lengths = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    lengths.scatter_reduce_(0, rows, cols + 1, reduce="amax")  # rows without a target contribute nothing
+    starts = torch.cumsum(lengths, 0) - lengths
+    keep = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
+    flat_ids = input_ids[keep][None, :]
+    positions = (torch.arange(input_ids.shape[1], device=input_ids.device)[None, :].expand_as(input_ids))[keep]
+    hidden = decoder(input_ids=flat_ids, position_ids=positions[None, :], attention_mask=None,
+                     use_cache=False).last_hidden_state[0]
+    return hidden, starts[rows] + cols - 1
 
 
 def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
