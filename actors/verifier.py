@@ -30,7 +30,8 @@ class Verify:
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
         self.fmt = RLTFormat(cfg.format, self.tokenizer)
         source = str(cfg.data.source)
-        self.checker = AnswerChecker(source, cfg.data.size, cfg.data.seed, own_timeouts=False)
+        self.checker = AnswerChecker(source, cfg.data.size, cfg.data.seed, own_timeouts=False,
+                                     function=cfg.reward.answer_check)
         # reasoning-gym's scorer needs the item's index in the generated set: by row id, from the same load
         self.positions = {}
         if self.checker.method == "reasoning_gym":

@@ -31,7 +31,7 @@ def load_prompts(cfg: Any):
     verifier the rows without an answer to check (never scored 0 in silence). Returns (rows, prompts, dropped)."""
     from rlt_ray.config import ConfigError, trained_model
     from rlt_ray.data import load_rows
-    from rlt_ray.evaluation import AnswerChecker
+    from rlt_ray.evaluation import AnswerChecker, load_answer_check
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
     from rlt_ray.verifier import checkable
@@ -42,8 +42,11 @@ def load_prompts(cfg: Any):
                      max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
     dropped = {}
     if cfg.reward.kind == "verifier":
-        rg = AnswerChecker.method_for(str(cfg.data.source)) == "reasoning_gym"  # its scorer checks every item
-        usable = [r for r in rows if checkable(r, rg)]
+        if cfg.reward.answer_check:  # your own check decides what it can check: load it here, so a bad name
+            load_answer_check(cfg.reward.answer_check)  # stops the job before any actor starts
+        # reasoning-gym's scorer, or your own check, gets every item
+        every = cfg.reward.answer_check or AnswerChecker.method_for(str(cfg.data.source)) == "reasoning_gym"
+        usable = [r for r in rows if checkable(r, bool(every))]
         if len(usable) < len(rows):
             dropped["without an answer to check"] = len(rows) - len(usable)
         rows = usable

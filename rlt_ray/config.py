@@ -108,6 +108,10 @@ class RewardConfig:
     kind: str = "rlt"
     format_bonus: float = 0.0  # verifier: added when the thought and solution blocks are both closed
     verifier_timeout_s: float = 10.0  # verifier: one sample's check; past it, the sample gets its group's worst
+    # verifier: your own answer check, "package.module:function", called as function(row, prediction) -> bool with
+    # the row (rlt_ray.formats.Row: question, solution, answer) and the solution block's text. None: math-verify, or
+    # reasoning-gym's own scorer for a reasoning_gym: source. It runs in the verifier actors (importable there)
+    answer_check: Optional[str] = None
     # verifier: added to a completion cut at rollout.max_new_tokens or with text after its solution block; such a
     # completion never earns the answer's reward (rlt_ray.verifier.runs_on). 0: no penalty beyond that
     overlong_penalty: float = 0.0
@@ -132,7 +136,7 @@ class RewardConfig:
     # padding that ends the RL prompt (its think span starts with that padding).
     solution_span: str = "padded"  # padded (reference) | bare: the solution text only
     explanation_span: str = "with_prompt_pad"  # with_prompt_pad (reference) | sampled: sampled tokens only
-    max_batch_tokens: int = 8192  # the scorer's packed micro-batches (padded tokens per student forward)
+    max_batch_tokens: int = 8192  # the scorer's packed micro-batches: real tokens per student forward (no padding)
 
 
 @dataclass

@@ -29,14 +29,34 @@ def boxed_content(text: str) -> Optional[str]:
     return None
 
 
+def load_answer_check(spec: str):
+    """reward.answer_check "package.module:function" → the function; a clear error naming the key otherwise."""
+    import importlib
+
+    from rlt_ray.config import ConfigError
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"config key 'reward.answer_check': {spec!r} is not 'module:function'")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"config key 'reward.answer_check': cannot load {spec!r}: {exc}") from None
+    if not callable(function):
+        raise ConfigError(f"config key 'reward.answer_check': {spec!r} is not callable")
+    return function
+
+
 class AnswerChecker:
     """``check(row, index, prediction)``: True when the predicted solution is right."""
 
-    def __init__(self, source: str, size: int, seed: int, own_timeouts: bool = True):
+    def __init__(self, source: str, size: int, seed: int, own_timeouts: bool = True, function: Optional[str] = None):
         """``own_timeouts=False``: math-verify without its signal-based timeouts (for a caller that bounds the
-        whole check itself: rlt_ray.verifier.time_limit; two alarms would cancel each other)."""
+        whole check itself: rlt_ray.verifier.time_limit; two alarms would cancel each other). ``function``
+        (reward.answer_check): "module:function", your own check, called as function(row, prediction) -> bool."""
         self.timeout = 5 if own_timeouts else None
-        self.method = self.method_for(source)
+        self.function = load_answer_check(function) if function else None
+        self.method = "function" if function else self.method_for(source)
         self.rg = None
         if self.method == "reasoning_gym":
             import reasoning_gym
@@ -51,6 +71,8 @@ class AnswerChecker:
     def check(self, row: Row, index: int, prediction: Optional[str]) -> bool:
         if prediction is None or not prediction.strip():
             return False
+        if self.function is not None:
+            return bool(self.function(row, prediction))
         if self.rg is not None:
             answer = boxed_content(prediction)
             answer = prediction.strip() if answer is None else answer

@@ -109,20 +109,3 @@ def _packed_hidden(decoder: torch.nn.Module, input_ids: torch.Tensor, target_mas
     hidden = decoder(input_ids=flat_ids, position_ids=positions[None, :], attention_mask=None,
                      use_cache=False).last_hidden_state[0]
     return hidden, starts[rows] + cols - 1
-
-
-def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group indices into micro-batches of similar length whose padded size (rows x longest) stays within
-    ``max_tokens`` (one over-long sequence gets a batch of its own). Sorting by length keeps padding small."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches, current, longest = [], [], 0
-    for i in order:
-        longest_if = max(longest, lengths[i])
-        if current and longest_if * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest_if = [], lengths[i]
-        current.append(i)
-        longest = longest_if
-    if current:
-        batches.append(current)
-    return batches

@@ -154,10 +154,13 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
     lc, n, z = cfg.learner, int(cfg.resources.learner_ranks), int(cfg.learner.zero_stage)
     w, p = DTYPE_BYTES[lc.dtype], shape.params
     s, m = (int(cfg.sft.max_seq_tokens) if sft else longest_sequence(cfg)), int(lc.micro_batch_size)
+    budget = None if sft else lc.max_tokens_per_micro_batch
+    if budget:  # packed (rlt_ray.packing): one row of at most `budget` real tokens a forward
+        s, m = int(budget), 1
     d = Device(f"{'SFT worker' if sft else 'learner rank'} (x{n}, ZeRO-{z}, {lc.dtype})", count=n, keys=(
         "learner.gradient_checkpointing", "learner.zero_stage", "resources.learner_ranks",
         "learner.offload_optimizer", "sft.max_seq_tokens" if sft else "rollout.max_new_tokens",
-        "learner.micro_batch_size"))
+        "learner.max_tokens_per_micro_batch" if budget else "learner.micro_batch_size"))
     d.add("parameters", p * w / (n if z == 3 else 1))
     if w < 4:
         d.add("fp32 master weights", 4 * p / (n if z >= 1 else 1))
@@ -168,11 +171,14 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
     if z == 3:
         d.add("ZeRO-3 gathered parameters", min(p, ZERO3_LIVE_PARAMETERS + ZERO3_PREFETCH) * w)
     per_token = shape.layer_activation_bytes_per_token(w)
+    what = f"{s} packed tokens" if budget else f"{s} tokens x {m}"
     if lc.gradient_checkpointing:
         act = m * s * (shape.layers * shape.hidden * w + per_token)
-        d.add(f"activations, {s} tokens x {m} (checkpointed)", act)
+        d.add(f"activations, {what} (checkpointed)", act)
     else:
-        d.add(f"activations, {s} tokens x {m} (no checkpointing)", m * s * shape.layers * per_token)
+        d.add(f"activations, {what} (no checkpointing)", m * s * shape.layers * per_token)
+    if budget:  # transformers' SDPA path turns the packed rows into a boolean [T, T] block-diagonal causal mask
+        d.add(f"packed attention mask ({s} x {s}, bool)", float(s) * s)
     # a chunk's logits alive at once in its backward: the head's output (in w; the fp32 cast is a copy only when
     # w < 4), the logits scaled by the temperature, logsumexp's exponentials and the gradient, in fp32. Three fp32
     # copies measured 0.8x short on an H200 in bf16 (scripts/gpu_check.py)

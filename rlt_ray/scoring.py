@@ -1,4 +1,5 @@
-"""From RewardSequences and models to reward parts: batched, sorted by length and packed into micro-batches.
+"""From RewardSequences and models to reward parts: packed into micro-batches of at most ``max_batch_tokens`` real
+tokens (rlt_ray.packing.budget_bins; one packed forward each, no padding: token_logprobs(packed=True)).
 
 The student scorer actor and the best-of-N distillation call ``score_sequences``; the teacher's explanation
 log-probs come either from the rollout (vLLM processed log-probs, already at τ_T) or from ``teacher_logprobs``.
@@ -10,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-from rlt_ray.logprobs import pack_by_length, pad_batch, token_logprobs
+from rlt_ray.logprobs import pad_batch, token_logprobs
+from rlt_ray.packing import budget_bins
 from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
 from rlt_ray.spans import RewardSequence
 
@@ -25,16 +27,20 @@ def range_logprobs(
     max_batch_tokens: int = 8192,
     device: str | torch.device = "cpu",
 ) -> list[list[torch.Tensor]]:
-    """For each sequence i and each of its ranges (a, b): the fp32 log-probs of tokens a..b-1, one forward per
-    packed micro-batch (all ranges of a sequence in the same forward)."""
+    """For each sequence i and each of its ranges (a, b): the fp32 log-probs of tokens a..b-1, one packed forward
+    per micro-batch of at most ``max_batch_tokens`` tokens (all ranges of a sequence in the same forward; a
+    sequence longer than that gets a forward of its own: scoring never cuts a row)."""
     out: list[list[torch.Tensor]] = [[] for _ in sequences]
-    for batch in pack_by_length([len(s) for s in sequences], max_batch_tokens):
+    lengths = {i: len(s) for i, s in enumerate(sequences)}
+    fits = [i for i in lengths if lengths[i] <= max_batch_tokens]
+    batches = budget_bins(fits, lengths, max_batch_tokens) + [[i] for i in lengths if lengths[i] > max_batch_tokens]
+    for batch in batches:
         ids, attn = pad_batch([sequences[i] for i in batch], pad_id, device)
         mask = torch.zeros_like(ids, dtype=torch.bool)
         for row, i in enumerate(batch):
             for a, b in ranges[i]:
                 mask[row, a:b] = True
-        lp = token_logprobs(model, ids, attn, mask, temperature).cpu()
+        lp = token_logprobs(model, ids, attn, mask, temperature, packed=True).cpu()
         for row, i in enumerate(batch):
             out[i] = [lp[row, a:b] for a, b in ranges[i]]
     return out

@@ -240,3 +240,10 @@ def test_the_run_summary_reports_step_1_beside_the_first_and_last_windows():
     assert s["step1"] == {"reward_mean": -4.4, "accuracy": 0.1}  # keys not logged are left out
     assert s["first"]["reward_mean"] == pytest.approx(-7.34) and s["last"]["reward_mean"] == -6.0
     assert s["reward_ended_above_step1"] is False
+
+
+def test_a_token_budget_below_the_longest_row_is_refused_naming_the_key_and_the_length():
+    with pytest.raises(ConfigError, match=r"learner.max_tokens_per_micro_batch.*500 tokens cannot hold the longest "
+                                          r"row, 1088 tokens.*never cut"):
+        load_config("configs/tiny_cpu.yaml", ["learner.max_tokens_per_micro_batch=500"])
+    assert load_config("configs/tiny_cpu.yaml", ["learner.max_tokens_per_micro_batch=1088"])

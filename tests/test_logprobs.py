@@ -1,6 +1,6 @@
 import torch
 
-from rlt_ray.logprobs import pack_by_length, pad_batch, token_logprobs
+from rlt_ray.logprobs import pad_batch, token_logprobs
 
 
 def full_logprobs(model, ids, temperature):
@@ -57,14 +57,6 @@ def test_fp32_under_a_bf16_model(teacher):
     naive_err = (naive - lp32[0, 1:]).abs().max()
     assert ours_err < 0.05
     assert ours_err < naive_err
-
-
-def test_pack_by_length_respects_the_budget():
-    lengths = [5, 100, 7, 50, 3, 60, 200]
-    batches = pack_by_length(lengths, max_tokens=120)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 120
 
 
 def test_position_zero_is_rejected(teacher):

@@ -93,3 +93,24 @@ def test_a_positive_overlong_penalty_is_refused_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"reward.overlong_penalty.*<= 0"):
         load_config("configs/tiny_cpu.yaml", ["reward.overlong_penalty=0.5"])
+
+
+def test_your_own_answer_check_scores_the_solution_block_and_a_bad_name_is_a_config_error(cfg, tok, fmt):
+    """reward.answer_check="module:function": the verifier calls it with the row and the solution block's text."""
+    from omegaconf import OmegaConf
+
+    from actors.verifier import Verify
+    from rlt_ray.config import ConfigError
+    from rlt_ray.evaluation import load_answer_check
+
+    vcfg = OmegaConf.merge(cfg, {"reward": {"kind": "verifier",
+                                            "answer_check": "tests.helpers.answer_checks:last_word_matches"}})
+    row = Row(question="Name the colour.", solution="It is blue", id="q1")
+    texts = [_completion(fmt, "think", "blue"), _completion(fmt, "think", "red")]
+    ids = [np.asarray(tok(t, add_special_tokens=False)["input_ids"], dtype=np.int32) for t in texts]
+    scored = Verify(vcfg).score([row], {"n": 2, "completion_ids": ids, "finish_reason": ["stop", "stop"]})
+    assert list(scored["correct"]) == [1.0, 0.0] and not scored["errors"]
+    for bad, why in (("no_colon", "not 'module:function'"), ("tests.helpers.answer_checks:missing", "cannot load"),
+                     ("tests.helpers.answer_checks:NOT_CALLABLE", "not callable")):
+        with pytest.raises(ConfigError, match=rf"reward.answer_check.*{why}"):
+            load_answer_check(bad)
