@@ -318,7 +318,7 @@ class LearnerRank:
         completion = {i: len(batch["completion_ids"][i]) for i in rows}
         if self.budget:
             full = {i: len(batch["prompt_ids"][i // batch["n"]]) + completion[i] for i in rows}
-            plans = plan(rows, full, self.world, self.budget)
+            plans = plan(rows, full, self.world, self.budget, balance=bool(self.cfg.learner.balance_ranks))
         else:
             plans = [micro_batches([i for a, b in ranges for i in rank_shard(b - a, r, self.world, a)], completion,
                                    self.cfg.learner.micro_batch_size) for r in range(self.world)]

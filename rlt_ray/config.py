@@ -172,6 +172,9 @@ class LearnerConfig:
     # forward and backward, the reference's and the reward's teacher log-probs use it. None: micro_batch_size rows
     # a forward, padded. Must hold the longest row (rollout.max_prompt_tokens + rollout.max_new_tokens).
     max_tokens_per_micro_batch: Optional[int] = None
+    # with max_tokens_per_micro_batch: rows over the ranks by tokens (True) or in equal contiguous counts (False,
+    # the unbalanced layout, for comparison: bench/learner_packing.py)
+    balance_ranks: bool = True
     gradient_checkpointing: bool = False
     offload_optimizer: bool = False
 
