@@ -262,6 +262,9 @@ class LearnerRank:
                                f"per rank): the optimizer would step mid-batch")
         self.ranges.append((start, stop))
         self._hold_before_collective()
+        if self.cfg.run.fault_injection == f"collective_error@{self.optimizer_steps}" and self.rank == 0:
+            # tests only (rlt_ray.config): gloo's error text from a rank whose peers are all alive
+            raise RuntimeError("injected fault: [gloo/transport/tcp/pair.cc:553] Connection closed by peer")
         for k, (idx, c) in enumerate(zip(plan, chunks)):
             # packed plans set the optimizer's boundary themselves (their micro-batch count varies); else DeepSpeed
             # counts learner.micro_batch_size micro-batches

@@ -254,7 +254,8 @@ class RunConfig:
     max_restarts: int = 0
     # Tests only: make a run fail on purpose, e.g. "rollout_error@3" (an exception inside a rollout worker while
     # it samples step 3), "controller_error@3", "nan_loss@2" (a NaN loss in the learners' step 2), "learner_hold@2" (the last learner
-    # rank waits, before its first gradient collective of step 2, to be killed; once per output_dir), "sft_kill@5" (an SFT
+    # rank waits, before its first gradient collective of step 2, to be killed; once per output_dir),
+    # "collective_error@2" (learner rank 0 raises gloo's peer-gone error at step 2 while every rank lives), "sft_kill@5" (an SFT
     # Train worker kills its own process with SIGKILL at step 5, once per output_dir), "distill_row_error@3" (the
     # distillation's scoring of input row 3 raises, every time), "verifier_error@2" (reward.kind=verifier: the check
     # of each chunk's sample 2 raises). Refused unless
@@ -569,7 +570,8 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
             raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
                               "RLT_ALLOW_FAULT_INJECTION=1 is set")
-        kinds = "rollout_error|controller_error|nan_loss|learner_hold|sft_kill|distill_row_error|verifier_error"
+        kinds = ("rollout_error|controller_error|nan_loss|learner_hold|collective_error|sft_kill|distill_row_error|"
+                 "verifier_error")
         if not re.fullmatch(rf"({kinds})@\d+", cfg.run.fault_injection):
             raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
                               f"<{kinds}>@<step>")

@@ -173,3 +173,24 @@ def test_a_killed_engine_core_is_treated_as_a_dead_worker(ray_local, tmp_path):
     assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4, 5]
     events = [e for e in _lines(out / "events.jsonl") if e["event"] == "rollout_worker_replaced"]
     assert [e["generation"] for e in events] == [1, 2], events
+
+
+def test_a_collective_error_while_every_rank_answers_stops_the_run_without_a_restart(ray_local, tmp_path,
+                                                                                    monkeypatch):
+    """Rank 0 raises gloo's "Connection closed by peer" at step 2 while both ranks live (the other waits in the
+    step): who died says nobody, so it is a real error. With run.max_restarts=1 the run still stops, once, and its
+    message says why it was not restarted."""
+    from jobs.train_rlt import main
+    from rlt_ray.cluster import LearnerLost, RunStopped
+
+    monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
+    out = tmp_path / "collective_error"
+    with pytest.raises(RunStopped) as err:
+        main([f"run.output_dir={out}", "run.steps=4", "run.checkpoint_every=1", "run.max_restarts=1",
+              "run.fault_injection=collective_error@2", "resources.liveness_timeout_s=20",
+              "logging.tensorboard=false"])
+    assert not isinstance(err.value, LearnerLost)
+    assert "Connection closed by peer" in str(err.value) and "not a lost node" in str(err.value)
+    events = _lines(out / "events.jsonl")
+    assert not [e for e in events if e["event"] in ("restarted", "learner_lost")], events
+    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [0, 1]
