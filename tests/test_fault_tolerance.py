@@ -66,11 +66,13 @@ def _hf(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "hf" / "model.safetensors"))
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_path):
+@pytest.mark.parametrize("packing", [[], ["learner.max_tokens_per_micro_batch=1088"]], ids=["padded", "packed"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_path, packing):
+    """Also with packed micro-batches (learner.max_tokens_per_micro_batch), through the streamed step."""
     from jobs.train_rlt import main
 
     common = ["run.steps=4", "logging.completions_fraction=1.0", "logging.tensorboard=false",
-              "grpo.ref_mixup_every=1", "learner.lr=1e-3"]  # mixup and a large lr: differences would show
+              "grpo.ref_mixup_every=1", "learner.lr=1e-3", *packing]  # mixup and a large lr: differences would show
     whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
     assert main([f"run.output_dir={whole}"] + common) == 0
     assert main([f"run.output_dir={first}"] + common[1:] + ["run.steps=2"]) == 0

@@ -29,8 +29,11 @@ def _mean_logprobs(ray, learners, ref) -> np.ndarray:
     return np.array([merged[i].mean() for i in range(len(merged))])
 
 
-@pytest.mark.parametrize("kind", ["rlt", "verifier"])
-@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean"])
+@pytest.mark.parametrize("aggregation,kind", [
+    ("sequence_mean", "rlt"), ("token_mean", "verifier"),
+    # the learner sees only rewards: the other two pairs add little, so they run in the slow suite
+    pytest.param("token_mean", "rlt", marks=pytest.mark.slow),
+    pytest.param("sequence_mean", "verifier", marks=pytest.mark.slow)])
 def test_one_update_raises_the_rewarded_completions_and_lowers_the_others(ray_local, kind, aggregation):
     from actors.learner import LearnerGroup
     from rlt_ray.config import load_config
