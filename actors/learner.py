@@ -250,16 +250,17 @@ class LearnerRank:
         if self.sums["denominator"] not in (None, denominator):
             raise RuntimeError(f"learner rank {self.rank}: the loss denominator changed within a batch")
         self.sums["denominator"] = denominator
+        # checked on counts alone, so every rank refuses the same way before touching anything
+        planned = -(-((stop - start) // self.world) // self.cfg.learner.micro_batch_size)
+        if not self.budget and self.sums["micro_batches"] + planned > self.engine.gradient_accumulation_steps():
+            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
+                               f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
+                               f"per rank): the optimizer would step mid-batch")
         if stop > len(self.batch["completion_ids"]):
             raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) asked for, but only "
                                f"{len(self.batch['completion_ids'])} have arrived")
         advantages = torch.cat(self.advantages)
         plan, chunks = self._micro_batches(self.batch, [(start, stop)])
-        # checked on counts alone, so every rank refuses the same way before touching anything
-        if not self.budget and self.sums["micro_batches"] + len(plan) > self.engine.gradient_accumulation_steps():
-            raise RuntimeError(f"learner rank {self.rank}: sequences [{start}, {stop}) go past the batch this "
-                               f"group was set up for ({self.engine.gradient_accumulation_steps()} micro-batches "
-                               f"per rank): the optimizer would step mid-batch")
         self.ranges.append((start, stop))
         self._hold_before_collective()
         if self.cfg.run.fault_injection == f"collective_error@{self.optimizer_steps}" and self.rank == 0:
