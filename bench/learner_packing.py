@@ -18,11 +18,11 @@ import sys
 from common import emit, interleaved, ratios
 
 
-def long_tail_batch(questions: int, n: int, seed: int = 0):
+def long_tail_batch(questions: int, n: int, seed: int = 0, max_new: int = 1000):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(mean=np.log(64), sigma=1.0, size=questions * n), 4, 1000).astype(int)
+    lengths = np.clip(rng.lognormal(mean=np.log(64), sigma=1.0, size=questions * n), 4, max_new).astype(int)
     prompts = [list(rng.integers(20, 1500, size=int(rng.integers(30, 60)))) for _ in range(questions)]
     completions = [rng.integers(20, 1500, size=int(s)).astype(np.int32) for s in lengths]
     rollout = {"version": 0, "n": n, "prompt_ids": prompts, "completion_ids": completions,
@@ -53,11 +53,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--micro-batch", type=int, default=4)
     args = p.parse_args(argv)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    rollout, scored = long_tail_batch(args.questions, args.n)
+    rollout, scored = long_tail_batch(args.questions, args.n, max_new=min(1000, args.budget - 100))
     tokens = sum(len(rollout["prompt_ids"][i // args.n]) + len(c) for i, c in enumerate(rollout["completion_ids"]))
     refs = [ray.put(rollout)], [ray.put(scored)]
     base = ["learner.lr=1e-5", f"rollout.n={args.n}", f"run.questions_per_step={args.questions}",
-            "rollout.max_new_tokens=1000", "rollout.max_prompt_tokens=100"]
+            f"rollout.max_new_tokens={min(1000, args.budget - 100)}", "rollout.max_prompt_tokens=100"]
     sides = {"padded": [f"learner.micro_batch_size={args.micro_batch}"],
              "packed_contiguous": ["learner.micro_batch_size=1", f"learner.max_tokens_per_micro_batch={args.budget}",
                                    "learner.balance_ranks=false"],

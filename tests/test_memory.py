@@ -136,9 +136,10 @@ def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
 def test_a_packed_learner_is_planned_from_its_token_budget():
     """learner.max_tokens_per_micro_batch: activations at the budget's tokens and the packed attention mask, in
     place of the longest sequence x micro_batch_size; the paper preset still fits."""
-    packed = dict(plan(load_config(PAPER), ("learner",))[0].items)
+    budget = ["learner.max_tokens_per_micro_batch=49152"]
+    packed = dict(plan(load_config(PAPER, budget), ("learner",))[0].items)
     assert packed["activations, 49152 packed tokens (checkpointed)"] > 0
     assert packed["packed attention mask (49152 x 49152, bool)"] == 49152.0 ** 2
-    assert plan(load_config(PAPER), ("learner",))[0].fits
-    padded = dict(plan(load_config(PAPER, ["learner.max_tokens_per_micro_batch=null"]), ("learner",))[0].items)
+    assert plan(load_config(PAPER, budget), ("learner",))[0].fits
+    padded = dict(plan(load_config(PAPER), ("learner",))[0].items)
     assert "activations, 32768 tokens x 1 (checkpointed)" in padded and not any("mask" in k for k in padded)
