@@ -36,7 +36,8 @@ class Scorer:
         check_same_vocabulary(teacher_tok, student_tok)
         self.teacher_fmt, self.student_fmt = RLTFormat(cfg.format, teacher_tok), RLTFormat(cfg.format, student_tok)
         self.pad_id = pad_token_id(student_tok)
-        self.student = load_causal_lm(cfg.model.student, cfg.model.dtype, self.device).eval().requires_grad_(False)
+        self.student = load_causal_lm(cfg.model.student, cfg.model.dtype, self.device,
+                                      cfg.model.attention).eval().requires_grad_(False)
         self.spec = RewardSpec.from_config(cfg.reward)
         self.student_temperature = temperatures(cfg)["student"]
 

@@ -36,7 +36,7 @@ def measure(mode: str, a: argparse.Namespace, overrides: list[str]) -> dict:
     from jobs.train_rlt import main as train
 
     out = Path(tempfile.mkdtemp(prefix=f"rlt-p1-{mode}-")) / "run"
-    args = ["--config", a.config, f"run.steps={a.steps}", f"run.output_dir={out}", "logging.tensorboard=false",
+    args = ["--config", a.config, f"run.steps={a.steps}", f"run.output_dir={out}", "logging.trackers=[]",
             "rollout.n=8", "rollout.max_new_tokens=192", "run.questions_per_step=4"] + MODES[mode] + overrides
     if train(args):
         raise SystemExit(f"p1_step: the {mode} run failed")

@@ -46,7 +46,7 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
     (--seeds), None for the preset's. ``student_epochs`` (demo.student_epochs) is every student's sft.epochs,
     the reward's student (b) included; None: the preset's sft.epochs, as the teacher's warm-up."""
     task, seed_out = out / "task", seed_out or out
-    sft = ["logging.tensorboard=true"]  # sft.* and learner.* of the preset: the same budget for every arm
+    sft: list[str] = []  # sft.* and learner.* of the preset: the same budget for every arm
     student = sft + ([f"sft.epochs={student_epochs}"] if student_epochs else [])
     rl_teacher = seed_out / "rl" / "checkpoints" / f"step_{steps:06d}" / "hf"
     distill = [f"data.source={task / 'train.jsonl'}", "distill.k=1", "distill.keep=best", "distill.batch_rows=256",
@@ -57,7 +57,7 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
                             f"data.max_rows={student_rows}"],
         "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
-                      f"run.output_dir={seed_out / 'rl'}", "logging.tensorboard=true", f"learner.lr={rl_lr}",
+                      f"run.output_dir={seed_out / 'rl'}", f"learner.lr={rl_lr}",
                       "learner.lr_schedule=constant", f"learner.warmup_ratio={rl_warmup_ratio}"]
                      + ([f"run.seed={seed}", f"data.seed={seed}"] if seed is not None else []),
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
@@ -554,7 +554,7 @@ def transfer_arms(cfg, out: Path, args: dict, run, evaluate_arm, rows: int, n_st
     arms = {}
     for arm, source in sources.items():
         folder = out / "transfer" / f"student_{arm}"
-        run(f"transfer_student_{arm}", sft_student, ["logging.tensorboard=true", f"data.source={source}",
+        run(f"transfer_student_{arm}", sft_student, [f"data.source={source}",
                                                      f"sft.output_dir={folder}", f"data.max_rows={n}"])
         arms[arm] = evaluate_arm(arm, f"transfer_evaluate_{arm}", folder, out / "transfer" / "eval" / arm, n,
                                  source=task / "test.jsonl")

@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
     from rlt_ray.data import load_rows
     from rlt_ray.distill import done_rows, folder_explanations, repeated_explanations
     from rlt_ray.memory import check_memory
+    from rlt_ray.tracking import record_result
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -103,9 +104,12 @@ def main(argv: list[str]) -> int:
     if todo:
         distil(cfg, rows, todo, out, teacher, teachers, scorers)
     # the whole folder, earlier runs' rows too: what a student will train on
-    warning = repeated_explanations(folder_explanations(out), float(dc.max_shared_fraction))
+    explanations = folder_explanations(out)
+    warning = repeated_explanations(explanations, float(dc.max_shared_fraction))
     if warning:
         print(warning, flush=True)
+    record_result(cfg, out, "distill", {"rows": len(rows), "explanations": len(explanations)},
+                  {"data": out / "data", "errors": out / "errors.jsonl"})
     return 0
 
 

@@ -26,6 +26,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     from rlt_ray.evaluation import AnswerChecker, CheckStage, summarize_results
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
+    from rlt_ray.tracking import record_result
 
     ec = cfg.eval
     tokenizer = load_tokenizer(model)
@@ -68,6 +69,7 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
         for it in items:
             f.write(json.dumps(it) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    record_result(cfg, out, "evaluate", summary, {"results": out / "results.jsonl", "summary": out / "summary.json"})
     return summary
 
 

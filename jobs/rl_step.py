@@ -604,6 +604,7 @@ class Checkpoints:
         write_state(ckpt, {"step": steps_done, "weights_version": steps_done, "data_seed": cfg.data.seed,
                            "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
         self.last = time.monotonic()
+        self.step.log.trackers.artifact("checkpoint", ckpt)  # the newest one; the path, not an upload
         pruned = prune(self.out, cfg.run.keep_checkpoints)
         print(f"train_rlt: checkpoint {ckpt} ({time.perf_counter() - t0:.1f} s)"
               + (f"; deleted {', '.join(p.name for p in pruned)}" if pruned else ""), flush=True)

@@ -179,7 +179,7 @@ def run_sft(argv: list[str], role: str) -> int:
                              failure_config=FailureConfig(max_failures=int(cfg.sft.max_failures))))
     print(f"sft_{role}: Ray Train run {name}: {r.learner_ranks} workers, {total} steps, checkpoints in "
           f"{storage}/{name}", flush=True)
-    log = RunLog(out, cfg.logging, out.name)
+    log = RunLog(out, cfg, out.name, f"sft_{role}")
     bar = tqdm(total=total, desc=f"sft_{role}", file=sys.stderr, leave=False)
     state: dict[str, Any] = {"starts": 0, "first_nll": None, "first_step": 0, "last": None}
 
@@ -204,6 +204,7 @@ def run_sft(argv: list[str], role: str) -> int:
         bar.update(1)
         bar.set_postfix(epoch=int(m["epoch"]) + 1, nll=f"{m['nll']:.4f}")
         if "saved" in item:
+            log.trackers.artifact("checkpoint", item["saved"])
             tqdm.write(f"sft_{role}: epoch {int(m['epoch']) + 1}/{cfg.sft.epochs}: nll {m['nll']:.4f}, "
                        f"{m['tokens_per_s']:.0f} tokens/s; saved {item['saved']}", file=sys.stdout)
 

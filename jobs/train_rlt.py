@@ -90,7 +90,7 @@ def train(ray, cfg, rows: list, prompts: list, out: Path, resume: Path | None, a
     from jobs.rl_step import Checkpoints, RLStep, inject_fault
     from rlt_ray.metrics import RunLog
 
-    log = RunLog(out, cfg.logging, out.name)
+    log = RunLog(out, cfg, out.name, "train_rlt")
     rl = RLStep(ray, cfg, rows, prompts, out, log)
     checkpoints = Checkpoints(ray, cfg, out, rl)
     start = version = step = 0

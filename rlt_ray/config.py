@@ -46,6 +46,9 @@ class ModelConfig:
     reference: Optional[str] = None  # None: a copy of the teacher at start (then mixed up, grpo.ref_mixup_*)
     tokenizer: Optional[str] = None  # None: the teacher's
     dtype: str = "float32"  # weights of every model: float32 | bfloat16 | float16
+    # the HF models' attention (learner, reference, scorers): sdpa_varlen runs packed rows as one causal attention
+    # per row on any device (rlt_ray.varlen_attention); flash_attention_2 is the CUDA varlen kernel (flash-attn)
+    attention: str = "sdpa_varlen"
 
 
 @dataclass
@@ -377,7 +380,11 @@ class DemoConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
+    # experiment trackers, any of tensorboard, wandb, mlflow (rlt_ray.tracking); fed from the driver only
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "rlt-ray"  # the W&B project and the MLflow experiment
+    group: Optional[str] = None  # a W&B group / MLflow tag tying runs together (the demo sets its stages')
+    mlflow_tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else sqlite beside the run's folder
     jsonl: bool = True
     ray_metrics: bool = True
     completions_fraction: float = 0.1  # share of completions written to the run's samples file
@@ -406,6 +413,7 @@ REDUCTIONS = ("mean", "sum", "min", "max", "median", "first_quartile", "last_qua
 NORMALIZERS = ("none", "exp", "exp_norm")
 CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.attention": ("sdpa_varlen", "sdpa", "eager", "flash_attention_2"),
     "format.tag_style": ("bespoke", "r1"),
     "reward.normalize_log_prob_fn": NORMALIZERS,
     "reward.normalize_kl_fn": NORMALIZERS,
@@ -462,6 +470,11 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
+    from rlt_ray.tracking import TRACKERS
+
+    for name in cfg.logging.trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"config key 'logging.trackers': {name!r} is not one of {list(TRACKERS)}")
     if cfg.reward.kind not in ("rlt", "verifier"):
         raise ConfigError(f"config key 'reward.kind': {cfg.reward.kind!r} is not rlt or verifier")
     if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
@@ -682,6 +695,10 @@ def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"config key '{key}' ({where}): {msg}")
 
 
+# keys that were renamed: a config that still sets one is told where it went, not "not in the schema"
+RENAMED = {"logging.tensorboard": "'logging.trackers', a list of tensorboard, wandb, mlflow (e.g. logging.trackers=[])"}
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] | None = None, job: str = "rl") -> DictConfig:
     """Schema ← preset YAML ← dotted overrides, then validate(). Returns a read-only DictConfig. ``job``: "rl"
     (training, distillation, evaluation, Serve) or "sft" (the SFT jobs, which skip the checks of the RL batch)."""
@@ -703,6 +720,9 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     if overrides:
         layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     for where, layer in layers:
+        for old, new in RENAMED.items():
+            if OmegaConf.select(layer, old, default=None) is not None:
+                raise ConfigError(f"{where}: config key '{old}' is now {new}")
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as exc:

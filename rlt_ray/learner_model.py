@@ -82,7 +82,8 @@ def build_engine(cfg: Any, model_name: str, world: int, batch_size: Optional[int
 
         zero3_init = HfDeepSpeedConfig(ds_config)
     # DeepSpeed casts to learner.dtype and keeps the fp32 master; under zero.Init the partitions stay in place
-    model = load_causal_lm(model_name, "float32", None if lc.zero_stage == 3 else "cpu")
+    model = load_causal_lm(model_name, "float32", None if lc.zero_stage == 3 else "cpu",
+                           cfg.model.attention)
     if lc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -106,9 +107,9 @@ def build_reference(cfg: Any, name: str, world: int, device: torch.device) -> to
     lc = cfg.learner
     if lc.zero_stage == 3:
         # gathered layer by layer in forward
-        ref = load_causal_lm(name, "float32", None).eval().requires_grad_(False)
+        ref = load_causal_lm(name, "float32", None, cfg.model.attention).eval().requires_grad_(False)
         return deepspeed.initialize(model=ref, config=deepspeed_config(cfg, world))[0].module
-    return load_causal_lm(name, lc.dtype, str(device)).eval().requires_grad_(False)
+    return load_causal_lm(name, lc.dtype, str(device), cfg.model.attention).eval().requires_grad_(False)
 
 
 def gathered(params: Sequence[torch.nn.Parameter], zero_stage: int):

@@ -65,18 +65,21 @@ def metric_name(key: str) -> str:
 
 
 class RunLog:
-    def __init__(self, output_dir: str | Path, logging_cfg: Any, run_name: str):
+    """A run's record on the driver: metrics.jsonl, samples.jsonl, events.jsonl, the trackers
+    (rlt_ray.tracking) and Ray's Prometheus gauges, all fed the same scalars."""
+
+    def __init__(self, output_dir: str | Path, cfg: Any, run_name: str, job: str):
+        from omegaconf import OmegaConf
+
+        from rlt_ray.tracking import Trackers
+
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_name = run_name
-        self.cfg = logging_cfg
+        self.cfg = logging_cfg = cfg.logging
         self._jsonl = open(self.dir / "metrics.jsonl", "a") if logging_cfg.jsonl else None
         self._samples = open(self.dir / "samples.jsonl", "a") if logging_cfg.completions_fraction > 0 else None
-        self._tb = None
-        if logging_cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.trackers = Trackers(self.dir, logging_cfg, run_name, OmegaConf.to_container(cfg, resolve=True), job)
         self._gauges: dict[str, Any] = {}
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -91,10 +94,7 @@ class RunLog:
                 record["nonfinite"] = bad
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
-        if self._tb:
-            for k, v in values.items():
-                self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+        self.trackers.log(step, values)
         if self.cfg.ray_metrics:
             self._ray_gauges(clean)
 
@@ -142,5 +142,4 @@ class RunLog:
         for f in (self._jsonl, self._samples):
             if f:
                 f.close()
-        if self._tb:
-            self._tb.close()
+        self.trackers.close()

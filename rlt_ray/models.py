@@ -278,12 +278,20 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str | None = "cpu"):
-    """``device`` None leaves the model where loading put it (under DeepSpeed's zero.Init: partitioned)."""
+def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str | None = "cpu",
+                   attention: str = "sdpa_varlen"):
+    """``device`` None leaves the model where loading put it (under DeepSpeed's zero.Init: partitioned).
+    ``attention``: transformers' attn_implementation (``model.attention``); ``sdpa_varlen`` is
+    rlt_ray.varlen_attention, registered here."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=getattr(torch, dtype))
+    from rlt_ray import varlen_attention
+
+    if attention == varlen_attention.NAME:
+        varlen_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=getattr(torch, dtype),
+                                                 attn_implementation=attention)
     return model if device is None else model.to(device)
 
 

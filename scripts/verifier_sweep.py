@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
                                 f"run.output_dir={folder}", f"learner.lr={lr}", "learner.lr_schedule=constant",
                                 "learner.warmup_ratio=0.1", "grpo.ref_mixup_every=0", "rollout.max_new_tokens=128",
                                 f"run.questions_per_step={questions}", f"rollout.n={samples}",
-                                "logging.tensorboard=false", "run.stop_on_hack=false"])
+                                "logging.trackers=[]", "run.stop_on_hack=false"])
             metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
             results[name] = arm_result(metrics)
             r = results[name]

@@ -172,7 +172,7 @@ class StudentScorer:
         check_same_vocabulary(teacher_tok, student_tok)
         self.fmt, self.student_fmt = RLTFormat(cfg.format, teacher_tok), RLTFormat(cfg.format, student_tok)
         self.device = "cuda" if cfg.resources.device == "cuda" and float(cfg.serve.scorer_gpus) > 0 else "cpu"
-        self.student = load_causal_lm(cfg.serve.student, cfg.model.dtype, self.device).eval()
+        self.student = load_causal_lm(cfg.serve.student, cfg.model.dtype, self.device, cfg.model.attention).eval()
         self.spec = RewardSpec.from_config(cfg.reward)
         self.temperature = temperatures(cfg)["student"]
         self.score.set_max_batch_size(int(cfg.serve.scorer_batch_size))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-STEPS = ["logging.tensorboard=false", "run.steps=4"]
+STEPS = ["logging.trackers=[]", "run.steps=4"]
 
 
 def _lines(path: Path) -> list[dict]:

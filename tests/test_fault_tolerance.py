@@ -15,7 +15,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-SLOW_STEPS = ["rollout.n=8", "rollout.max_new_tokens=192", "logging.tensorboard=false"]  # ~1 s of sampling
+SLOW_STEPS = ["rollout.n=8", "rollout.max_new_tokens=192", "logging.trackers=[]"]  # ~1 s of sampling
 
 
 def _lines(path: Path) -> list[dict]:
@@ -71,7 +71,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_
     """Also with packed micro-batches (learner.max_tokens_per_micro_batch), through the streamed step."""
     from jobs.train_rlt import main
 
-    common = ["run.steps=4", "logging.completions_fraction=1.0", "logging.tensorboard=false",
+    common = ["run.steps=4", "logging.completions_fraction=1.0", "logging.trackers=[]",
               "grpo.ref_mixup_every=1", "learner.lr=1e-3", *packing]  # mixup and a large lr: differences would show
     whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
     assert main([f"run.output_dir={whole}"] + common) == 0
@@ -102,7 +102,7 @@ def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path):
     # SIGINT's default action restored for the child: a suite started in the background (`cmd &` in a
     # non-interactive shell) would otherwise pass on an ignored SIGINT, and Ctrl-C would never arrive
     proc = subprocess.Popen([sys.executable, "jobs/train_rlt.py", f"run.output_dir={out}", "run.steps=200",
-                             "logging.tensorboard=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "logging.trackers=[]"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 400
@@ -190,7 +190,7 @@ def test_a_collective_error_while_every_rank_answers_stops_the_run_without_a_res
     with pytest.raises(RunStopped) as err:
         main([f"run.output_dir={out}", "run.steps=4", "run.checkpoint_every=1", "run.max_restarts=1",
               "run.fault_injection=collective_error@2", "resources.liveness_timeout_s=20",
-              "logging.tensorboard=false"])
+              "logging.trackers=[]"])
     assert not isinstance(err.value, LearnerLost)
     assert "Connection closed by peer" in str(err.value) and "not a lost node" in str(err.value)
     events = _lines(out / "events.jsonl")

@@ -145,7 +145,7 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
     from rlt_ray.cluster import RunStopped
 
     out = tmp_path / "hack"
-    args = [f"run.output_dir={out}", "logging.tensorboard=false", "run.steps=5", "rollout.max_new_tokens=3",
+    args = [f"run.output_dir={out}", "logging.trackers=[]", "run.steps=5", "rollout.max_new_tokens=3",
             "run.hack_patience=2"]
     with pytest.raises(RunStopped, match=r"stopped at step 2 \(run.stop_on_hack\): reward hacking suspected.*"
                                          r"run.min_closed_fraction.*step_000002") as stopped:
@@ -184,7 +184,7 @@ def test_a_teacher_writing_one_text_for_different_questions_is_stopped_as_copied
     out = tmp_path / "copied"
     with pytest.raises(RunStopped, match=r"stopped at step 2 \(run.stop_on_hack\): reward hacking suspected: "
                                          r"\d+% of the explanations were also written for another question"):
-        main([f"run.output_dir={out}", f"data.source={data}", "logging.tensorboard=false", "run.steps=4",
+        main([f"run.output_dir={out}", f"data.source={data}", "logging.trackers=[]", "run.steps=4",
               "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
               "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

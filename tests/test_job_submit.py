@@ -44,7 +44,7 @@ def test_ray_job_submit_runs_training_and_exports_metrics(cluster, tmp_path):
     job = subprocess.Popen(
         ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--",
          "python", "jobs/train_rlt.py", "run.steps=30", f"run.output_dir={tmp_path / 'run'}",
-         "logging.tensorboard=false"],
+         "logging.trackers=[]"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     deadline = time.time() + 600
@@ -78,7 +78,7 @@ def test_job_submit_survives_a_killed_engine_core(cluster, tmp_path):
     job = subprocess.Popen(
         ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--",
          "python", "jobs/train_rlt.py", "run.steps=12", f"run.output_dir={out}", "rollout.in_process=false",
-         "rollout.n=8", "rollout.max_new_tokens=192", "logging.tensorboard=false"],
+         "rollout.n=8", "rollout.max_new_tokens=192", "logging.trackers=[]"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = lambda p: [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []  # noqa: E731
     deadline = time.time() + 900

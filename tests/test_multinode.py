@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
-ARGS = ["logging.tensorboard=false", f"run.steps={STEPS}", "run.checkpoint_every=1",
+ARGS = ["logging.trackers=[]", f"run.steps={STEPS}", "run.checkpoint_every=1",
         "resources.learner_placement.labels={rlt-role: learner}",
         "resources.rollout_placement.labels={rlt-role: worker}",
         "resources.scorer_placement.labels={rlt-role: worker}"]

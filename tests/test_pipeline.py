@@ -24,7 +24,7 @@ def warm_teacher(ray_local, work):
 
     out = work / "sft_teacher"
     assert main([f"sft.output_dir={out}", "data.size=64", "sft.batch_size=8", "sft.epochs=4", "learner.lr=3e-3",
-                 "logging.tensorboard=false"]) == 0
+                 "logging.trackers=[]"]) == 0
     return out
 
 
@@ -176,7 +176,7 @@ def test_sft_student_then_evaluate(distilled, work):
     student = work / "sft_student"
     assert sft_student([f"data.source={out / 'data'}", f"sft.output_dir={student}", "sft.batch_size=2",
                         "learner.micro_batch_size=1", "sft.epochs=2", "learner.lr=3e-3",
-                        "logging.tensorboard=false"]) == 0
+                        "logging.trackers=[]"]) == 0
     assert all(m["nll"] == m["nll"] for m in _metrics(student))
     result = work / "eval"
     assert evaluate([f"eval.model={student / 'final'}", "eval.size=6", "eval.max_new_tokens=48",

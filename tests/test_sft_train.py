@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray]
 
 # 32 rows, 8 per step, 2 epochs: 8 steps; a checkpoint every 2 steps (and at each epoch's end)
-ARGS = ["data.size=32", "sft.batch_size=8", "sft.epochs=2", "learner.lr=3e-3", "logging.tensorboard=false",
+ARGS = ["data.size=32", "sft.batch_size=8", "sft.epochs=2", "learner.lr=3e-3", "logging.trackers=[]",
         "sft.checkpoint_every=2"]
 
 
@@ -142,7 +142,7 @@ def test_submitted_sft_survives_a_killed_worker_shows_in_train_view_and_resumes_
     from helpers.cluster import loopback_cluster
 
     # 256 rows, 8 per step, 3 epochs: 96 steps of ~0.3 s, long enough to be stopped mid-run
-    args = ["data.size=256", "sft.batch_size=8", "sft.epochs=3", "learner.lr=3e-3", "logging.tensorboard=false",
+    args = ["data.size=256", "sft.batch_size=8", "sft.epochs=3", "learner.lr=3e-3", "logging.trackers=[]",
             "sft.checkpoint_every=2"]
     reference = tmp_path / "reference"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

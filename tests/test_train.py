@@ -73,7 +73,7 @@ def test_zero3_collective_sync_learner_teacher_logprobs(ray_local, tmp_path, cap
     out = tmp_path / "z3"
     assert main([f"run.output_dir={out}", "run.steps=2", "run.checkpoint_every=1", "learner.zero_stage=3",
                  "resources.weight_sync=collective",
-                 "reward.teacher_logprobs_from=learner", "grpo.ref_mixup_every=1", "logging.tensorboard=false"]) == 0
+                 "reward.teacher_logprobs_from=learner", "grpo.ref_mixup_every=1", "logging.trackers=[]"]) == 0
     metrics = _metrics(out)
     assert len(metrics) == 2 and all(math.isfinite(m["reward_mean"]) and math.isfinite(m["loss"]) for m in metrics)
     assert metrics[1]["sync_seconds"] > 0
@@ -106,7 +106,7 @@ def test_streamed_step_equals_the_unstreamed_step(ray_local, tmp_path):
     # comparison sees every gradient entry instead of Adam's ±lr (which amplifies summation-order noise where
     # |g| ~ eps)
     common = ["run.steps=1", "run.questions_per_step=4", "rollout.num_workers=2", "learner.lr=1.0",
-              "learner.adam_eps=1.0", "logging.tensorboard=false"]
+              "learner.adam_eps=1.0", "logging.trackers=[]"]
     for name, groups in (("plain", 0), ("streamed", 1)):
         assert main([f"run.output_dir={tmp_path / name}", f"rollout.stream_groups={groups}", *common]) == 0
     plain, streamed = _metrics(tmp_path / "plain")[0], _metrics(tmp_path / "streamed")[0]
@@ -129,7 +129,7 @@ def test_one_step_off_policy(ray_local, tmp_path):
 
     out = tmp_path / "async"
     assert main([f"run.output_dir={out}", "run.steps=3", "grpo.max_staleness=1", "grpo.clip_eps=0.2",
-                 "learner.lr=1e-4", "logging.tensorboard=false"]) == 0
+                 "learner.lr=1e-4", "logging.trackers=[]"]) == 0
     metrics = _metrics(out)
     assert [m["staleness"] for m in metrics] == [0, 1, 1]
     assert [m["weights_version"] for m in metrics] == [1, 2, 3]

@@ -30,7 +30,7 @@ def _accuracy(ray_local, checkable, out: Path, lr: str) -> list[float]:
     assert main(["--config", "configs/demo.yaml", f"data.source={task}", "reward.kind=verifier",
                  f"model.student={policy}", f"run.output_dir={out}", f"run.steps={STEPS}", "run.checkpoint_every=0",
                  f"learner.lr={lr}", "rollout.max_new_tokens=64", "rollout.temperature=1.0",
-                 "logging.tensorboard=false", "learner.micro_batch_size=16"]) == 0
+                 "logging.trackers=[]", "learner.micro_batch_size=16"]) == 0
     return [json.loads(line)["accuracy"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-VERIFIER = ["reward.kind=verifier", "reward.format_bonus=0.1", "logging.tensorboard=false",
+VERIFIER = ["reward.kind=verifier", "reward.format_bonus=0.1", "logging.trackers=[]",
             "rollout.n=8", "rollout.max_new_tokens=192", "logging.completions_fraction=1.0"]
 
 
