@@ -20,32 +20,73 @@ import collections
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 
-def load_prompts(cfg: Any):
+class Prompts(NamedTuple):
+    rows: list  # the training rows
+    prompts: list  # their tokenized prompts
+    dropped: dict  # why rows were dropped -> how many
+    eval_rows: list  # the held-out rows of run.eval_every (empty when it is off)
+    eval_prompts: list
+
+
+def load_prompts(cfg: Any) -> Prompts:
     """Rows and their tokenized prompts: the teacher's (question and solution; reward.kind=rlt) or the student's
     (the question; reward.kind=verifier). Dropped and counted: prompts over rollout.max_prompt_tokens, and with a
-    verifier the rows without an answer to check (never scored 0 in silence). Returns (rows, prompts, dropped)."""
-    from rlt_ray.config import ConfigError, trained_model
+    verifier the rows without an answer to check (never scored 0 in silence). With run.eval_every, the held-out
+    rows too: data.eval_source's, or the last data.eval_size rows of data.source (then not trained on)."""
+    from rlt_ray.config import ConfigError
     from rlt_ray.data import load_rows
-    from rlt_ray.evaluation import AnswerChecker, load_answer_check
+    from rlt_ray.evaluation import load_answer_check
+
+    dc = cfg.data
+    if cfg.reward.kind == "verifier" and cfg.reward.answer_check:  # your own check decides what it can check: load
+        load_answer_check(cfg.reward.answer_check)  # it here, so a bad name stops the job before any actor starts
+    rows, prompts, dropped = _prompts_of(cfg, load_rows(dc.source, split=dc.split, size=dc.size, seed=dc.seed,
+                                                         max_rows=dc.max_rows, fmt_cfg=cfg.format), str(dc.source))
+    eval_rows: list = []
+    eval_prompts: list = []
+    if cfg.run.eval_every:
+        if dc.eval_source:
+            held = load_rows(dc.eval_source, split=dc.eval_split, size=dc.eval_size, seed=dc.seed,
+                             max_rows=dc.eval_size, fmt_cfg=cfg.format)
+            eval_rows, eval_prompts, _ = _prompts_of(cfg, held, str(dc.eval_source))
+            if not eval_rows:
+                raise ConfigError(f"config key 'data.eval_source': no row of {dc.eval_source} is usable "
+                                  f"(prompt length or answer to check; see rollout.max_prompt_tokens)")
+        else:
+            if len(rows) <= dc.eval_size:
+                raise ConfigError(f"config key 'data.eval_size': {dc.eval_size} held-out rows leave no training row "
+                                  f"of data.source's {len(rows)}; lower it or set data.eval_source")
+            rows, eval_rows = rows[:-dc.eval_size], rows[-dc.eval_size:]
+            prompts, eval_prompts = prompts[:-dc.eval_size], prompts[-dc.eval_size:]
+    if len(rows) < cfg.run.questions_per_step:
+        raise ConfigError(f"config key 'rollout.max_prompt_tokens': only {len(rows)} rows have a prompt of at most "
+                          f"{cfg.rollout.max_prompt_tokens} tokens"
+                          + (" and an answer to check" if cfg.reward.kind == "verifier" else "")
+                          + (f" (after data.eval_size={dc.eval_size} held out)" if eval_rows and not dc.eval_source
+                             else "")
+                          + f", fewer than run.questions_per_step={cfg.run.questions_per_step}")
+    return Prompts(rows, prompts, dropped, eval_rows, eval_prompts)
+
+
+def _prompts_of(cfg: Any, rows: list, source: str) -> tuple[list, list, dict]:
+    """The rows that can be prompted (and, with a verifier, checked) with their prompt ids, and the dropped counts."""
+    from rlt_ray.config import trained_model
+    from rlt_ray.evaluation import AnswerChecker
     from rlt_ray.formats import RLTFormat, prompt_ids
     from rlt_ray.models import load_tokenizer
     from rlt_ray.verifier import checkable
 
     tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
     fmt = RLTFormat(cfg.format, tokenizer)
-    rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
-                     max_rows=cfg.data.max_rows, fmt_cfg=cfg.format)
     dropped = {}
     if cfg.reward.kind == "verifier":
-        if cfg.reward.answer_check:  # your own check decides what it can check: load it here, so a bad name
-            load_answer_check(cfg.reward.answer_check)  # stops the job before any actor starts
         # reasoning-gym's scorer, or your own check, gets every item
-        every = cfg.reward.answer_check or AnswerChecker.method_for(str(cfg.data.source)) == "reasoning_gym"
+        every = cfg.reward.answer_check or AnswerChecker.method_for(source) == "reasoning_gym"
         usable = [r for r in rows if checkable(r, bool(every))]
         if len(usable) < len(rows):
             dropped["without an answer to check"] = len(rows) - len(usable)
@@ -57,32 +98,17 @@ def load_prompts(cfg: Any):
     kept = [(row, p) for row, p in zip(rows, ids) if p is not None]
     if len(kept) < len(rows):
         dropped[f"over rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"] = len(rows) - len(kept)
-    if len(kept) < cfg.run.questions_per_step:
-        raise ConfigError(f"config key 'rollout.max_prompt_tokens': only {len(kept)} of {len(rows)} rows have a "
-                          f"prompt of at most {cfg.rollout.max_prompt_tokens} tokens"
-                          + (" and an answer to check" if cfg.reward.kind == "verifier" else "")
-                          + f", fewer than run.questions_per_step={cfg.run.questions_per_step}")
     return [r for r, _ in kept], [p for _, p in kept], dropped
 
 
-def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
-    from rlt_ray.grpo import signal_fraction
+def reward_part_metrics(rollouts, scored) -> dict[str, float]:
+    """The reward, its parts (the RLT reward's, or the verifier's: correct is accuracy, formatted both blocks
+    closed) and the completions' lengths, over a step's or a validation's samples."""
     from rlt_ray.metrics import summarize
 
-    total = np.concatenate([s["total"] for s in scored])
     lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
     finish = [f for r in rollouts for f in r["finish_reason"]]
-    # busy time per stage: a worker's chunks each count from its call's start; a scorer's and a rank's add up
-    gen_s = max(r["seconds"] for r in rollouts)
-    per_scorer: dict[int, float] = {}
-    for s in scored:
-        per_scorer[s["scorer"]] = per_scorer.get(s["scorer"], 0.0) + s["seconds"]
-    score_s = max(per_scorer.values())
-    learn_s = max(t["seconds"] for t in trained)
-    m: dict[str, float] = {}
-    m.update(summarize("reward", total))
-    m["signal_fraction"] = signal_fraction(total, int(rollouts[0]["n"]))  # groups with a non-zero advantage
-    # the RLT reward's parts, or the verifier's (correct: accuracy; formatted: both blocks closed)
+    m: dict[str, float] = dict(summarize("reward", np.concatenate([s["total"] for s in scored])))
     for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens", "correct", "formatted", "overlong"):
         if key in scored[0]:
             m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
@@ -92,6 +118,23 @@ def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, flo
     m["closed_tag_fraction"] = float(np.mean(np.concatenate([s["match"] for s in scored]) == 0.0))
     m.update(summarize("completion_tokens", lengths))
     m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
+    return m
+
+
+def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
+    from rlt_ray.grpo import signal_fraction
+
+    total = np.concatenate([s["total"] for s in scored])
+    lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
+    # busy time per stage: a worker's chunks each count from its call's start; a scorer's and a rank's add up
+    gen_s = max(r["seconds"] for r in rollouts)
+    per_scorer: dict[int, float] = {}
+    for s in scored:
+        per_scorer[s["scorer"]] = per_scorer.get(s["scorer"], 0.0) + s["seconds"]
+    score_s = max(per_scorer.values())
+    learn_s = max(t["seconds"] for t in trained)
+    m = reward_part_metrics(rollouts, scored)
+    m["signal_fraction"] = signal_fraction(total, int(rollouts[0]["n"]))  # groups with a non-zero advantage
     m["loss"] = float(np.mean([t["loss"] for t in trained]))
     m["policy_kl"] = float(np.mean([t["kl"] for t in trained]))
     m["clip_fraction"] = float(np.mean([t["clip_fraction"] for t in trained]))  # grpo.clip_eps: tokens clipped
@@ -206,11 +249,14 @@ class RLStep:
     """The run's actors and the streamed step. ``start`` keeps each kind of actor as soon as it is created, so
     ``shutdown`` (in the caller's ``finally``) stops whatever did start, even when another kind failed to."""
 
-    def __init__(self, ray: Any, cfg: Any, rows: list, prompts: list, out: Path, log: Any):
+    def __init__(self, ray: Any, cfg: Any, data: Prompts, out: Path, log: Any):
         from rlt_ray.data import DataOrder
 
-        self.ray, self.cfg, self.rows, self.prompts, self.out, self.log = ray, cfg, rows, prompts, out, log
-        self.order = DataOrder(len(rows), cfg.run.questions_per_step, cfg.data.seed)
+        self.ray, self.cfg, self.out, self.log = ray, cfg, out, log
+        self.rows, self.prompts = data.rows, data.prompts
+        self.eval_rows, self.eval_prompts = data.eval_rows, data.eval_prompts
+        self.order = DataOrder(len(self.rows), cfg.run.questions_per_step, cfg.data.seed)
+        self.validations: list[dict] = []  # {"step", "val/...": ...} of each validation, for the hack watch
         self.learners = self.workers = self.scorers = self.sync = None
         self.in_flight: BatchFeed | None = None  # the step the learners are in the middle of
         self.prefetched: list | None = None  # grpo.max_staleness=1: the next step's chunks, sampled while learning
@@ -438,8 +484,46 @@ class RLStep:
 
 
 
+    def validation_due(self, step: int) -> bool:
+        """run.eval_every: at the first step, every N steps, and (``step`` = run.steps) after the last."""
+        every = self.cfg.run.eval_every
+        return bool(every and self.eval_rows and (step % every == 0 or step == self.cfg.run.steps))
+
+    def validate(self, step: int, version: int) -> dict[str, float]:
+        """The current policy (weights ``version``, which the workers must hold) answers the held-out rows greedily
+        on the rollout workers, and the answers are scored as in training: the student scorers with the learners'
+        teacher log-probs (the greedy samples carry none at the reward's temperature), or the verifier. Returns
+        the val/* metrics, printed on one line; they go into the record of ``step``, whose samples ``version``
+        draws."""
+        from rlt_ray.config import temperatures
+
+        t0 = time.perf_counter()
+        shards = [[int(i) for i in s] for s in np.array_split(np.arange(len(self.eval_rows)), len(self.workers))
+                  if len(s)]
+        refs = [self.workers[k].generate.remote([self.eval_prompts[i] for i in shard], [0] * len(shard), version,
+                                                1, 0.0) for k, shard in enumerate(shards)]
+        teacher_lp = None
+        if self.cfg.reward.kind == "rlt":
+            teacher_lp = self.learners.call("completion_logprobs", refs, temperatures(self.cfg)["teacher"],
+                                            prompt_tail_tokens(self.cfg))
+        scored, offset = [], 0
+        for j, (ref, shard) in enumerate(zip(refs, shards)):
+            scored.append(self.scorers[j % len(self.scorers)].score.remote(
+                [self.eval_rows[i] for i in shard], ref, teacher_lp, offset))
+            offset += len(shard)
+        rollouts, scored = self.ray.get(refs), self.ray.get(scored)
+        metrics = {f"val/{k}": v for k, v in reward_part_metrics(rollouts, scored).items()}
+        metrics["val/seconds"] = time.perf_counter() - t0
+        self.validations.append({"step": step, **metrics})
+        quality = (f"accuracy {metrics['val/accuracy']:.3f}  format {metrics['val/format_rate']:.2f}"
+                   if "val/accuracy" in metrics else
+                   f"r_SS {metrics['val/r_ss_mean']:+.3f}  closed {metrics['val/closed_tag_fraction']:.2f}")
+        print(f"validation after {version} steps ({len(self.eval_rows)} held-out rows, greedy): reward "
+              f"{metrics['val/reward_mean']:+.3f}  {quality}  {metrics['val/seconds']:.1f}s", flush=True)
+        return metrics
+
     def log_step(self, step: int, version: int, chunks: list, trained: list, sync_stats: Any,
-                 t_step: float) -> None:
+                 t_step: float, validation: dict | None = None) -> None:
         """6. Metrics, events and the console line of a finished step. A non-finite loss or gradient made
         DeepSpeed skip the optimizer step (the weights stay as they were); run.max_nonfinite_steps in a row stop
         the run."""
@@ -453,6 +537,7 @@ class RLStep:
         # workers and the loop's order refuse this already; never log it
         staleness = sample_staleness([r["version"] for r in rollouts], version - 1, cfg.grpo.max_staleness)
         metrics = step_metrics(rollouts, scored, trained, sync_stats, t_step)
+        metrics.update(validation or {})
         metrics["weights_version"] = float(version)
         metrics["staleness"] = float(staleness)
         metrics["chunks"] = float(len(chunks))  # hand-overs from the workers (rollout.stream_groups)
@@ -499,10 +584,15 @@ class RLStep:
         reward = self.cfg.reward
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
                          reward.explanation_span, run.max_shared_fraction, kl_estimator=reward.kl_estimator,
-                         kl_weight=float(reward.kl_penalty_coeff[0]), grpo_beta=float(self.cfg.grpo.beta))
+                         kl_weight=float(reward.kl_penalty_coeff[0]), grpo_beta=float(self.cfg.grpo.beta),
+                         validation=self.validations, step=step)
         if sign is None or sign.kind in self.hacks_seen:
             return
         self.hacks_seen.add(sign.kind)
+        if sign.kind == "templated":  # the student shares the template: reported, never stopped on
+            self.log.event(step, "templated", echo=False, message=sign.message)
+            print(f"warning: step {step + 1}: {sign.message}", flush=True)
+            return
         self.log.event(step, "reward_hack_suspected", echo=False, sign=sign.kind, message=sign.message)
         print(f"warning: step {step + 1}: {sign.message}", flush=True)
         if run.stop_on_hack:

@@ -38,19 +38,20 @@ def main(argv: list[str]) -> int:
     out = Path(cfg.run.output_dir)
     resume = resolve_resume(cfg.run.resume_from, out)
     check_memory(cfg)  # GPU layouts: refuse one whose peak does not fit (rlt_ray.memory), before any start-up
-    rows, prompts, dropped = load_prompts(cfg)
+    data = load_prompts(cfg)  # the training rows and prompts, and the held-out ones of run.eval_every
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.placement)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    skipped = ", ".join(f"{n} {why}" for why, n in dropped.items()) or "none"
-    print(f"train_rlt: {len(rows)} rows (dropped: {skipped}); reward {cfg.reward.kind}; trains "
+    skipped = ", ".join(f"{n} {why}" for why, n in data.dropped.items()) or "none"
+    held_out = f"; {len(data.eval_rows)} held out for validation" if data.eval_rows else ""
+    print(f"train_rlt: {len(data.rows)} rows{held_out} (dropped: {skipped}); reward {cfg.reward.kind}; trains "
           f"{trained_model_key(cfg)}={trained_model(cfg)}; output {out}", flush=True)
     # A lost node (its learners, or objects only it held) ends a run with a checkpoint; run.max_restarts > 0
     # starts every actor again on the nodes that remain and continues from the newest complete checkpoint
     for attempt in range(cfg.run.max_restarts + 1):
         try:
-            train(ray, cfg, rows, prompts, out, resume, attempt)
+            train(ray, cfg, data, out, resume, attempt)
             return summarize_run(cfg, out)
         except RunStopped as exc:
             if attempt == cfg.run.max_restarts or not restartable(exc):
@@ -80,18 +81,24 @@ def summarize_run(cfg, out: Path) -> int:
     for key in summary["step1"]:
         print(f"  {key:24} {summary['step1'][key]:+10.4f} {summary['first'][key]:+10.4f} {summary['last'][key]:+10.4f}",
               flush=True)
+    if "validation" in summary:
+        v = summary["validation"]
+        print(f"train_rlt: {v['count']} validations; first / last:", flush=True)
+        for key in v["first"]:
+            if key != "val/seconds":
+                print(f"  {key:24} {v['first'][key]:+10.4f} {v['last'][key]:+10.4f}", flush=True)
     print(f"train_rlt: summary {out / 'summary.json'}", flush=True)
     return 0
 
 
-def train(ray, cfg, rows: list, prompts: list, out: Path, resume: Path | None, attempt: int = 0) -> int:
+def train(ray, cfg, data, out: Path, resume: Path | None, attempt: int = 0) -> int:
     """One attempt of the run: start the actors, (resume,) step to run.steps, checkpoint; any failure ends in
     RLStep.stop_with_checkpoint."""
     from jobs.rl_step import Checkpoints, RLStep, inject_fault
     from rlt_ray.metrics import RunLog
 
     log = RunLog(out, cfg, out.name, "train_rlt")
-    rl = RLStep(ray, cfg, rows, prompts, out, log)
+    rl = RLStep(ray, cfg, data, out, log)
     checkpoints = Checkpoints(ray, cfg, out, rl)
     start = version = step = 0
     # `ray job stop` sends SIGTERM: handle it like Ctrl-C (checkpoint, then stop every actor)
@@ -108,15 +115,20 @@ def train(ray, cfg, rows: list, prompts: list, out: Path, resume: Path | None, a
             inject_fault(cfg, "controller_error", step)
             # 1. sync: the workers sample with the learner's current weights
             sync_stats = rl.sync_if_stale(step, version)
+            # (validation: run.eval_every) the held-out rows, answered greedily with the weights this step samples with
+            validation = rl.validate(step, version) if rl.validation_due(step) else None
             # 2-5. generate → (teacher log-probs →) score → learn, streamed: chunks of finished groups are scored as
             # they arrive and go straight into gradient accumulation; one optimizer step per batch
             chunks, trained = rl.learn(step, version)
             version = step + 1
             # 6. log: metrics, events, the console line (non-finite steps were skipped by DeepSpeed)
-            rl.log_step(step, version, chunks, trained, sync_stats, t_step)
+            rl.log_step(step, version, chunks, trained, sync_stats, t_step, validation)
             # 7. checkpoint (every run.checkpoint_every steps or run.checkpoint_every_minutes, and at the end)
             if checkpoints.due(version):
                 checkpoints.save(version)
+        if rl.validation_due(cfg.run.steps) and version == cfg.run.steps:  # the trained policy: a record of its own
+            rl.sync_if_stale(version, version)
+            log.log(version, rl.validate(version, version))
     except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, SIGTERM from `ray job stop`, or any failure
         rl.stop_with_checkpoint(exc, step, version, start, checkpoints)  # raises, after saving what it can
     finally:

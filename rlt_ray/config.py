@@ -60,6 +60,11 @@ class DataConfig:
     size: int = 256  # rows generated for reasoning_gym sources
     max_rows: Optional[int] = None  # cap for file / hub sources
     seed: int = 42  # generation seed and the shuffle seed of the RL order
+    # validation inside the RL loop (run.eval_every): held-out rows, answered greedily by the current policy.
+    # None: the last data.eval_size rows of data.source, which then are not trained on
+    eval_source: Optional[str] = None
+    eval_split: str = "test"  # for hub sources given as data.eval_source
+    eval_size: int = 64
 
 
 @dataclass
@@ -235,12 +240,16 @@ class RunConfig:
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
     # run with a checkpoint of the completed steps
     max_nonfinite_steps: int = 3
+    # validate every N steps, and at the first and the last (0: never): the current policy answers the held-out
+    # rows (data.eval_source, data.eval_size) greedily on the same engines; logged as val/* with the step's metrics
+    eval_every: int = 0
     # reward-hacking watch (rlt_ray.hacks): for run.hack_patience steps in a row, the closed-tag fraction under
     # run.min_closed_fraction, or the explanations' mean length under run.min_length_ratio x the first steps', or
     # more than run.max_shared_fraction of a step's explanations also written for another question (0 in a
     # healthy run: an explanation depends on its question; docs/demo.md, run 24) -> a `reward_hack_suspected`
     # event and a console line naming the likely cause; run.stop_on_hack also stops the run there, with a
-    # checkpoint of the completed steps. A step has few questions, so a teacher that repeats itself now and then
+    # checkpoint of the completed steps. Copies while r_SS rises (training, and validation when it is on) are a
+    # template the student shares: a `templated` warning, never a stop. A step has few questions, so a teacher that repeats itself now and then
     # shows in a distilled data set long before in any one step: the watch also counts the copies across the last
     # run.hack_window steps' explanations pooled (once it has that many; in the demo 80 questions x 8 samples, so
     # each explanation meets about as many other questions' as in a 1,024-row distillation, though of ten steps'
@@ -440,7 +449,7 @@ POSITIVE = (
     "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
     "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
     "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "sft.keep_checkpoints",
-    "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size",
+    "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size", "data.eval_size",
     "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
     "reward.student_temperature", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
     "reward.max_batch_tokens", "run.hack_patience", "run.hack_window", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
@@ -453,7 +462,7 @@ NON_NEGATIVE = (
     "learner.lr",  # 0: the weights never move (a baseline of the sampling alone)
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
     "reward.clip_log_prob", "reward.clip_kl",
-    "rollout.stream_groups", "run.keep_checkpoints", "run.max_restarts", "sft.checkpoint_every", "sft.max_failures",
+    "rollout.stream_groups", "run.eval_every", "run.keep_checkpoints", "run.max_restarts", "sft.checkpoint_every", "sft.max_failures",
 )
 
 

@@ -12,7 +12,7 @@ from typing import Hashable, Iterable, Optional, Sequence
 
 @dataclass(frozen=True)
 class HackSign:
-    kind: str  # "unclosed" | "length_collapse" | "copied"
+    kind: str  # "unclosed" | "length_collapse" | "copied" | "templated" (copies the student shares: not a hack)
     message: str  # one line: what was seen, the likely cause, the settings that address it
 
 
@@ -36,7 +36,8 @@ def shared_explanation_fraction(explanations: Iterable[tuple[Hashable, str]]) ->
 def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int,
               min_length_ratio: float, explanation_span: str = "with_prompt_pad",
               max_shared_fraction: float = 1.0, *, kl_estimator: str = "k1",
-              kl_weight: float = 3.0, grpo_beta: float = 0.04) -> Optional[HackSign]:
+              kl_weight: float = 3.0, grpo_beta: float = 0.04,
+              validation: Sequence[dict] = (), step: int = 0) -> Optional[HackSign]:
     """The first sign in the last ``patience`` steps of ``history`` (this run's step metrics, oldest first), or
     None. ``unclosed``: every one of those steps closed its tag less often than ``min_closed_fraction``.
     ``length_collapse``: their mean explanation length is under ``min_length_ratio`` x that of the run's first
@@ -45,7 +46,12 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
     job's window of recent steps (``window_shared_fraction``, when the step metrics have it). The message names the
     likely mechanism, from which way the lengths went, and the run's KL term (``kl_estimator``, ``kl_weight``:
     reward.kl_estimator and the first reward.kl_penalty_coeff) and ``grpo_beta`` (the loss's KL to the reference
-    policy, which a copying teacher drifts from)."""
+    policy, which a copying teacher drifts from).
+
+    A reward hack is a rise in the training reward the student does not share. So copies are ``copied`` only while
+    r_SS falls over the same steps (the training r_SS, or the validation r_SS of ``validation``: the RL job's
+    {"step", "val/r_ss_mean"} records; ``step``: the RL step of the last row of ``history``); copies while r_SS holds or rises are a template the student finds useful,
+    ``templated``, which the RL job reports and never stops on."""
     if patience < 1 or len(history) < patience:
         return None
     # the baseline: the run's first steps, at most ``patience`` of them and none of the recent ones if it can
@@ -74,6 +80,11 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
              else f"{_mean(recent, 'window_shared_fraction'):.0%} of the explanations of the last run.hack_window "
                   f"steps were also written for another question of those steps (a single step's few questions do not "
                   f"show it; a distilled data set would)"))
+    recent_start = step - len(recent) + 1
+    if kind == "copied" and not r_ss_falls(history, first, recent, validation, recent_start):
+        return HackSign("templated", f"a template repeated across questions while r_SS holds or rises: {what} "
+                                     f"({r_ss_trend(first, recent, validation, recent_start)}); the student "
+                                     f"shares it, so it is reported, not stopped on")
     if kind == "copied":  # tags closed, length kept: the text no longer depends on the question
         r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
                 if all("r_ss_mean" in r for r in history) else "")
@@ -109,3 +120,32 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
                      f"unclosed-tag penalty costs;{span} make reward.not_matched_penalty more negative, or lower "
                      "reward.kl_penalty_coeff")
     return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")
+
+
+def _validation_window(recent_start: int, validation: Sequence[dict]) -> list[dict]:
+    """The validations that span the recent steps (from the RL step ``recent_start`` on): the last one at or
+    before it, and every later one."""
+    points = [v for v in validation if "val/r_ss_mean" in v]
+    before = [v for v in points if v["step"] <= recent_start]
+    window = ([before[-1]] if before else points[:1]) + [v for v in points if v["step"] > recent_start]
+    return window if len(window) >= 2 else []
+
+
+def r_ss_falls(history: Sequence[dict], first: Sequence[dict], recent: Sequence[dict],
+               validation: Sequence[dict] = (), recent_start: int = 0) -> bool:
+    """r_SS fell: the recent steps' mean training r_SS under the first steps', or the last validation's under the
+    one at the window's start. Without r_SS in the metrics (an old log), copies count as falling."""
+    if not all("r_ss_mean" in r for r in history):
+        return True
+    window = _validation_window(recent_start, validation)
+    val_fell = bool(window) and window[-1]["val/r_ss_mean"] < window[0]["val/r_ss_mean"]
+    return _mean(recent, "r_ss_mean") < _mean(first, "r_ss_mean") or val_fell
+
+
+def r_ss_trend(first: Sequence[dict], recent: Sequence[dict], validation: Sequence[dict] = (),
+               recent_start: int = 0) -> str:
+    text = f"training r_SS {_mean(first, 'r_ss_mean'):+.3f} -> {_mean(recent, 'r_ss_mean'):+.3f}"
+    window = _validation_window(recent_start, validation)
+    if window:
+        text += f", validation r_SS {window[0]['val/r_ss_mean']:+.3f} -> {window[-1]['val/r_ss_mean']:+.3f}"
+    return text

@@ -47,7 +47,11 @@ def run_summary(metrics: Sequence[dict], keys: Sequence[str], window: int = 10) 
     """Where a run's curves started and ended: step 1's value, the mean of the first and of the last ``window``
     steps (at most a quarter of the run each), for each of ``keys`` the steps logged. A first-window mean can hide
     a fall right after step 1 (a fresh optimizer's first steps move every weight by about the learning rate), so
-    both are reported."""
+    both are reported. With validation (run.eval_every), the first and the last validation's val/* too."""
+    validations = [{k: v for k, v in m.items() if k.startswith("val/")} for m in metrics]
+    validations = [v for v in validations if v]
+    # the steps' records: the last may hold a validation alone
+    metrics = [m for m in metrics if any(not k.startswith("val/") and k not in ("step", "time") for k in m)]
     k = max(1, min(window, len(metrics) // 4))
     present = [key for key in keys if metrics and key in metrics[0]]
     curve = {key: [float(m[key]) for m in metrics] for key in present}
@@ -57,6 +61,8 @@ def run_summary(metrics: Sequence[dict], keys: Sequence[str], window: int = 10) 
            "last": {key: sum(v[-k:]) / k for key, v in curve.items()}}
     if "reward_mean" in curve:
         out["reward_ended_above_step1"] = out["last"]["reward_mean"] > out["step1"]["reward_mean"]
+    if validations:
+        out["validation"] = {"first": validations[0], "last": validations[-1], "count": len(validations)}
     return out
 
 

