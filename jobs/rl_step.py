@@ -265,6 +265,7 @@ class RLStep:
         # the last run.hack_window steps' (question, explanation) pairs: the watch's view of copies across steps
         self.recent_explanations: collections.deque = collections.deque(maxlen=cfg.run.hack_window)
         self.hacks_seen: set[str] = set()  # one event per kind of sign
+        self.replaced = 0  # rollout workers and scorers replaced in this attempt (the actors_replaced metric)
 
     def start(self) -> None:
         """The rollout workers and the student scorers (named, so that operators and the fault-injection tests can
@@ -336,6 +337,7 @@ class RLStep:
             except WorkersLost as lost:
                 for k in lost.indices:
                     self.sync.replace_worker(k, self.workers.replace(k))
+                    self.replaced += 1
                     self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
                                    synced_to_version=version, error=str(lost), during="sync",
                                    node=node_ids(self.ray, [self.workers[k]])[0])
@@ -435,6 +437,7 @@ class RLStep:
                     new = self.workers.replace(k)
                     self.sync.replace_worker(k, new)
                     stats = self.sync.sync(version if learner_version is None else learner_version)
+                    self.replaced += 1
                     self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
                                    synced_to_version=stats.version, error=type(exc).__name__,
                                    node=node_ids(self.ray, [new])[0])
@@ -473,6 +476,7 @@ class RLStep:
                     # the dead scorer held several chunks: replace it once, then score each of them on the new one
                     if not replaced:
                         self.scorers.replace(slot)
+                        self.replaced += 1
                         self.log.event(step, "scorer_replaced", scorer=slot,
                                        generation=self.scorers.generation[slot], error=type(exc).__name__,
                                        node=node_ids(self.ray, [self.scorers[slot]])[0])
@@ -552,8 +556,7 @@ class RLStep:
         if cfg.run.hack_window > 1 and len(self.recent_explanations) == cfg.run.hack_window:
             metrics["window_shared_fraction"] = shared_explanation_fraction(
                 pair for step_pairs in self.recent_explanations for pair in step_pairs)
-        log.log(step, metrics)
-        log.samples(step, records)
+        metrics["actors_replaced"] = float(self.replaced)
         skipped = not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]))
         quality = (f"accuracy {metrics['accuracy']:.2f}  format {metrics['format_rate']:.2f}" if "accuracy" in metrics
                    else f"closed {metrics['closed_tag_fraction']:.2f}")
@@ -561,25 +564,31 @@ class RLStep:
               f"{quality}  loss {metrics['loss']:+.3e}  "
               f"sync {metrics['sync_seconds']:.2f}s  step {metrics['step_seconds']:.1f}s"
               + ("  SKIPPED (non-finite)" if skipped else ""), flush=True)
+        stop = self.watch_for_hacks(step, metrics)  # the step is logged first, then stopped (run.stop_on_hack)
+        metrics["hack_signs"] = float(len(self.hacks_seen - {"templated"}))
+        log.log(step, metrics)
+        log.samples(step, records)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
         if skipped:
             log.event(step, "step_skipped_nonfinite", loss=metrics["loss"], grad_norm=metrics["grad_norm"],
                       in_a_row=self.nonfinite_in_a_row)
-        self.watch_for_hacks(step, metrics)
+        if stop is not None:
+            raise stop
         if self.nonfinite_in_a_row >= cfg.run.max_nonfinite_steps:
             raise RunStopped(f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
                              f"(run.max_nonfinite_steps={cfg.run.max_nonfinite_steps}); steps "
                              f"{step + 2 - self.nonfinite_in_a_row}-{step + 1} were skipped")
 
-    def watch_for_hacks(self, step: int, metrics: dict) -> None:
+    def watch_for_hacks(self, step: int, metrics: dict) -> Exception | None:
         """The reward-hacking watch (rlt_ray.hacks): an event and a console line the first time each sign shows;
-        run.stop_on_hack stops the run (stop_with_checkpoint then saves the completed steps)."""
+        with run.stop_on_hack, returns the RunStopped that stops the run once the step is logged
+        (stop_with_checkpoint then saves the completed steps)."""
         from rlt_ray.cluster import RunStopped
         from rlt_ray.hacks import hack_sign
 
         run = self.cfg.run
         if self.cfg.reward.kind == "verifier":  # its signs are the RLT reward's (an explanation's tag, its length)
-            return
+            return None
         self.history.append(metrics)
         reward = self.cfg.reward
         sign = hack_sign(self.history, run.min_closed_fraction, run.hack_patience, run.min_length_ratio,
@@ -587,16 +596,17 @@ class RLStep:
                          kl_weight=float(reward.kl_penalty_coeff[0]), grpo_beta=float(self.cfg.grpo.beta),
                          validation=self.validations, step=step)
         if sign is None or sign.kind in self.hacks_seen:
-            return
+            return None
         self.hacks_seen.add(sign.kind)
         if sign.kind == "templated":  # the student shares the template: reported, never stopped on
             self.log.event(step, "templated", echo=False, message=sign.message)
             print(f"warning: step {step + 1}: {sign.message}", flush=True)
-            return
+            return None
         self.log.event(step, "reward_hack_suspected", echo=False, sign=sign.kind, message=sign.message)
         print(f"warning: step {step + 1}: {sign.message}", flush=True)
         if run.stop_on_hack:
-            raise RunStopped(f"stopped at step {step + 1} (run.stop_on_hack): {sign.message}")
+            return RunStopped(f"stopped at step {step + 1} (run.stop_on_hack): {sign.message}")
+        return None
 
     def stop_with_checkpoint(self, exc: BaseException, step: int, version: int, start: int,
                              checkpoints: Checkpoints) -> None:

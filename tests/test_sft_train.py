@@ -62,6 +62,9 @@ def test_uninterrupted_run_reports_to_ray_train_and_keeps_its_checkpoints(uninte
     assert kept == ["step_000006", "step_000008"]  # sft.keep_checkpoints=2 of 2, 4, 6, 8
     assert json.loads((run_dir / "step_000008" / "position.json").read_text()) == {"step": 8, "world": 2}
     assert (uninterrupted / "epoch_1").is_dir() and (uninterrupted / "final").is_dir()
+    from tests.test_dashboard import assert_has_panels
+
+    assert_has_panels(uninterrupted / "metrics.jsonl")  # the SFT job's metrics are on the dashboard too
 
 
 def test_a_train_worker_killed_mid_run_restarts_and_ends_with_the_same_weights(uninterrupted, tmp_path):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_dashboard import assert_has_panels
+
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 
@@ -40,6 +42,7 @@ def test_rlt_validation_runs_at_the_first_every_nth_and_after_the_last_step_on_h
     held_out = {r.id for r in rows[-4:]}
     trained = {s["row"] for s in _lines(out / "samples.jsonl")}
     assert trained and not trained & held_out
+    assert_has_panels(out / "metrics.jsonl")
     console = capsys.readouterr().out
     assert "12 rows; 4 held out for validation" in console
     assert console.count("validation after") == 3 and "validation after 3 steps (4 held-out rows, greedy)" in console
@@ -57,5 +60,6 @@ def test_verifier_validation_logs_accuracy_and_format_from_a_file_of_its_own(ray
     metrics = _lines(out / "metrics.jsonl")
     validated = [m for m in metrics if "val/accuracy" in m]
     assert [m["step"] for m in validated] == [0, 2]
+    assert_has_panels(out / "metrics.jsonl")
     for m in validated:
         assert 0 <= m["val/accuracy"] <= 1 and 0 <= m["val/format_rate"] <= 1 and "val/r_ss_mean" not in m
