@@ -55,7 +55,8 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
         "sft_teacher": sft + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'teacher_sft'}"],
         "student_b": student + [f"data.source={task / 'train.jsonl'}", f"sft.output_dir={out / 'student_b'}",
                             f"data.max_rows={student_rows}"],
-        "train_rlt": [f"data.source={task / 'train.jsonl'}", f"model.teacher={out / 'teacher_sft' / 'final'}",
+        "train_rlt": [f"data.source={task / 'train.jsonl'}", f"data.eval_source={task / 'test.jsonl'}",
+                      f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
                       f"run.output_dir={seed_out / 'rl'}", f"learner.lr={rl_lr}",
                       "learner.lr_schedule=constant", f"learner.warmup_ratio={rl_warmup_ratio}"]
@@ -122,10 +123,16 @@ def plot(out: Path, students: dict, metrics_file: Path) -> None:
     bars.set_ylabel(f"accuracy on {students[arms[0]]['n']} held-out questions (95 % CI)")
     bars.set_ylim(0, 1)
     bars.set_title("students distilled four ways")
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    rows = [r for r in records if "reward_mean" in r]  # a last record may hold the final validation alone
     steps = [r["step"] + 1 for r in rows]
     for key, label, sign in (("reward_mean", "reward", 1), ("r_ss_mean", "r_SS", 1), ("r_kl_mean", "-r_KL", -1)):
         curves.plot(steps, [sign * (r[key] if r[key] is not None else float("nan")) for r in rows], label=label)
+    validated = [r for r in records if r.get("val/reward_mean") is not None]
+    if validated:  # run.eval_every: the held-out questions, greedy; step s's record holds the weights after s steps
+        at = [r["step"] for r in validated]
+        curves.plot(at, [r["val/reward_mean"] for r in validated], "o--", color="C0", label="held-out reward")
+        curves.plot(at, [r["val/r_ss_mean"] for r in validated], "s--", color="C1", label="held-out r_SS")
     curves.set_xlabel("RL step")
     curves.set_ylabel("mean over the step's completions")
     twin = curves.twinx()
@@ -314,6 +321,8 @@ def main(argv: list[str]) -> int:
     train_questions, test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
     student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
     base = ["--config", preset] + overrides
+    if cfg.logging.group is None:  # the stages' tracker runs in one W&B group / under one MLflow tag
+        base.append(f"logging.group={out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     student_epochs = cfg.demo.student_epochs
     args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs,
                       rl_warmup_ratio=float(cfg.demo.rl_warmup_ratio))
@@ -469,7 +478,8 @@ def main(argv: list[str]) -> int:
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
                "rl": {"steps": steps, "step1": step1, f"first{k}": first, f"last{k}": last,
                       "reward_rose": last["reward_mean"] > first["reward_mean"],
-                      "reward_ended_above_step1": curve["reward_ended_above_step1"]},
+                      "reward_ended_above_step1": curve["reward_ended_above_step1"],
+                      **({"validation": curve["validation"]} if "validation" in curve else {})},
                "distilled_rows": sizes, "explanations": features, "examples": examples,
                "served_weights_version": served["weights_version"],
                **({"transfer": transfer} if transfer is not None else {}),
@@ -489,6 +499,12 @@ def main(argv: list[str]) -> int:
     for key, label in (("reward_mean", "reward"), ("r_ss_mean", "r_SS"), ("r_kl_mean", "r_KL"),
                        ("closed_tag_fraction", "closed tag"), ("completion_tokens_mean", "explanation tokens")):
         print(f"  {label:20} {step1[key]:9.3f} / {first[key]:9.3f} -> {last[key]:9.3f}")
+    if "validation" in curve:  # run.eval_every: the held-out questions, greedy, before the first step and after the last
+        v = curve["validation"]
+        print(f"teacher RL on {cfg.data.eval_size} held-out questions (greedy), before -> after:")
+        for key, label in (("val/reward_mean", "reward"), ("val/r_ss_mean", "r_SS"),
+                           ("val/closed_tag_fraction", "closed tag")):
+            print(f"  {label:20} {v['first'][key]:9.3f} -> {v['last'][key]:9.3f}")
     if examples:
         e = examples[0]
         print(f"\n{e['question']}  (solution {e['solution']})\n  reference trace: {e['reference_trace']}\n"
@@ -515,7 +531,8 @@ def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, row
         folder = out / "cold_start" / arm
         weights = start / "final" if (start / "final").is_dir() else start
         run(f"cold_start_{arm}", train_rlt, [
-            f"data.source={out / 'task' / 'train.jsonl'}", "reward.kind=verifier",
+            f"data.source={out / 'task' / 'train.jsonl'}", f"data.eval_source={out / 'task' / 'test.jsonl'}",
+            "reward.kind=verifier",
             f"model.student={weights}", f"run.steps={steps}", "run.checkpoint_every=0", f"run.output_dir={folder}",
             f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant",
             f"learner.warmup_ratio={cfg.demo.rl_warmup_ratio}",

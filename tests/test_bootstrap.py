@@ -27,7 +27,7 @@ def test_a_failing_pip_step_stops_the_set_up_names_the_log_and_writes_no_stamp(t
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode in (1, 7) and "went on" not in proc.stdout, (proc.stdout, proc.stderr)
         log = venv / "bootstrap.log"
-        assert f"pip install -q -e {ROOT}[cpu,dev] failed; see {log}" in proc.stderr
+        assert f"pip install -q -e {ROOT}[cpu,dev,tracking] failed; see {log}" in proc.stderr
         assert "pip: no such package" in proc.stderr  # the log's end, on the console
         assert not (venv / ".rlt-bootstrap").exists()
 
