@@ -534,7 +534,7 @@ def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, row
             f"data.source={out / 'task' / 'train.jsonl'}", f"data.eval_source={out / 'task' / 'test.jsonl'}",
             "reward.kind=verifier",
             f"model.student={weights}", f"run.steps={steps}", "run.checkpoint_every=0", f"run.output_dir={folder}",
-            f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant",
+            f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant", "grpo.ref_mixup_every=0",
             f"learner.warmup_ratio={cfg.demo.rl_warmup_ratio}",
             f"rollout.max_new_tokens={cfg.eval.max_new_tokens}"], show=("step ",))
         arms[arm] = evaluate_arm(arm, f"evaluate_{arm}", folder / "checkpoints" / f"step_{steps:06d}" / "hf",

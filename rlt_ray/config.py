@@ -379,10 +379,12 @@ class DemoConfig:
     # every student's sft.epochs ((a)-(d), (b) also the reward's student); None: sft.epochs, as the teacher's warm-up
     student_epochs: Optional[int] = None
     # --extended (docs/demo.md): the cold start, (e) = student (b) and (f) = student (d) each after this many
-    # outcome-reward GRPO steps (reward.kind=verifier) at this learning rate; the transfer task's chain length
-    # (the teachers train on 4 terms) and its held-out questions
+    # outcome-reward GRPO steps (reward.kind=verifier) at this learning rate, the reference fixed (no mixup);
+    # the rate and the batch shape (run.questions_per_step x rollout.n, 8 x 8) are the declared sweep's
+    # (docs/lab-notes/runs-30-31.md, run 31); the transfer task's chain length (the teachers train on 4 terms)
+    # and its held-out questions
     cold_start_steps: int = 40
-    cold_start_lr: float = 5e-4
+    cold_start_lr: float = 1e-4
     transfer_terms: int = 5
     transfer_test_questions: int = 256
 
