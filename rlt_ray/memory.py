@@ -177,8 +177,8 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
         d.add(f"activations, {what} (checkpointed)", act)
     else:
         d.add(f"activations, {what} (no checkpointing)", m * s * shape.layers * per_token)
-    if budget:  # transformers' SDPA path turns the packed rows into a boolean [T, T] block-diagonal causal mask
-        d.add(f"packed attention mask ({s} x {s}, bool)", float(s) * s)
+    if budget and cfg.model.attention in ("sdpa", "eager"):  # these turn the packed rows into a boolean [T, T]
+        d.add(f"packed attention mask ({s} x {s}, bool)", float(s) * s)  # block-diagonal causal mask
     # a chunk's logits alive at once in its backward: the head's output (in w; the fp32 cast is a copy only when
     # w < 4), the logits scaled by the temperature, logsumexp's exponentials and the gradient, in fp32. Three fp32
     # copies measured 0.8x short on an H200 in bf16 (scripts/gpu_check.py)

@@ -134,12 +134,14 @@ def test_the_gpu_check_runs_every_check_on_cpu(tmp_path):
 
 
 def test_a_packed_learner_is_planned_from_its_token_budget():
-    """learner.max_tokens_per_micro_batch: activations at the budget's tokens and the packed attention mask, in
-    place of the longest sequence x micro_batch_size; the paper preset still fits."""
+    """learner.max_tokens_per_micro_batch: activations at the budget's tokens in place of the longest sequence x
+    micro_batch_size (and, with transformers' own SDPA, the packed [T, T] mask); the paper preset fits."""
     budget = ["learner.max_tokens_per_micro_batch=49152"]
     packed = dict(plan(load_config(PAPER, budget), ("learner",))[0].items)
     assert packed["activations, 49152 packed tokens (checkpointed)"] > 0
-    assert packed["packed attention mask (49152 x 49152, bool)"] == 49152.0 ** 2
+    assert not any("mask" in k for k in packed)  # sdpa_varlen: one attention per row, no [T, T] mask
+    masked = dict(plan(load_config(PAPER, budget + ["model.attention=sdpa"]), ("learner",))[0].items)
+    assert masked["packed attention mask (49152 x 49152, bool)"] == 49152.0 ** 2  # transformers' own SDPA path
     assert plan(load_config(PAPER, budget), ("learner",))[0].fits
-    padded = dict(plan(load_config(PAPER), ("learner",))[0].items)
+    padded = dict(plan(load_config(PAPER, ["learner.max_tokens_per_micro_batch=null"]), ("learner",))[0].items)
     assert "activations, 32768 tokens x 1 (checkpointed)" in padded and not any("mask" in k for k in padded)
