@@ -24,8 +24,21 @@ def warm_teacher(ray_local, work):
 
     out = work / "sft_teacher"
     assert main([f"sft.output_dir={out}", "data.size=64", "sft.batch_size=8", "sft.epochs=4", "learner.lr=3e-3",
-                 "logging.trackers=[]"]) == 0
+                 *_mlflow(work)]) == 0
     return out
+
+
+def _mlflow(work: Path) -> list[str]:
+    """Every pipeline job logs to one MLflow store here: each must give one run with its own metrics."""
+    return ["logging.trackers=[mlflow]", f"logging.mlflow_tracking_uri=sqlite:///{work / 'mlflow.db'}"]
+
+
+def _mlflow_run(work: Path, output_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    run_id = json.loads((output_dir / "trackers.json").read_text())["mlflow"]["run_id"]
+    return client, client.get_run(run_id)
 
 
 def test_sft_teacher_learns_and_saves_a_loadable_model(warm_teacher):
@@ -37,6 +50,11 @@ def test_sft_teacher_learns_and_saves_a_loadable_model(warm_teacher):
     assert last < first - 1.0  # really learning the explanations
     assert all((warm_teacher / f"epoch_{e}").is_dir() for e in (1, 2, 3))
     load_causal_lm(str(warm_teacher / "final"))
+    # the driver logged each step once to MLflow (Ray Train's two workers did not), with the config and the saves
+    client, run = _mlflow_run(warm_teacher.parent, warm_teacher)
+    history = client.get_metric_history(run.info.run_id, "nll")
+    assert sorted((h.step, h.value) for h in history) == [(m["step"], pytest.approx(m["nll"])) for m in metrics]
+    assert run.data.params["sft.epochs"] == "4" and run.data.tags["artifact.checkpoint"].startswith(str(warm_teacher))
 
 
 def _bad_data(work: Path) -> Path:
@@ -108,7 +126,7 @@ def distilled(warm_teacher, work):
 
     out = work / "distill"
     args = [f"model.teacher={warm_teacher / 'final'}", f"data.source={_bad_data(work)}", "distill.k=4",
-            "distill.batch_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200"]
+            "distill.batch_rows=3", f"distill.output_dir={out}", "rollout.max_new_tokens=200", *_mlflow(work)]
     assert main(args) == 0
     return out, args
 
@@ -180,8 +198,13 @@ def test_sft_student_then_evaluate(distilled, work):
     assert all(m["nll"] == m["nll"] for m in _metrics(student))
     result = work / "eval"
     assert evaluate([f"eval.model={student / 'final'}", "eval.size=6", "eval.max_new_tokens=48",
-                     f"eval.output_dir={result}"]) == 0
+                     f"eval.output_dir={result}", *_mlflow(work)]) == 0
     summary = json.loads((result / "summary.json").read_text())
+    _, run = _mlflow_run(work, result)  # a job without steps: its result at step 0 and its outputs' paths
+    assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"]) and run.data.metrics["n"] == 6
+    assert run.data.tags["artifact.results"] == str(result / "results.jsonl")
+    _, distill_run = _mlflow_run(work, out)
+    assert distill_run.data.metrics["explanations"] >= 1 and distill_run.data.tags["artifact.data"] == str(out / "data")
     assert summary["n"] == 6 and summary["checker"] == "reasoning_gym" and 0.0 <= summary["accuracy"] <= 1.0
     items = [json.loads(line) for line in (result / "results.jsonl").read_text().splitlines()]
     assert [it["index"] for it in items] == list(range(6))
