@@ -70,7 +70,7 @@ class ActorSlots:
                 self.generation[i] += 1
                 self.actors[i] = self.make(i, self.generation[i])
             except ray.exceptions.GetTimeoutError:
-                from rlt_ray.cluster import RunStopped
+                from rlt_ray.errors import RunStopped
 
                 raise RunStopped(f"{self.kind} {i} (generation {self.generation[i]}) was not ready after "
                                  f"{self.ready_timeout_s:.0f} s: its resources may be missing, or its model may "

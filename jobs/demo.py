@@ -84,7 +84,7 @@ def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path, min_rows: 
     """Every arm trains on as many rows as the shortest source has (at most demo.student_rows); a distillation
     that kept fewer than ``min_rows`` (a student's batch, sft.batch_size) stops the demo here, saying why,
     instead of failing inside a student's SFT."""
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     rows = min([student_rows] + list(sizes.values()))
     if rows < min_rows:
@@ -280,7 +280,7 @@ def plot_replicates(out: Path, replicates: dict) -> None:
 
 def split_seeds(argv: list[str]) -> tuple[list[int] | None, list[str]]:
     """``--seeds 42,43,...`` (or --seeds=...): the RL seeds of a replicate run; the rest of argv."""
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     seeds, rest, it = None, [], iter(argv)
     for a in it:
@@ -303,7 +303,8 @@ def main(argv: list[str]) -> int:
     student (d), its evaluation) once per seed, under <out>/seeds/<seed>/; writes <out>/replicates.json and
     <out>/replicates.png and prints the table per seed (no Serve stage)."""
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
-    from rlt_ray.cluster import RunStopped, connect_ray, library_log_dir, quiet_library_bars, verbose
+    from rlt_ray.errors import RunStopped
+    from rlt_ray.cluster import connect_ray, library_log_dir, quiet_library_bars, verbose
     from rlt_ray.config import load_config, split_argv
     from rlt_ray.demo_task import write_task
 
@@ -311,7 +312,7 @@ def main(argv: list[str]) -> int:
     extended = "--extended" in argv
     argv = [a for a in argv if a != "--extended"]
     if extended and seeds is not None:
-        from rlt_ray.config import ConfigError
+        from rlt_ray.errors import ConfigError
 
         raise ConfigError("--extended and --seeds: run the extended demo at one seed at a time (run.seed=...)")
     preset, overrides = split_argv(argv, default="demo")

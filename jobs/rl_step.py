@@ -38,7 +38,7 @@ def load_prompts(cfg: Any) -> Prompts:
     (the question; reward.kind=verifier). Dropped and counted: prompts over rollout.max_prompt_tokens, and with a
     verifier the rows without an answer to check (never scored 0 in silence). With run.eval_every, the held-out
     rows too: data.eval_source's, or the last data.eval_size rows of data.source (then not trained on)."""
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
     from rlt_ray.data import load_rows
     from rlt_ray.evaluation import load_answer_check
 
@@ -326,8 +326,8 @@ class RLStep:
     def sync_if_stale(self, step: int, version: int):
         """Bring the workers to the learner's weights ``version`` if they are not; a worker whose actor or engine
         dies during it is replaced and every worker synced again. Returns the SyncStats, or None."""
-        from rlt_ray.cluster import RunStopped
-        from rlt_ray.weight_sync import WorkersLost
+        from rlt_ray.errors import RunStopped
+        from rlt_ray.errors import WorkersLost
 
         if not self.sync.is_stale(version):
             return None
@@ -532,7 +532,7 @@ class RLStep:
         DeepSpeed skip the optimizer step (the weights stay as they were); run.max_nonfinite_steps in a row stop
         the run."""
         from rlt_ray.batch import sample_staleness
-        from rlt_ray.cluster import RunStopped
+        from rlt_ray.errors import RunStopped
         from rlt_ray.hacks import shared_explanation_fraction
 
         cfg, log = self.cfg, self.log
@@ -583,7 +583,7 @@ class RLStep:
         """The reward-hacking watch (rlt_ray.hacks): an event and a console line the first time each sign shows;
         with run.stop_on_hack, returns the RunStopped that stops the run once the step is logged
         (stop_with_checkpoint then saves the completed steps)."""
-        from rlt_ray.cluster import RunStopped
+        from rlt_ray.errors import RunStopped
         from rlt_ray.hacks import hack_sign
 
         run = self.cfg.run
@@ -614,7 +614,8 @@ class RLStep:
         them finish the calls they have, checkpoint the completed steps, write an event, and raise: the
         interrupt as it is, a RunStopped naming the run.resume_from that continues."""
         from rlt_ray.checkpoint import latest, read_state, step_dir
-        from rlt_ray.cluster import LearnerLost, RunStopped, collective_error
+        from rlt_ray.errors import LearnerLost, RunStopped
+        from rlt_ray.cluster import collective_error
 
         exc = self.classify_failure(exc, step)
         interrupted, saved, out = isinstance(exc, KeyboardInterrupt), None, self.out
@@ -656,7 +657,8 @@ class RLStep:
         ranks on the other nodes see gloo's or NCCL's error seconds before Ray declares the node dead. So every
         learner rank is asked (LearnerGroup.who_is_alive, at most resources.liveness_timeout_s): if one is gone,
         the failure is LearnerLost, which run.max_restarts restarts; if all answer, it stays what it was."""
-        from rlt_ray.cluster import LearnerLost, describe_lost, lost
+        from rlt_ray.errors import LearnerLost
+        from rlt_ray.cluster import describe_lost, lost
 
         if self.learners is None or isinstance(exc, (KeyboardInterrupt, LearnerLost)):
             return exc

@@ -31,7 +31,7 @@ def check_storage(uri: str) -> str:
     probe there: a storage that cannot be reached or refuses writes fails at start, naming the key."""
     import pyarrow.fs as pafs
 
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     try:
         if "://" in uri:
@@ -76,7 +76,7 @@ def plan_run(cfg: Any, out: Path, role: str, shape: dict[str, int]) -> tuple[str
     """(run name, storage, checkpoint to start from). A new run gets a new name, so it never resumes an old
     one by accident; sft.resume_from=latest takes the name in ``out``/train_run.json (Ray Train then restores
     that run from its newest checkpoint); a folder starts a new run from that checkpoint."""
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     storage = check_storage(cfg.sft.storage_path or str(out / "train"))
     resume = cfg.sft.resume_from
@@ -111,8 +111,10 @@ def plan_run(cfg: Any, out: Path, role: str, shape: dict[str, int]) -> tuple[str
 def run_sft(argv: list[str], role: str) -> int:
     from tqdm import tqdm
 
-    from rlt_ray.cluster import RunStopped, connect_ray
-    from rlt_ray.config import ConfigError, check_cluster, check_sft_batch, load_config, split_argv, to_yaml
+    from rlt_ray.errors import RunStopped
+    from rlt_ray.cluster import connect_ray
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import check_cluster, check_sft_batch, load_config, split_argv, to_yaml
     from rlt_ray.data import LoadReport, load_rows
     from rlt_ray.formats import RLTFormat
     from rlt_ray.memory import check_memory

@@ -29,7 +29,8 @@ def _raise_interrupt(signum, frame):
 def main(argv: list[str]) -> int:
     from jobs.rl_step import load_prompts
     from rlt_ray.checkpoint import latest, resolve_resume
-    from rlt_ray.cluster import RunStopped, connect_ray, restartable
+    from rlt_ray.errors import RunStopped
+    from rlt_ray.cluster import connect_ray, restartable
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml, trained_model, trained_model_key
     from rlt_ray.memory import check_memory
 

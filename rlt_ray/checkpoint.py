@@ -15,13 +15,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Optional
+from rlt_ray.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
 STATE = "trainer_state.json"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def step_dir(output_dir: str | Path, step: int) -> Path:

@@ -7,14 +7,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
-
-
-class RunStopped(RuntimeError):
-    """The run cannot go on; the message says what to do next (which checkpoint resumes it)."""
-
-
-class LearnerLost(RunStopped):
-    """A learner rank died: its state is gone, so the last checkpoint is where the run resumes."""
+from rlt_ray.errors import LearnerLost
 
 
 # vLLM's errors when its engine core process is gone: the actor lives on, but its engine never works again
@@ -193,21 +186,14 @@ def library_log_dir(copy_to: Optional[Path] = None) -> Optional[Path]:
 def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int:
     """Run a job's main; errors of the user's making (config, data, models, checkpoints, weights) print one
     line naming the problem and exit 2."""
-    from rlt_ray.checkpoint import CheckpointError
-    from rlt_ray.config import ConfigError
-    from rlt_ray.data import DataError
-    from rlt_ray.formats import FormatError
-    from rlt_ray.memory import MemoryPlanError
-    from rlt_ray.models import ModelNotFoundError
-    from rlt_ray.weight_sync import WeightSyncError
+    from rlt_ray.errors import USER_ERRORS
 
     if "--verbose" in argv:  # the libraries' logs back on the console (connect_ray)
         os.environ["RLT_VERBOSE"] = "1"
         argv = [a for a in argv if a != "--verbose"]
     try:
         return main(argv)
-    except (ConfigError, CheckpointError, DataError, FormatError, ModelNotFoundError, WeightSyncError,
-            MemoryPlanError, RunStopped) as exc:
+    except USER_ERRORS as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rlt_ray.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = REPO_ROOT / "configs" / "tiny_cpu.yaml"
@@ -33,10 +34,6 @@ DEFAULT_STUDENT_SYSTEM_PROMPT = (
     "checking your work as you go. Then give the final, self-contained solution between {solution_open} and "
     "{solution_close}."
 )
-
-
-class ConfigError(ValueError):
-    """A bad config: the message names the key."""
 
 
 @dataclass

@@ -18,15 +18,13 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from rlt_ray.config import FormatConfig
-from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.errors import FormatError
+from rlt_ray.formats import RLTFormat, Row
+from rlt_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
 REASONING_GYM_PREFIX = "reasoning_gym:"
-
-
-class DataError(ValueError):
-    pass
 
 
 class _NoTokenizer:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.errors import FormatError
+from rlt_ray.formats import RLTFormat, Row
 
 
 def predicted_solution(fmt: RLTFormat, completion: str) -> Optional[str]:
@@ -33,7 +34,7 @@ def load_answer_check(spec: str):
     """reward.answer_check "package.module:function" → the function; a clear error naming the key otherwise."""
     import importlib
 
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     module, _, name = spec.partition(":")
     if not module or not name:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
+from rlt_ray.errors import FormatError
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,6 @@ class Formatted:
     def part(self, name: str) -> str:
         a, b = self.spans[name]
         return self.text[a:b]
-
-
-class FormatError(ValueError):
-    pass
 
 
 def tag_pair(style: str, name: str) -> tuple[str, str]:

@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from rlt_ray.errors import MemoryPlanError
 
 GIB = 1 << 30
 SHIPPED = Path(__file__).resolve().parent / "model_configs"
@@ -41,10 +42,6 @@ LOGIT_CHUNK = 1024  # rlt_ray.logprobs.token_logprobs' chunk_tokens
 # DeepSpeed ZeRO-3 defaults (stage3_max_live_parameters, stage3_prefetch_bucket_size), in parameters
 ZERO3_LIVE_PARAMETERS = 1_000_000_000
 ZERO3_PREFETCH = 50_000_000
-
-
-class MemoryPlanError(ValueError):
-    """A layout that does not fit: the message holds the arithmetic and the keys to change."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,8 @@ def model_shape(name: str) -> Shape:
     shipped = SHIPPED / (name.replace("/", "__") + ".json")
     if shipped.exists():
         return _shape_from_config(json.loads(shipped.read_text()))
-    from rlt_ray.models import ModelNotFoundError, resolve_model
+    from rlt_ray.errors import ModelNotFoundError
+    from rlt_ray.models import resolve_model
 
     try:
         folder = Path(resolve_model(name))

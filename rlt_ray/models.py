@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from rlt_ray.errors import ModelNotFoundError
 
 TINY_VERSION = "v1"  # bump when the tiny builder changes, so stale caches are rebuilt
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,10 +43,6 @@ TINY_SPECS = {
     "demo-student": {"seed": 2222, "layers": 3, "hidden": 192, "heads": 3, "tokenizer": "digits", "init_std": None},
 }
 BUILTIN_MODELS = (*TINY_SPECS, "smollm2-135m-instruct")
-
-
-class ModelNotFoundError(RuntimeError):
-    """A model name that is neither a folder, nor built-in, nor obtainable from the hub here."""
 
 
 def cache_dir() -> Path:

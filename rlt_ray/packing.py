@@ -14,10 +14,7 @@ Deterministic: ties break by row index, so every rank computes the same plan fro
 from __future__ import annotations
 
 from typing import Mapping, Sequence
-
-
-class BudgetError(ValueError):
-    """A row longer than the token budget: it would have to be cut, and rows are never cut."""
+from rlt_ray.errors import BudgetError
 
 
 def balance_over_ranks(indices: Sequence[int], lengths: Mapping[int, int], world: int) -> list[list[int]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlt_ray.config import ConfigError
+from rlt_ray.errors import ConfigError
 
 ROLES = ("learner", "rollout", "scorer")
 

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.errors import FormatError
+from rlt_ray.formats import RLTFormat, Row
 from rlt_ray.spans import encode_with_offsets, sft_example, span_token_mask
 
 

@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rlt_ray.formats import RLTFormat, Row
-
-
-class AlignmentError(RuntimeError):
-    pass
+from rlt_ray.errors import AlignmentError
 
 
 def span_token_range(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:

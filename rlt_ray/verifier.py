@@ -22,7 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.errors import FormatError
+from rlt_ray.formats import RLTFormat, Row
 
 # the checker sees at most this many characters of a solution block: a 100k-character answer is checked in
 # bounded time (math-verify parses what it is given), and a real final answer is far shorter

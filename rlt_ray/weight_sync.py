@@ -27,22 +27,10 @@ from datetime import timedelta
 from typing import Any, Iterable, Sequence
 
 import torch
+from rlt_ray.errors import WeightSyncError, WorkersLost
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-class WeightSyncError(RuntimeError):
-    """Names, shapes or dtypes of an update do not match the engine's model; nothing was loaded."""
-
-
-class WorkersLost(RuntimeError):
-    """A sync found workers whose actor or vLLM engine died (rlt_ray.cluster.worker_lost): replace them
-    (replace_worker) and sync again. The others were loaded."""
-
-    def __init__(self, indices: list[int], errors: list[str]):
-        super().__init__(f"rollout workers {indices} died during the weight sync: {errors}")
-        self.indices = indices
 
 
 # One tensor inside a bucket: (name, dtype name, shape, byte offset, byte count). Plain tuples, so the layout

@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM
 
     from jobs.demo import distilled_rows
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
     from rlt_ray.formats import RLTFormat
     from rlt_ray.models import load_tokenizer
 

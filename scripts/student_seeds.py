@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str]) -> int:
     from jobs import evaluate, sft_student
     from jobs.demo import StageLog, split_seeds, stage_args
-    from rlt_ray.cluster import RunStopped, connect_ray, verbose
-    from rlt_ray.config import ConfigError, load_config, split_argv
+    from rlt_ray.errors import RunStopped
+    from rlt_ray.cluster import connect_ray, verbose
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config, split_argv
 
     seeds, argv = split_seeds(argv)
     rl_sub, arms, name = "", "bcd", "student_seeds"

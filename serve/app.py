@@ -193,7 +193,8 @@ class StudentScorer:
         from rlt_ray.models import pad_token_id
         from rlt_ray.rewards import penalty_parts
         from rlt_ray.scoring import score_sequences
-        from rlt_ray.spans import AlignmentError, build_reward_sequence
+        from rlt_ray.errors import AlignmentError
+        from rlt_ray.spans import build_reward_sequence
 
         flat = [(j, c) for j, job in enumerate(jobs) for c in job["completions"]]
         parts = penalty_parts(self.spec, len(flat))
@@ -573,7 +574,8 @@ def _fastapi_app(cfg: Any):
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """``serve run serve.app:app_builder config=PRESET overrides='["serve.model=...", ...]'`` or a Serve config
     file's ``args``. Replicas and their resources come from the config's ``serve`` section."""
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
     from rlt_ray.memory import check_memory
 
     preset = args.get("config")

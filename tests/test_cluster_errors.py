@@ -5,8 +5,8 @@ import ray
 
 import pytest
 
-from rlt_ray.cluster import (ALIVE, DEAD, NODE_LOST, UNRESPONSIVE, LearnerLost, RunStopped, cause_chain,
-                             collective_error, describe_lost, lost, ping, restartable, who_is_alive, worker_lost)
+from rlt_ray.cluster import ALIVE, cause_chain, collective_error, DEAD, describe_lost, lost, NODE_LOST, ping, restartable, UNRESPONSIVE, who_is_alive, worker_lost
+from rlt_ray.errors import LearnerLost, RunStopped
 
 
 def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from rlt_ray.config import ConfigError, load_config, split_argv, temperatures
+from rlt_ray.errors import ConfigError
+from rlt_ray.config import load_config, split_argv, temperatures
 
 
 def test_tiny_preset_is_the_default_and_loads():

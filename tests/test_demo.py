@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_arm_gets_the_rows_of_the_shortest_source_and_a_short_one_stops_the_demo(tmp_path):
     from jobs.demo import rows_per_arm
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     assert rows_per_arm({"a": 1024, "b": 1024, "c": 990, "d": 1001}, 960, tmp_path, 32) == 960
     assert rows_per_arm({"a": 1024, "b": 1024, "c": 900, "d": 1001}, 960, tmp_path, 32) == 900
@@ -32,7 +32,7 @@ def test_every_arm_gets_the_rows_of_the_shortest_source_and_a_short_one_stops_th
 
 def test_seeds_and_the_shape():
     from jobs.demo import shape_holds, split_seeds, stage_args
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     assert split_seeds(["--seeds", "42,43", "run.steps=2"]) == ([42, 43], ["run.steps=2"])
     assert split_seeds(["--seeds=7"]) == ([7], []) and split_seeds(["x=1"]) == (None, ["x=1"])
@@ -51,7 +51,7 @@ def test_seeds_and_the_shape():
 
 def test_extended_runs_at_one_seed_and_the_transfer_task_is_one_the_teachers_never_saw(tmp_path):
     from jobs.demo import main
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
     from rlt_ray.demo_task import write_task
 
     with pytest.raises(ConfigError, match="--extended and --seeds"):
@@ -66,7 +66,8 @@ def test_extended_runs_at_one_seed_and_the_transfer_task_is_one_the_teachers_nev
 
 def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner_lr(tmp_path):
     from jobs.demo import stage_args
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
 
     args = stage_args(tmp_path, 8, 240, 1e-3)
     user = ["learner.lr=2e-3"]  # the user's override comes first, as in jobs/demo.py's main

@@ -103,7 +103,8 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
 def test_bad_update_is_refused_and_engine_survives(actors):
     import ray
 
-    from rlt_ray.weight_sync import WeightSyncError, layout_for
+    from rlt_ray.errors import WeightSyncError
+    from rlt_ray.weight_sync import layout_for
 
     cfg, learners, worker, _ = actors
     spec = ray.get(worker.weight_spec.remote())

@@ -32,7 +32,7 @@ def test_a_failure_at_step_k_leaves_a_checkpoint_of_k_steps_that_resumes_exactly
         ray_local, tmp_path, monkeypatch, capsys, uninterrupted, fault):
     from jobs.train_rlt import main
     from rlt_ray.checkpoint import read_state
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
     out = tmp_path / "run"
@@ -77,7 +77,7 @@ def test_a_nan_step_is_skipped_and_leaves_the_weights(ray_local, tmp_path, monke
 
 def test_nonfinite_steps_in_a_row_stop_the_run_with_a_checkpoint(ray_local, tmp_path, monkeypatch):
     from jobs.train_rlt import main
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
     out = tmp_path / "nan_stop"
@@ -87,7 +87,8 @@ def test_nonfinite_steps_in_a_row_stop_the_run_with_a_checkpoint(ray_local, tmp_
 
 
 def test_fault_injection_is_refused_without_the_switch(monkeypatch):
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
 
     monkeypatch.delenv("RLT_ALLOW_FAULT_INJECTION", raising=False)
     with pytest.raises(ConfigError, match="RLT_ALLOW_FAULT_INJECTION"):

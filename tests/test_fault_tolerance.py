@@ -124,7 +124,7 @@ def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path):
 
 def test_a_dead_learner_rank_stops_the_run_naming_the_last_checkpoint(ray_local, tmp_path):
     from jobs.train_rlt import main
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     out = tmp_path / "learner_dies"
     killer = _kill_when(ray_local, out, f"rlt:{out.name}:learner:1", 2, 0.5)
@@ -183,7 +183,7 @@ def test_a_collective_error_while_every_rank_answers_stops_the_run_without_a_res
     step): who died says nobody, so it is a real error. With run.max_restarts=1 the run still stops, once, and its
     message says why it was not restarted."""
     from jobs.train_rlt import main
-    from rlt_ray.cluster import LearnerLost, RunStopped
+    from rlt_ray.errors import LearnerLost, RunStopped
 
     monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
     out = tmp_path / "collective_error"

@@ -3,7 +3,8 @@ from dataclasses import replace
 
 import pytest
 
-from rlt_ray.formats import FormatError, RLTFormat, Row
+from rlt_ray.errors import FormatError
+from rlt_ray.formats import RLTFormat, Row
 
 BESPOKE_ASSISTANT = (
     "<|begin_of_thought|>\n\nOkay, 1+1=2.\n\n<|end_of_thought|>\n\n"

@@ -153,7 +153,8 @@ def test_copies_seen_only_across_a_window_of_steps_are_a_sign():
 
 
 def test_the_watch_keys_are_checked():
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
 
     for bad in ("run.min_closed_fraction=1.5", "run.min_length_ratio=-0.1", "run.hack_patience=0",
                 "run.max_shared_fraction=2", "distill.max_shared_fraction=-0.5"):
@@ -169,7 +170,7 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
     naming the cause, and a checkpoint of the completed steps that resumes."""
     from jobs.train_rlt import main
     from rlt_ray.checkpoint import read_state
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     out = tmp_path / "hack"
     args = [f"run.output_dir={out}", "logging.trackers=[]", "run.steps=5", "rollout.max_new_tokens=3",

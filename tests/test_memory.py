@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlt_ray.config import load_config
-from rlt_ray.memory import GIB, MemoryPlanError, check_memory, learner_rank, main, model_shape, plan
+from rlt_ray.memory import check_memory, GIB, learner_rank, main, model_shape, plan
+from rlt_ray.errors import MemoryPlanError
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = str(ROOT / "configs" / "paper_7b.yaml")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlt_ray.models import ModelNotFoundError, build_tiny_model, load_causal_lm, load_tokenizer, resolve_model
+from rlt_ray.errors import ModelNotFoundError
+from rlt_ray.models import build_tiny_model, load_causal_lm, load_tokenizer, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

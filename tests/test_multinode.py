@@ -126,7 +126,7 @@ def test_the_learners_node_lost_fails_fast_naming_the_checkpoint_or_restarts_by_
     remains and continues from that checkpoint, each step once, with the one-node run's values."""
     from jobs.train_rlt import main
     from rlt_ray.checkpoint import latest, read_state
-    from rlt_ray.cluster import RunStopped
+    from rlt_ray.errors import RunStopped
 
     cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})
     cluster.add_node(num_cpus=1, labels={"rlt-role": "learner"})
@@ -239,7 +239,7 @@ def test_a_learner_node_lost_restarts_the_run_in_either_order(cluster, tmp_path,
 
 def test_a_layout_the_cluster_cannot_place_fails_at_start_naming_the_key(cluster, tmp_path):
     from jobs.train_rlt import main
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
 
     cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})  # CPUs enough in all: only the labels are wrong
     with pytest.raises(ConfigError, match=r"resources.rollout_placement.*no alive node.*rlt-role.*gpu-node"):

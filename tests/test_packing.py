@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlt_ray.packing import BudgetError, balance_over_ranks, budget_bins, plan
+from rlt_ray.errors import BudgetError
+from rlt_ray.packing import balance_over_ranks, budget_bins, plan
 
 LONG_TAIL = [5, 7, 9, 12, 15, 20, 22, 30, 35, 41, 48, 60, 75, 90, 120, 160, 220, 330, 500, 900]
 

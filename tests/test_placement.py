@@ -3,7 +3,8 @@ key of a layout the cluster cannot place. Pure, no Ray."""
 
 import pytest
 
-from rlt_ray.config import ConfigError, load_config
+from rlt_ray.errors import ConfigError
+from rlt_ray.config import load_config
 from rlt_ray.placement import check_placement, node_fits, role_options
 
 

@@ -38,7 +38,8 @@ def test_serve_config_file_is_valid_and_builds(monkeypatch):
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from rlt_ray.config import REPO_ROOT, ConfigError
+    from rlt_ray.config import REPO_ROOT
+    from rlt_ray.errors import ConfigError
     from serve.app import app_builder
 
     raw = yaml.safe_load((REPO_ROOT / "serve" / "config.yaml").read_text())

@@ -108,7 +108,8 @@ def test_resume_latest_refuses_another_shape(uninterrupted):
 
 def test_bad_storage_and_nothing_to_resume_fail_at_start_naming_the_key(tmp_path):
     from jobs.sft import check_storage, plan_run
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")

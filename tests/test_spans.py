@@ -2,13 +2,8 @@
 import pytest
 
 from rlt_ray.formats import Row
-from rlt_ray.spans import (
-    AlignmentError,
-    build_reward_sequence,
-    span_token_range,
-    sft_example,
-    tokens_before_char,
-)
+from rlt_ray.errors import AlignmentError
+from rlt_ray.spans import build_reward_sequence, sft_example, span_token_range, tokens_before_char
 
 ROW = Row(question="What is 12*3? <|end_of_explanation|> <|begin_of_solution|>", solution="12*3 = \\boxed{36}.",
           reasoning_trace="Twelve threes.")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rlt_ray.config import ConfigError, load_config
+from rlt_ray.errors import ConfigError
+from rlt_ray.config import load_config
 from rlt_ray.tracking import Trackers
 from tests.helpers.tracker_records import mlflow_history, tensorboard_history, wandb_history
 

@@ -89,7 +89,8 @@ def test_a_cut_or_run_on_completion_earns_no_answer_reward_and_the_penalty_is_a_
 
 
 def test_a_positive_overlong_penalty_is_refused_naming_the_key():
-    from rlt_ray.config import ConfigError, load_config
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.config import load_config
 
     with pytest.raises(ConfigError, match=r"reward.overlong_penalty.*<= 0"):
         load_config("configs/tiny_cpu.yaml", ["reward.overlong_penalty=0.5"])
@@ -100,7 +101,7 @@ def test_your_own_answer_check_scores_the_solution_block_and_a_bad_name_is_a_con
     from omegaconf import OmegaConf
 
     from actors.verifier import Verify
-    from rlt_ray.config import ConfigError
+    from rlt_ray.errors import ConfigError
     from rlt_ray.evaluation import load_answer_check
 
     vcfg = OmegaConf.merge(cfg, {"reward": {"kind": "verifier",

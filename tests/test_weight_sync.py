@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rlt_ray.weight_sync import (BufferMeter, WeightSyncError, bucket_nbytes, check_layout, layout_for, pack_bucket,
-                                 pack_to_host, spec_of, unpack)
+from rlt_ray.weight_sync import bucket_nbytes, BufferMeter, check_layout, layout_for, pack_bucket, pack_to_host, spec_of, unpack
+from rlt_ray.errors import WeightSyncError
 
 
 def _named():
