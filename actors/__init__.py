@@ -15,8 +15,8 @@ FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "GLOO_")
 def actor_options(cfg: Any, gpus: float | None = None, extra_env: dict[str, str] | None = None,
                   role: str | None = None) -> dict[str, Any]:
     """num_cpus / num_gpus / runtime_env for one actor of the run (merged with a submitted job's runtime_env);
-    with ``role`` (rollout, scorer) also where it may run (resources.<role>_placement: rlt_ray.placement)."""
-    from rlt_ray.placement import role_options
+    with ``role`` (rollout, scorer) also where it may run (resources.<role>_placement: rlt_ray.config.placement)."""
+    from rlt_ray.config.placement import role_options
 
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     # NCCL's and torch's NCCL settings (NCCL_SOCKET_IFNAME, NCCL_DEBUG, TORCH_NCCL_...): the operator's, everywhere
@@ -95,11 +95,11 @@ class ActorSlots:
         return self.actors[i]
 
     def who_is_alive(self, indices: list[int], timeout_s: float) -> list[str]:
-        """The state of these slots' actors after a failure (rlt_ray.cluster.who_is_alive): a ping, queued behind
+        """The state of these slots' actors after a failure (rlt_ray.infra.cluster.who_is_alive): a ping, queued behind
         the actor's own calls, answered or failed, or silent past ``timeout_s``."""
         import ray
 
-        from rlt_ray.cluster import ping, who_is_alive
+        from rlt_ray.infra.cluster import ping, who_is_alive
 
         return who_is_alive(ray, [ping(self.actors[i]) for i in indices], None, timeout_s)
 

@@ -1,7 +1,7 @@
 """The learner: N Ray actors (one per rank) in a placement group, forming their own torch.distributed group
 (gloo on CPU, nccl on GPU) and one DeepSpeed engine (ZeRO stage and dtype from config).
 
-A rank owns the policy (DeepSpeed, built by rlt_ray.learner_model as Ray Train's SFT workers build it), the reference model and its mixup; it runs the GRPO loss over its equal share
+A rank owns the policy (DeepSpeed, built by rlt_ray.models.deepspeed_engine as Ray Train's SFT workers build it), the reference model and its mixup; it runs the GRPO loss over its equal share
 of the step's batch as the batch arrives (begin_step / accumulate / finish_step: gradient accumulation, one
 optimizer step per batch; train_step does all three for a batch at hand), exports HF-named weights for the
 weight sync (under ZeRO-3 every rank joins the gather) and writes/reads checkpoints. ``LearnerGroup`` starts
@@ -50,10 +50,10 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
-        """The teacher as a DeepSpeed engine (rlt_ray.learner_model, the builder SFT shares) and its reference."""
+        """The teacher as a DeepSpeed engine (rlt_ray.models.deepspeed_engine, the builder SFT shares) and its reference."""
         from rlt_ray.config import temperatures, trained_model
-        from rlt_ray.learner_model import build_engine, build_reference, init_distributed, learner_device
-        from rlt_ray.models import load_tokenizer, pad_token_id
+        from rlt_ray.models.deepspeed_engine import build_engine, build_reference, init_distributed, learner_device
+        from rlt_ray.models.registry import load_tokenizer, pad_token_id
 
         cfg = self.cfg
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
@@ -86,7 +86,7 @@ class LearnerRank:
         return self.engine.module.model
 
     def _gathered(self, params: Sequence[torch.nn.Parameter]):
-        from rlt_ray.learner_model import gathered
+        from rlt_ray.models.deepspeed_engine import gathered
 
         return gathered(params, self.cfg.learner.zero_stage)
 
@@ -98,7 +98,7 @@ class LearnerRank:
         """Gather (ZeRO-3), pack and ``send`` each bucket of ``layout``, one at a time: every rank must call this
         (the gathers are collective); only rank 0 packs and sends. Returns the peak bytes of packed buckets alive
         at once (rank 0)."""
-        from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, pack_to_host
+        from rlt_ray.infra.weight_sync import BufferMeter, bucket_nbytes, pack_to_host
 
         params = dict(self.hf_model.named_parameters())
         meter = BufferMeter()
@@ -130,21 +130,21 @@ class LearnerRank:
         return (refs, peak) if self.rank == 0 else None
 
     def join_sync_group(self, backend: str, host: str, port: int, rank: int, world: int, timeout_s: float):
-        from rlt_ray.weight_sync import open_group
+        from rlt_ray.infra.weight_sync import open_group
 
         self.sync_group = open_group(backend, host, port, rank, world, timeout_s)
 
     def broadcast_weights(self, layout: list) -> int | None:
         """Collective sync: rank 0 gathers, packs and broadcasts each bucket to the engines (gloo here, nccl on
         GPU), one at a time; returns the peak bytes of packed buckets alive at once."""
-        from rlt_ray.weight_sync import broadcast
+        from rlt_ray.infra.weight_sync import broadcast
 
         device = self.device if self.cfg.resources.backend == "nccl" else "cpu"
         peak = self._send_buckets(layout, device, lambda flat: broadcast(self.sync_group, flat))
         return peak if self.rank == 0 else None
 
     def leave_sync_group(self) -> None:
-        from rlt_ray.weight_sync import close_group
+        from rlt_ray.infra.weight_sync import close_group
 
         group, self.sync_group = self.sync_group, None
         close_group(group, self.cfg.resources.backend)
@@ -156,7 +156,7 @@ class LearnerRank:
         """Policy log-probs of this rank's shard (index over the whole step → array): the teacher term of the
         reward when reward.teacher_logprobs_from=learner. Each array holds the log-probs of the prompt's last
         ``prompt_tail`` tokens (the padding the reference's explanation span starts with), then the completion's."""
-        from rlt_ray.batch import concat_rollouts
+        from rlt_ray.data.rollout_batch import concat_rollouts
 
         batch = concat_rollouts(ray.get(list(rollout_refs)))
         micro, chunks = self._micro_batches(batch, [(0, len(batch["completion_ids"]))], prompt_tail)
@@ -180,8 +180,8 @@ class LearnerRank:
         """{prompt key: policy log-probs of its last ``tail`` tokens} for this rank's share of ``prompts`` (the
         teacher side of the padding that ends the RL prompt, with reward.teacher_logprobs_from=rollout: vLLM gives
         prompt log-probs only at temperature 1). One forward per prompt, the same count on every rank (ZeRO-3)."""
-        from rlt_ray.logprobs import pad_batch
-        from rlt_ray.scoring import prompt_key
+        from rlt_ray.method.logprobs import pad_batch
+        from rlt_ray.method.scoring import prompt_key
 
         per = -(-len(prompts) // self.world)
         mine = [(self.rank + self.world * j) % len(prompts) for j in range(per)]
@@ -199,7 +199,7 @@ class LearnerRank:
 
     def train_step(self, rollout_refs: Sequence[ray.ObjectRef], scored_refs: Sequence[ray.ObjectRef]) -> dict[str, float]:
         """One whole batch in one call: begin_step, accumulate everything, finish_step."""
-        from rlt_ray.batch import loss_denominator
+        from rlt_ray.data.rollout_batch import loss_denominator
 
         self.begin_step()
         rollouts = ray.get(list(rollout_refs))
@@ -226,11 +226,11 @@ class LearnerRank:
         counts, or packed and balanced by tokens), with gradient accumulation. ``parts``: the (offset, rollout,
         scored) parts not sent before, appended at their offsets (whole GRPO groups, so advantages need nothing
         else). Every rank gets the same calls in the same order, and the same number of micro-batches per call
-        (rlt_ray.batch.learnable_stop, or the packed plan's): ZeRO's collectives stay in lockstep.
-        ``denominator``: the whole batch's (rlt_ray.batch.loss_denominator), the same in every call. ``final``: the
+        (rlt_ray.data.rollout_batch.learnable_stop, or the packed plan's): ZeRO's collectives stay in lockstep.
+        ``denominator``: the whole batch's (rlt_ray.data.rollout_batch.loss_denominator), the same in every call. ``final``: the
         batch's last part, whose last micro-batch steps the optimizer."""
-        from rlt_ray.batch import group_size
-        from rlt_ray.grpo import group_advantages
+        from rlt_ray.data.rollout_batch import group_size
+        from rlt_ray.method.grpo import group_advantages
 
         t0 = time.perf_counter()
         for offset, rollout_ref, scored_ref in parts:
@@ -311,12 +311,12 @@ class LearnerRank:
     def _micro_batches(self, batch: dict, ranges: Sequence[tuple[int, int]],
                        prompt_tail: int = 0) -> tuple[list[list[int]], list[int | None]]:
         """This rank's micro-batches of the rows in ``ranges``, and how many output-projection calls each makes.
-        Packed (learner.max_tokens_per_micro_batch): rlt_ray.packing.plan, balanced over the ranks by tokens, some
+        Packed (learner.max_tokens_per_micro_batch): rlt_ray.method.packing.plan, balanced over the ranks by tokens, some
         maybe empty. Else equal contiguous shards of each range in learner.micro_batch_size rows. Every rank plans
         every rank's micro-batches (the same data, the same plan), so under ZeRO-3 each makes as many projection
-        calls as the rank with the most targets at that micro-batch (rlt_ray.packing.head_chunks)."""
-        from rlt_ray.batch import micro_batches, rank_shard
-        from rlt_ray.packing import head_chunks, plan
+        calls as the rank with the most targets at that micro-batch (rlt_ray.method.packing.head_chunks)."""
+        from rlt_ray.data.rollout_batch import micro_batches, rank_shard
+        from rlt_ray.method.packing import head_chunks, plan
 
         rows = [i for a, b in ranges for i in range(a, b)]
         completion = {i: len(batch["completion_ids"][i]) for i in rows}
@@ -333,7 +333,7 @@ class LearnerRank:
     def _tensors(self, batch: dict, idx: list[int]):
         """policy_tensors of the rows ``idx``; for an empty micro-batch (a rank with fewer rows than the plan's
         micro-batches), the batch's shortest row with one target token, which its caller weights 0."""
-        from rlt_ray.batch import policy_tensors
+        from rlt_ray.data.rollout_batch import policy_tensors
 
         if idx:
             return policy_tensors(batch, idx, self.pad_id, self.device)
@@ -349,8 +349,8 @@ class LearnerRank:
         whether this is the batch's last micro-batch, the one whose step() steps the optimizer; None: DeepSpeed
         counts (learner.micro_batch_size). An empty ``idx`` (a rank with fewer rows than the plan's micro-batches)
         runs the batch's shortest row at weight 0, so that every rank joins every ZeRO collective."""
-        from rlt_ray.grpo import policy_loss
-        from rlt_ray.logprobs import token_logprobs
+        from rlt_ray.method.grpo import policy_loss
+        from rlt_ray.method.logprobs import token_logprobs
 
         g = self.cfg.grpo
         packed = bool(self.budget)
@@ -430,7 +430,7 @@ class LearnerRank:
         return float(norm) if norm is not None else float("nan")
 
     def save_hf(self, path: str) -> None:
-        from rlt_ray.learner_model import save_hf
+        from rlt_ray.models.deepspeed_engine import save_hf
 
         save_hf(self.cfg, self.hf_model, self.tokenizer, path, self.rank)
 
@@ -439,7 +439,7 @@ class LearnerRank:
         ref = dict(self.ref.named_parameters())
         if policy.keys() != ref.keys():
             raise RuntimeError("reference and policy models have different parameter names; cannot mix them up")
-        from rlt_ray.grpo import mixup_
+        from rlt_ray.method.grpo import mixup_
 
         if self.cfg.learner.zero_stage == 3:
             # both models are ZeRO-3 partitioned the same way: the mixup shard by shard is the whole-model
@@ -466,7 +466,7 @@ class LearnerRank:
         """Every rank writes its DeepSpeed shard and RNG state; rank 0 the HF teacher and the reference."""
         from safetensors.torch import save_file
 
-        from rlt_ray.learner_model import full_state, save_rng
+        from rlt_ray.models.deepspeed_engine import full_state, save_rng
 
         ckpt = Path(path)
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -482,7 +482,7 @@ class LearnerRank:
     def load_checkpoint(self, path: str) -> int:
         from safetensors.torch import load_file
 
-        from rlt_ray.learner_model import load_rng
+        from rlt_ray.models.deepspeed_engine import load_rng
 
         ckpt = Path(path)
         _, client = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag="state")
@@ -500,11 +500,11 @@ class LearnerGroup:
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from rlt_ray.placement import placement
+        from rlt_ray.config.placement import placement
 
         r = cfg.resources
         self.world = int(r.learner_ranks)
-        labels, custom = placement(cfg, "learner")  # resources.learner_placement (rlt_ray.placement)
+        labels, custom = placement(cfg, "learner")  # resources.learner_placement (rlt_ray.config.placement)
         bundle = {"CPU": float(r.cpus_per_actor), **custom}
         if r.gpus_per_actor:
             bundle["GPU"] = float(r.gpus_per_actor)
@@ -532,9 +532,9 @@ class LearnerGroup:
         return self.ranks[0]
 
     def who_is_alive(self, timeout_s: float) -> list[str]:
-        """Each rank's state after a failure (rlt_ray.cluster.who_is_alive): its ping, answered on the rank's probe
+        """Each rank's state after a failure (rlt_ray.infra.cluster.who_is_alive): its ping, answered on the rank's probe
         thread, and its node in Ray's node table."""
-        from rlt_ray.cluster import who_is_alive
+        from rlt_ray.infra.cluster import who_is_alive
 
         return who_is_alive(ray, [rank.ping.remote() for rank in self.ranks],
                             [info["node_id"] for info in self.info], timeout_s)

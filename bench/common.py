@@ -29,7 +29,7 @@ def machine() -> dict[str, Any]:
             versions[name] = version((dists.get(name) or [name])[0])
         except PackageNotFoundError:  # a GPU box with torch only: say so instead of failing
             versions[name] = None
-    from rlt_ray.metrics import cpu_info
+    from rlt_ray.infra.metrics import cpu_info
 
     cpu, avx512 = cpu_info()
     return {"cpu": cpu, "cores": os.cpu_count(), "avx512": avx512, **versions}

@@ -32,7 +32,7 @@ def long_tail_batch(questions: int, n: int, seed: int = 0, max_new: int = 1000):
 
 
 def rank_loads(rollout, world: int, budget: int, balance: bool) -> list[int]:
-    from rlt_ray.packing import plan
+    from rlt_ray.method.packing import plan
 
     n = rollout["n"]
     full = {i: len(rollout["prompt_ids"][i // n]) + len(c) for i, c in enumerate(rollout["completion_ids"])}

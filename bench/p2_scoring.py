@@ -1,4 +1,4 @@
-"""P2: student scoring, batched and packed by length (rlt_ray.scoring) ÷ the reference's one-sequence-at-a-time
+"""P2: student scoring, batched and packed by length (rlt_ray.method.scoring) ÷ the reference's one-sequence-at-a-time
 loop, on the same RewardSequences in one run; the rewards must be equal (fp32).
 
     python bench/p2_scoring.py [--model tiny-student] [--sequences 64] [--max-new 128] [--device cpu] [--rounds 5]
@@ -22,10 +22,10 @@ def make_sequences(model: str, count: int, max_new: int, seed: int):
     import torch
 
     from rlt_ray.config import load_config
-    from rlt_ray.data import reasoning_gym_rows
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.models import load_tokenizer
-    from rlt_ray.spans import build_reward_sequence
+    from rlt_ray.data.sources import reasoning_gym_rows
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.models.registry import load_tokenizer
+    from rlt_ray.method.spans import build_reward_sequence
 
     cfg = load_config(None, [])
     tok = load_tokenizer(model)
@@ -48,9 +48,9 @@ def make_sequences(model: str, count: int, max_new: int, seed: int):
 def main(argv: list[str]) -> int:
     import torch
 
-    from rlt_ray.models import load_causal_lm
-    from rlt_ray.rewards import RewardSpec
-    from rlt_ray.scoring import score_sequences
+    from rlt_ray.models.registry import load_causal_lm
+    from rlt_ray.method.rewards import RewardSpec
+    from rlt_ray.method.scoring import score_sequences
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-student")

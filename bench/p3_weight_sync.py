@@ -38,10 +38,10 @@ def main(argv: list[str]) -> int:
 
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutWorker, worker_options
-    from rlt_ray.cluster import connect_ray
+    from rlt_ray.infra.cluster import connect_ray
     from rlt_ray.config import load_config
-    from rlt_ray.models import load_causal_lm
-    from rlt_ray.weight_sync import CollectiveSync, ObjectStoreSync, layout_for, pack_bucket, spec_of
+    from rlt_ray.models.registry import load_causal_lm
+    from rlt_ray.infra.weight_sync import CollectiveSync, ObjectStoreSync, layout_for, pack_bucket, spec_of
 
     cfg = load_config(a.config, [f"model.teacher={a.model}", f"model.student={a.model}",
                                  f"rollout.num_workers={a.workers}", "run.questions_per_step=2"] + overrides)

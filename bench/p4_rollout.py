@@ -31,10 +31,10 @@ def main(argv: list[str]) -> int:
     import torch
 
     from rlt_ray.config import load_config
-    from rlt_ray.data import reasoning_gym_rows
-    from rlt_ray.engine import build_llm, sampling_params
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.models import load_causal_lm, load_tokenizer
+    from rlt_ray.data.sources import reasoning_gym_rows
+    from rlt_ray.models.vllm_engine import build_llm, sampling_params
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.models.registry import load_causal_lm, load_tokenizer
 
     cfg = load_config(None, [f"rollout.max_new_tokens={a.max_new}", "rollout.max_prompt_tokens=1024"] + overrides)
     tok = load_tokenizer(a.model)

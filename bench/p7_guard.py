@@ -7,7 +7,7 @@ sends), in interleaved rounds:
   bare      a minimal ASGI app that reads and parses the body and answers (what any JSON route costs at least)
   guarded   the same app behind serve.guard.RequestGuard (bearer token, body read under a limit and a deadline,
             content type, JSON depth and surrogates) plus the chat route's escaping of special-token strings in
-            each message (rlt_ray.formats.escape_special_tokens with the model's specials)
+            each message (rlt_ray.method.formats.escape_special_tokens with the model's specials)
 The guard's cost per request is guarded - bare, in microseconds of one core; P7's figure to hold it against is
 the CPU per request of the Ray processes (29-46 ms, docs/benchmarks.md).
 """
@@ -45,8 +45,8 @@ def main(argv: list[str]) -> int:
 
     from transformers import AutoTokenizer
 
-    from rlt_ray.formats import escape_special_tokens, special_token_strings
-    from rlt_ray.models import resolve_model
+    from rlt_ray.method.formats import escape_special_tokens, special_token_strings
+    from rlt_ray.models.registry import resolve_model
     from serve.guard import RequestGuard
     from serve.schema import Limits
 

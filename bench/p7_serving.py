@@ -64,7 +64,7 @@ def summary(per_round: list[float]) -> dict:
 
 
 def offline(a, cfg, prompts) -> list[float]:
-    from rlt_ray.engine import build_llm, sampling_params
+    from rlt_ray.models.vllm_engine import build_llm, sampling_params
 
     llm = build_llm(a.model, cfg.rollout, device="cpu")
     ids = [prompts[i % len(prompts)] for i in range(a.requests)]
@@ -118,7 +118,7 @@ def rounds(a, url: str, route: str, token: str | None, prompts, model: str, cpu:
 
 
 def vllm_server(a, cfg, prompts) -> list[float]:
-    from rlt_ray.engine import cpu_engine_env, engine_kwargs
+    from rlt_ray.models.vllm_engine import cpu_engine_env, engine_kwargs
 
     kw = engine_kwargs(a.model, cfg.rollout, "cpu", cfg.model.dtype)
     port = free_port()
@@ -193,8 +193,8 @@ def main(argv: list[str]) -> int:
     a.cpu = {side: {} for side in sides}
 
     from rlt_ray.config import load_config
-    from rlt_ray.formats import RLTFormat, Row
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.method.formats import RLTFormat, Row
+    from rlt_ray.models.registry import load_tokenizer
 
     cfg = load_config("configs/tiny_cpu.yaml", [f"rollout.max_num_seqs={a.concurrency}"])
     tok = load_tokenizer(a.model)

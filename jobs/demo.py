@@ -3,10 +3,10 @@
     python jobs/demo.py [--config PRESET] [key=value ...] [--verbose]         (bash scripts/demo.sh)
     python jobs/demo.py --seeds 42,43,44,45,46 [key=value ...]                 the replicates (docs/demo.md)
 
-The task is chained sums of single digits (rlt_ray.demo_task): R1-like reference traces (correct but long-winded
+The task is chained sums of single digits (rlt_ray.data.demo_task): R1-like reference traces (correct but long-winded
 and oddly ordered) play the paper's R1 traces; 3-layer models trained from scratch play the 7B models. On one local
 Ray (docs/demo.md):
-  1. write the task: train questions with reference traces, held-out test questions        rlt_ray.demo_task
+  1. write the task: train questions with reference traces, held-out test questions        rlt_ray.data.demo_task
   2. warm up the teacher on the reference traces (teacher format)                            jobs/sft_teacher.py
   3. student (b): SFT on the reference traces; it is also the RL reward's student           jobs/sft_student.py
   4. RL: GRPO with the RLT reward                                                            jobs/train_rlt.py
@@ -234,8 +234,8 @@ def shape_holds(students: dict) -> bool:
 
 def rl_curve(metrics_file: Path) -> dict:
     """The RL curves at step 1 and their means over the first and last quarter of the steps (at most 10 steps
-    each): rlt_ray.metrics.run_summary."""
-    from rlt_ray.metrics import run_summary
+    each): rlt_ray.infra.metrics.run_summary."""
+    from rlt_ray.infra.metrics import run_summary
 
     metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     return run_summary(metrics, ("reward_mean", "r_ss_mean", "r_kl_mean", "closed_tag_fraction",
@@ -243,7 +243,7 @@ def rl_curve(metrics_file: Path) -> dict:
 
 
 def cpu_name() -> str:
-    from rlt_ray.metrics import cpu_info
+    from rlt_ray.infra.metrics import cpu_info
 
     name, avx512 = cpu_info()
     return f"{name} ({'AVX-512' if avx512 else 'no AVX-512'})"
@@ -304,9 +304,9 @@ def main(argv: list[str]) -> int:
     <out>/replicates.png and prints the table per seed (no Serve stage)."""
     from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
     from rlt_ray.errors import RunStopped
-    from rlt_ray.cluster import connect_ray, library_log_dir, quiet_library_bars, verbose
+    from rlt_ray.infra.cluster import connect_ray, library_log_dir, quiet_library_bars, verbose
     from rlt_ray.config import load_config, split_argv
-    from rlt_ray.demo_task import write_task
+    from rlt_ray.data.demo_task import write_task
 
     seeds, argv = split_seeds(argv)
     extended = "--extended" in argv
@@ -549,7 +549,7 @@ def transfer_arms(cfg, out: Path, args: dict, run, evaluate_arm, rows: int, n_st
     warm-up and RL teachers distil its questions without further RL; students on each and on its reference
     traces are trained as (b)-(d) are and evaluated on its own held-out questions."""
     from jobs import distill, sft_student
-    from rlt_ray.demo_task import write_task
+    from rlt_ray.data.demo_task import write_task
 
     terms, tests = int(cfg.demo.transfer_terms), int(cfg.demo.transfer_test_questions)
     print(f"[10/{n_stages}] transfer: {terms}-term sums, distilled by both teachers without RL on them; "
@@ -581,9 +581,9 @@ def transfer_arms(cfg, out: Path, args: dict, run, evaluate_arm, rows: int, n_st
 
 
 def explanation_table(train_rows: list[dict], warm: list[dict], rl: list[dict]) -> dict[str, dict]:
-    """What each arm's training text contains (rlt_ray.demo_task.describe_explanations): the reference traces
+    """What each arm's training text contains (rlt_ray.data.demo_task.describe_explanations): the reference traces
     (b), the warm-up teacher's (c) and the RL teacher's (d) explanations."""
-    from rlt_ray.demo_task import describe_explanations
+    from rlt_ray.data.demo_task import describe_explanations
 
     reference = [{**r, "explanation": r["reasoning_trace"]} for r in train_rows]
     return {"b": describe_explanations(reference), "c": describe_explanations(warm), "d": describe_explanations(rl)}
@@ -602,7 +602,7 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
     whose distilled rows repeat across questions more than ``max_shared`` (distill.max_shared_fraction) is
     counted as copying (``copied_at``) beside the seeds the RL watch stopped: the watch reads 64 explanations a
     step and can miss what a whole data set shows (docs/demo.md, run 28: seed 57)."""
-    from rlt_ray.demo_task import describe_explanations
+    from rlt_ray.data.demo_task import describe_explanations
 
     entries = {}
     for seed in seeds:
@@ -647,6 +647,6 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "demo"))

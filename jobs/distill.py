@@ -12,7 +12,7 @@ shows the pipeline in the dashboard. Output, in the Bespoke-Stratos conversation
 
 Every input row ends up once: in a part file (its ``row_index``) or in errors.jsonl. Run it again with the same
 output folder and the rows already there are skipped: a stop costs at most one batch per replica, the one it
-holds (started, or sampled and waiting for a scorer: rlt_ray.backpressure keeps a replica from starting another).
+holds (started, or sampled and waiting for a scorer: rlt_ray.data.backpressure keeps a replica from starting another).
 
     python jobs/distill.py model.teacher=runs/rl/checkpoints/step_000100/hf distill.k=4 [key=value ...]
 """
@@ -62,7 +62,7 @@ def quiet_ray_data() -> None:
 
     import ray.data
 
-    from rlt_ray.cluster import verbose
+    from rlt_ray.infra.cluster import verbose
 
     if not verbose():
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -71,8 +71,8 @@ def quiet_ray_data() -> None:
 
 def data_context() -> None:
     """The driver's Ray Data settings for the distill and evaluate pipelines: quiet, and one batch at most per
-    replica between stages (rlt_ray.backpressure: what a stop redoes)."""
-    from rlt_ray.backpressure import hold_one_batch_between_stages
+    replica between stages (rlt_ray.data.backpressure: what a stop redoes)."""
+    from rlt_ray.data.backpressure import hold_one_batch_between_stages
 
     quiet_ray_data()
     hold_one_batch_between_stages()
@@ -80,10 +80,10 @@ def data_context() -> None:
 
 def main(argv: list[str]) -> int:
     from rlt_ray.config import load_config, split_argv, to_yaml
-    from rlt_ray.data import load_rows
-    from rlt_ray.distill import done_rows, folder_explanations, repeated_explanations
+    from rlt_ray.data.sources import load_rows
+    from rlt_ray.data.distill_rows import done_rows, folder_explanations, repeated_explanations
     from rlt_ray.memory import check_memory
-    from rlt_ray.tracking import record_result
+    from rlt_ray.infra.tracking import record_result
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides)
@@ -119,11 +119,11 @@ def distil(cfg: Any, rows: list, todo: list[int], out: Path, teacher: str, teach
 
     from actors.rollout import SampleStage
     from actors.student import ScoreStage
-    from rlt_ray.batch import step_seeds
-    from rlt_ray.cluster import connect_ray
+    from rlt_ray.data.rollout_batch import step_seeds
+    from rlt_ray.infra.cluster import connect_ray
     from rlt_ray.config import check_cluster
-    from rlt_ray.formats import RLTFormat, prompt_ids
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.method.formats import RLTFormat, prompt_ids
+    from rlt_ray.models.registry import load_tokenizer
 
     dc = cfg.distill
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or teacher))
@@ -174,6 +174,6 @@ def distil(cfg: Any, rows: list, todo: list[int], out: Path, teacher: str, teach
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "distill"))

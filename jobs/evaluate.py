@@ -20,13 +20,14 @@ def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""
     from actors.rollout import SampleStage
     from jobs.distill import data_context, stage_options
-    from rlt_ray.cluster import connect_ray
+    from rlt_ray.infra.cluster import connect_ray
     from rlt_ray.config import check_cluster
-    from rlt_ray.data import load_rows
-    from rlt_ray.evaluation import AnswerChecker, CheckStage, summarize_results
-    from rlt_ray.formats import RLTFormat, prompt_ids
-    from rlt_ray.models import load_tokenizer
-    from rlt_ray.tracking import record_result
+    from rlt_ray.data.sources import load_rows
+    from actors.verifier import CheckStage
+    from rlt_ray.method.answers import AnswerChecker, summarize_results
+    from rlt_ray.method.formats import RLTFormat, prompt_ids
+    from rlt_ray.models.registry import load_tokenizer
+    from rlt_ray.infra.tracking import record_result
 
     ec = cfg.eval
     tokenizer = load_tokenizer(model)
@@ -89,6 +90,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "evaluate"))

@@ -39,8 +39,8 @@ def load_prompts(cfg: Any) -> Prompts:
     verifier the rows without an answer to check (never scored 0 in silence). With run.eval_every, the held-out
     rows too: data.eval_source's, or the last data.eval_size rows of data.source (then not trained on)."""
     from rlt_ray.errors import ConfigError
-    from rlt_ray.data import load_rows
-    from rlt_ray.evaluation import load_answer_check
+    from rlt_ray.data.sources import load_rows
+    from rlt_ray.method.answers import load_answer_check
 
     dc = cfg.data
     if cfg.reward.kind == "verifier" and cfg.reward.answer_check:  # your own check decides what it can check: load
@@ -76,10 +76,10 @@ def load_prompts(cfg: Any) -> Prompts:
 def _prompts_of(cfg: Any, rows: list, source: str) -> tuple[list, list, dict]:
     """The rows that can be prompted (and, with a verifier, checked) with their prompt ids, and the dropped counts."""
     from rlt_ray.config import trained_model
-    from rlt_ray.evaluation import AnswerChecker
-    from rlt_ray.formats import RLTFormat, prompt_ids
-    from rlt_ray.models import load_tokenizer
-    from rlt_ray.verifier import checkable
+    from rlt_ray.method.answers import AnswerChecker
+    from rlt_ray.method.formats import RLTFormat, prompt_ids
+    from rlt_ray.models.registry import load_tokenizer
+    from rlt_ray.method.verifier import checkable
 
     tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
     fmt = RLTFormat(cfg.format, tokenizer)
@@ -104,7 +104,7 @@ def _prompts_of(cfg: Any, rows: list, source: str) -> tuple[list, list, dict]:
 def reward_part_metrics(rollouts, scored) -> dict[str, float]:
     """The reward, its parts (the RLT reward's, or the verifier's: correct is accuracy, formatted both blocks
     closed) and the completions' lengths, over a step's or a validation's samples."""
-    from rlt_ray.metrics import summarize
+    from rlt_ray.infra.metrics import summarize
 
     lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
     finish = [f for r in rollouts for f in r["finish_reason"]]
@@ -122,7 +122,7 @@ def reward_part_metrics(rollouts, scored) -> dict[str, float]:
 
 
 def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
-    from rlt_ray.grpo import signal_fraction
+    from rlt_ray.method.grpo import signal_fraction
 
     total = np.concatenate([s["total"] for s in scored])
     lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
@@ -197,7 +197,7 @@ def sample_records(rows, chunks, scored) -> list[dict[str, Any]]:
 class BatchFeed:
     """A step's batch into the learners' gradient accumulation while it is still arriving: scored chunks are
     appended in arrival order and learned as soon as they give every rank whole micro-batches
-    (rlt_ray.batch.learnable_stop). Every rank gets the same calls in the same order; the optimizer steps once,
+    (rlt_ray.data.rollout_batch.learnable_stop). Every rank gets the same calls in the same order; the optimizer steps once,
     at finish. A token-mean loss needs the batch's token count, so it starts learning when generation is done."""
 
     def __init__(self, learners, cfg, batch_size: int):
@@ -218,7 +218,7 @@ class BatchFeed:
         self._learn()
 
     def _learn(self) -> None:
-        from rlt_ray.batch import learnable_stop, loss_denominator
+        from rlt_ray.data.rollout_batch import learnable_stop, loss_denominator
 
         aggregation = self.cfg.grpo.loss_aggregation
         if aggregation == "token_mean" and self.tokens is None:
@@ -250,7 +250,7 @@ class RLStep:
     ``shutdown`` (in the caller's ``finally``) stops whatever did start, even when another kind failed to."""
 
     def __init__(self, ray: Any, cfg: Any, data: Prompts, out: Path, log: Any):
-        from rlt_ray.data import DataOrder
+        from rlt_ray.data.sources import DataOrder
 
         self.ray, self.cfg, self.out, self.log = ray, cfg, out, log
         self.rows, self.prompts = data.rows, data.prompts
@@ -277,7 +277,7 @@ class RLStep:
         from actors.rollout import RolloutWorker, worker_options
         from actors.student import StudentScorer
         from actors.verifier import Verifier
-        from rlt_ray.weight_sync import make_weight_sync
+        from rlt_ray.infra.weight_sync import make_weight_sync
 
         cfg, run = self.cfg, self.out.name
         # reward.kind=verifier: the outcome reward in the scorer's place, the same slots and calls (no model: no GPU)
@@ -300,7 +300,7 @@ class RLStep:
                                      cfg.resources.sync_bucket_mb << 20, cfg.resources.backend,
                                      cfg.rollout.tensor_parallel_size, cfg.resources.liveness_timeout_s)
         self.sync.init()  # checks the learner's names/shapes/dtypes against the engines' once, before any step
-        self.log.event(0, "placement", echo=False, **self.nodes())  # where each role runs (rlt_ray.placement)
+        self.log.event(0, "placement", echo=False, **self.nodes())  # where each role runs (rlt_ray.config.placement)
 
     def nodes(self) -> dict[str, list[str]]:
         """The Ray node id of every actor of the run, by role."""
@@ -309,7 +309,7 @@ class RLStep:
 
     def resume(self, checkpoint: Path | None) -> int:
         """Load a checkpoint into the learners; returns the step to start from (0 without one)."""
-        from rlt_ray.checkpoint import check_resume_compatible, read_state
+        from rlt_ray.infra.checkpoint import check_resume_compatible, read_state
 
         if checkpoint is None:
             return 0
@@ -394,8 +394,8 @@ class RLStep:
         learners' refs of the prompts' closing-padding log-probs (reward.explanation_span=with_prompt_pad with
         rollout log-probs). Returns the chunks:
         {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
-        from rlt_ray.batch import step_seeds
-        from rlt_ray.cluster import lost, worker_lost
+        from rlt_ray.data.rollout_batch import step_seeds
+        from rlt_ray.infra.cluster import lost, worker_lost
         from rlt_ray.config import temperatures
 
         timeout_s = self.cfg.resources.liveness_timeout_s
@@ -531,9 +531,9 @@ class RLStep:
         """6. Metrics, events and the console line of a finished step. A non-finite loss or gradient made
         DeepSpeed skip the optimizer step (the weights stay as they were); run.max_nonfinite_steps in a row stop
         the run."""
-        from rlt_ray.batch import sample_staleness
+        from rlt_ray.data.rollout_batch import sample_staleness
         from rlt_ray.errors import RunStopped
-        from rlt_ray.hacks import shared_explanation_fraction
+        from rlt_ray.method.hack_watch import shared_explanation_fraction
 
         cfg, log = self.cfg, self.log
         rollouts = self.ray.get([c["ref"] for c in chunks])
@@ -580,11 +580,11 @@ class RLStep:
                              f"{step + 2 - self.nonfinite_in_a_row}-{step + 1} were skipped")
 
     def watch_for_hacks(self, step: int, metrics: dict) -> Exception | None:
-        """The reward-hacking watch (rlt_ray.hacks): an event and a console line the first time each sign shows;
+        """The reward-hacking watch (rlt_ray.method.hack_watch): an event and a console line the first time each sign shows;
         with run.stop_on_hack, returns the RunStopped that stops the run once the step is logged
         (stop_with_checkpoint then saves the completed steps)."""
         from rlt_ray.errors import RunStopped
-        from rlt_ray.hacks import hack_sign
+        from rlt_ray.method.hack_watch import hack_sign
 
         run = self.cfg.run
         if self.cfg.reward.kind == "verifier":  # its signs are the RLT reward's (an explanation's tag, its length)
@@ -613,9 +613,9 @@ class RLStep:
         """Any failure (Ctrl-C, SIGTERM from `ray job stop`, an exception anywhere) while the learners live: let
         them finish the calls they have, checkpoint the completed steps, write an event, and raise: the
         interrupt as it is, a RunStopped naming the run.resume_from that continues."""
-        from rlt_ray.checkpoint import latest, read_state, step_dir
+        from rlt_ray.infra.checkpoint import latest, read_state, step_dir
         from rlt_ray.errors import LearnerLost, RunStopped
-        from rlt_ray.cluster import collective_error
+        from rlt_ray.infra.cluster import collective_error
 
         exc = self.classify_failure(exc, step)
         interrupted, saved, out = isinstance(exc, KeyboardInterrupt), None, self.out
@@ -658,7 +658,7 @@ class RLStep:
         learner rank is asked (LearnerGroup.who_is_alive, at most resources.liveness_timeout_s): if one is gone,
         the failure is LearnerLost, which run.max_restarts restarts; if all answer, it stays what it was."""
         from rlt_ray.errors import LearnerLost
-        from rlt_ray.cluster import describe_lost, lost
+        from rlt_ray.infra.cluster import describe_lost, lost
 
         if self.learners is None or isinstance(exc, (KeyboardInterrupt, LearnerLost)):
             return exc
@@ -697,7 +697,7 @@ class Checkpoints:
                     or (minutes and time.monotonic() - self.last >= 60 * minutes))
 
     def save(self, steps_done: int) -> None:
-        from rlt_ray.checkpoint import prune, step_dir, write_state
+        from rlt_ray.infra.checkpoint import prune, step_dir, write_state
         from rlt_ray.config import to_yaml
 
         t0, cfg = time.perf_counter(), self.cfg

@@ -1,8 +1,8 @@
 """The supervised fine-tuning loop that jobs/sft_teacher.py and jobs/sft_student.py share, on Ray Train.
 
-The driver (``run_sft``) loads the rows, builds the examples (character-span masks, rlt_ray.sft) and starts a
+The driver (``run_sft``) loads the rows, builds the examples (character-span masks, rlt_ray.data.sft_rows) and starts a
 ``TorchTrainer``: ``resources.learner_ranks`` workers, each with the DeepSpeed engine of the RL learner
-(rlt_ray.learner_model.build_engine, one builder), one optimizer step per ``sft.batch_size`` sequences.
+(rlt_ray.models.deepspeed_engine.build_engine, one builder), one optimizer step per ``sft.batch_size`` sequences.
 Ray Train restarts the worker group from the newest checkpoint when a worker or its node is lost
 (``sft.max_failures``); a checkpoint holds the whole DeepSpeed state (model, optimizer, scheduler), each rank's RNG
 and the data position, so a restarted run ends with the weights of an uninterrupted one. Checkpoints go to
@@ -56,7 +56,7 @@ def checkpoint_complete(path: Path, world: int) -> Optional[int]:
         position = json.loads((path / "position.json").read_text())
     except (OSError, ValueError):
         return None
-    from rlt_ray.learner_model import rng_file
+    from rlt_ray.models.deepspeed_engine import rng_file
 
     if all(rng_file(path, r).exists() for r in range(world)):
         return int(position["step"])
@@ -112,16 +112,16 @@ def run_sft(argv: list[str], role: str) -> int:
     from tqdm import tqdm
 
     from rlt_ray.errors import RunStopped
-    from rlt_ray.cluster import connect_ray
+    from rlt_ray.infra.cluster import connect_ray
     from rlt_ray.errors import ConfigError
     from rlt_ray.config import check_cluster, check_sft_batch, load_config, split_argv, to_yaml
-    from rlt_ray.data import LoadReport, load_rows
-    from rlt_ray.formats import RLTFormat
+    from rlt_ray.data.sources import LoadReport, load_rows
+    from rlt_ray.method.formats import RLTFormat
     from rlt_ray.memory import check_memory
-    from rlt_ray.metrics import RunLog
-    from rlt_ray.models import load_tokenizer
-    from rlt_ray.placement import placement
-    from rlt_ray.sft import build_examples
+    from rlt_ray.infra.metrics import RunLog
+    from rlt_ray.models.registry import load_tokenizer
+    from rlt_ray.config.placement import placement
+    from rlt_ray.data.sft_rows import build_examples
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides, job="sft")
@@ -263,9 +263,9 @@ def sft_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from rlt_ray.learner_model import build_engine, init_distributed, save_hf
-    from rlt_ray.models import load_tokenizer, pad_token_id
-    from rlt_ray.sft import checkpoint_due, epoch_batches, sft_step, step_position
+    from rlt_ray.models.deepspeed_engine import build_engine, init_distributed, save_hf
+    from rlt_ray.models.registry import load_tokenizer, pad_token_id
+    from rlt_ray.data.sft_rows import checkpoint_due, epoch_batches, sft_step, step_position
 
     cfg, role, out = config["cfg"], config["role"], Path(config["out"])
     ctx = ray.train.get_context()
@@ -335,7 +335,7 @@ def sft_worker(config: dict) -> None:
 def save_position(engine, folder: Path, rank: int, world: int, step: int) -> None:
     """This rank's part of a checkpoint after ``step`` optimizer steps: its DeepSpeed shard (model, optimizer,
     scheduler), its RNG; rank 0 adds the data position. Ray Train merges the ranks' folders into one."""
-    from rlt_ray.learner_model import save_rng
+    from rlt_ray.models.deepspeed_engine import save_rng
 
     engine.save_checkpoint(str(folder / "deepspeed"), tag="state", client_state={"step": step})
     save_rng(folder, rank)
@@ -345,7 +345,7 @@ def save_position(engine, folder: Path, rank: int, world: int, step: int) -> Non
 
 def load_position(engine, folder: Path, rank: int) -> int:
     """Restore this rank from a checkpoint written by save_position; returns the step to continue at."""
-    from rlt_ray.learner_model import load_rng
+    from rlt_ray.models.deepspeed_engine import load_rng
 
     _, client = engine.load_checkpoint(str(folder / "deepspeed"), tag="state")
     load_rng(folder, rank)

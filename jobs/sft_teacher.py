@@ -20,6 +20,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "sft_teacher"))

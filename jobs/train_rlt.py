@@ -28,9 +28,9 @@ def _raise_interrupt(signum, frame):
 
 def main(argv: list[str]) -> int:
     from jobs.rl_step import load_prompts
-    from rlt_ray.checkpoint import latest, resolve_resume
+    from rlt_ray.infra.checkpoint import latest, resolve_resume
     from rlt_ray.errors import RunStopped
-    from rlt_ray.cluster import connect_ray, restartable
+    from rlt_ray.infra.cluster import connect_ray, restartable
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml, trained_model, trained_model_key
     from rlt_ray.memory import check_memory
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     check_memory(cfg)  # GPU layouts: refuse one whose peak does not fit (rlt_ray.memory), before any start-up
     data = load_prompts(cfg)  # the training rows and prompts, and the held-out ones of run.eval_every
     ray = connect_ray()
-    check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.placement)
+    check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.config.placement)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     skipped = ", ".join(f"{n} {why}" for why, n in data.dropped.items()) or "none"
@@ -69,10 +69,10 @@ SUMMARY_KEYS = ("reward_mean", "accuracy", "format_rate", "r_ss_mean", "r_kl_mea
 
 def summarize_run(cfg, out: Path) -> int:
     """The console's closing lines and <output_dir>/summary.json: each curve at step 1, over the first and the last
-    steps (rlt_ray.metrics.run_summary)."""
+    steps (rlt_ray.infra.metrics.run_summary)."""
     import json
 
-    from rlt_ray.metrics import run_summary
+    from rlt_ray.infra.metrics import run_summary
 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = run_summary(metrics, SUMMARY_KEYS)
@@ -96,7 +96,7 @@ def train(ray, cfg, data, out: Path, resume: Path | None, attempt: int = 0) -> i
     """One attempt of the run: start the actors, (resume,) step to run.steps, checkpoint; any failure ends in
     RLStep.stop_with_checkpoint."""
     from jobs.rl_step import Checkpoints, RLStep, inject_fault
-    from rlt_ray.metrics import RunLog
+    from rlt_ray.infra.metrics import RunLog
 
     log = RunLog(out, cfg, out.name, "train_rlt")
     rl = RLStep(ray, cfg, data, out, log)
@@ -141,6 +141,6 @@ def train(ray, cfg, data, out: Path, resume: Path | None, attempt: int = 0) -> i
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "train_rlt"))

@@ -43,7 +43,7 @@ class WeightSyncError(RuntimeError):
 
 
 class WorkersLost(RuntimeError):
-    """A sync found workers whose actor or vLLM engine died (rlt_ray.cluster.worker_lost): replace them
+    """A sync found workers whose actor or vLLM engine died (rlt_ray.infra.cluster.worker_lost): replace them
     (replace_worker) and sync again. The others were loaded."""
 
     def __init__(self, indices: list[int], errors: list[str]):

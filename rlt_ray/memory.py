@@ -38,7 +38,7 @@ SHIPPED = Path(__file__).resolve().parent / "model_configs"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_CONTEXT = 1 * GIB
 SLACK = 0.10
-LOGIT_CHUNK = 1024  # rlt_ray.logprobs.token_logprobs' chunk_tokens
+LOGIT_CHUNK = 1024  # rlt_ray.method.logprobs.token_logprobs' chunk_tokens
 # DeepSpeed ZeRO-3 defaults (stage3_max_live_parameters, stage3_prefetch_bucket_size), in parameters
 ZERO3_LIVE_PARAMETERS = 1_000_000_000
 ZERO3_PREFETCH = 50_000_000
@@ -98,7 +98,7 @@ def model_shape(name: str) -> Shape:
     if shipped.exists():
         return _shape_from_config(json.loads(shipped.read_text()))
     from rlt_ray.errors import ModelNotFoundError
-    from rlt_ray.models import resolve_model
+    from rlt_ray.models.registry import resolve_model
 
     try:
         folder = Path(resolve_model(name))
@@ -153,7 +153,7 @@ def learner_rank(cfg: Any, shape: Shape, sft: bool = False) -> Device:
     w, p = DTYPE_BYTES[lc.dtype], shape.params
     s, m = (int(cfg.sft.max_seq_tokens) if sft else longest_sequence(cfg)), int(lc.micro_batch_size)
     budget = None if sft else lc.max_tokens_per_micro_batch
-    if budget:  # packed (rlt_ray.packing): one row of at most `budget` real tokens a forward
+    if budget:  # packed (rlt_ray.method.packing): one row of at most `budget` real tokens a forward
         s, m = int(budget), 1
     d = Device(f"{'SFT worker' if sft else 'learner rank'} (x{n}, ZeRO-{z}, {lc.dtype})", count=n, keys=(
         "learner.gradient_checkpointing", "learner.zero_stage", "resources.learner_ranks",

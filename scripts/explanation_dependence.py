@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def solution_logprobs(model, tokenizer, fmt, triples: list[tuple[str, str, str]]) -> list[float]:
     """For each (question, solution, explanation): the mean log-probability of the solution's tokens in the
-    student's chat after the explanation (r_SS's tokens: rlt_ray.formats.RLTFormat.student_chat's ``solution``
-    span), in packed forwards (rlt_ray.scoring.range_logprobs, as the reward scores)."""
+    student's chat after the explanation (r_SS's tokens: rlt_ray.method.formats.RLTFormat.student_chat's ``solution``
+    span), in packed forwards (rlt_ray.method.scoring.range_logprobs, as the reward scores)."""
     import torch
 
-    from rlt_ray.formats import Row
-    from rlt_ray.models import pad_token_id
-    from rlt_ray.scoring import range_logprobs
-    from rlt_ray.spans import encode_with_offsets, span_token_range
+    from rlt_ray.method.formats import Row
+    from rlt_ray.models.registry import pad_token_id
+    from rlt_ray.method.scoring import range_logprobs
+    from rlt_ray.method.spans import encode_with_offsets, span_token_range
 
     sequences, ranges = [], []
     for question, solution, explanation in triples:
@@ -64,8 +64,8 @@ def main(argv: list[str]) -> int:
     from jobs.demo import distilled_rows
     from rlt_ray.errors import ConfigError
     from rlt_ray.config import load_config
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.models.registry import load_tokenizer
 
     if len(argv) < 2:
         raise ConfigError("usage: python scripts/explanation_dependence.py RUN_DIR DISTILL_DIR [--rows N]")
@@ -94,6 +94,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "explanation_dependence"))

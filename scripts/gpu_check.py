@@ -5,17 +5,17 @@ transformers (a lent GPU machine has no vLLM, Ray or DeepSpeed, and no network).
     python scripts/gpu_check.py --device cpu --smoke --dtype float32 --tokens 128 --batch-tokens 512  # smoke run
 
 On one GPU it measures, and prints next to the memory plan's numbers (rlt_ray.memory), as one JSON line each:
-1. the learner's log-prob forward + backward of one sequence (the learner's own path, rlt_ray.learner_model.
+1. the learner's log-prob forward + backward of one sequence (the learner's own path, rlt_ray.models.deepspeed_engine.
    PolicyLogprobs) at each --tokens length with gradient checkpointing, and at the first without: peak memory
    above the weights and their gradients (a learner keeps both), against the plan's learner_rank items
    (activations + logits chunk);
 2. a scorer forward (no grad, no KV cache) at reward.max_batch_tokens: peak above the weights, against the plan's
-   scorer items; and P2: packed, length-sorted scoring (rlt_ray.scoring.range_logprobs) vs one at a time;
-3. the weight sync's learner side: packing one bucket at a time (rlt_ray.weight_sync.pack_bucket) vs every bucket
+   scorer items; and P2: packed, length-sorted scoring (rlt_ray.method.scoring.range_logprobs) vs one at a time;
+3. the weight sync's learner side: packing one bucket at a time (rlt_ray.infra.weight_sync.pack_bucket) vs every bucket
    at once; the object-store export as it packed before (each tensor to the host on its own) and as it packs now
    (pack_to_host: on the device, then one copy per bucket to pinned memory), checked to hold the same tensors;
    raw copies of one bucket between device and pinned / pageable host memory;
-4. bf16 vs fp32 reward error on the same tokens (rlt_ray.rewards.rlt_reward).
+4. bf16 vs fp32 reward error on the same tokens (rlt_ray.method.rewards.rlt_reward).
 The 7B model's weights and gradients (30 GB) fit one H200 with room for 32k tokens; --layers keeps fewer of its
 layers on a smaller GPU (the plan's numbers are then for the model as built). docs/benchmarks.md ("On a GPU") has
 the results.
@@ -117,12 +117,12 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from transformers import Qwen2ForCausalLM
 
-    from rlt_ray.learner_model import PolicyLogprobs
-    from rlt_ray.logprobs import token_logprobs
+    from rlt_ray.models.deepspeed_engine import PolicyLogprobs
+    from rlt_ray.method.logprobs import token_logprobs
     from rlt_ray.memory import Shape, _shape_from_config, learner_rank, scorer, sync_bucket_bytes
-    from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
-    from rlt_ray.scoring import range_logprobs
-    from rlt_ray.weight_sync import BufferMeter, bucket_nbytes, layout_for, pack_bucket, pack_to_host, spec_of, unpack
+    from rlt_ray.method.rewards import RewardSpec, left_align, rlt_reward
+    from rlt_ray.method.scoring import range_logprobs
+    from rlt_ray.infra.weight_sync import BufferMeter, bucket_nbytes, layout_for, pack_bucket, pack_to_host, spec_of, unpack
 
     dev, dtype = a.device, getattr(torch, a.dtype)
     config = shape_config(a.model, a.layers, a.smoke)

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     from jobs import evaluate, sft_student
     from jobs.demo import StageLog, split_seeds, stage_args
     from rlt_ray.errors import RunStopped
-    from rlt_ray.cluster import connect_ray, verbose
+    from rlt_ray.infra.cluster import connect_ray, verbose
     from rlt_ray.errors import ConfigError
     from rlt_ray.config import load_config, split_argv
 
@@ -103,6 +103,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "student_seeds"))

@@ -19,5 +19,5 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-python -m rlt_ray.models prepare || exit 1
+python -m rlt_ray.models.registry prepare || exit 1
 python -m pytest --durations=25 "${marker[@]}" "${args[@]}"

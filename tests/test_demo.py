@@ -52,7 +52,7 @@ def test_seeds_and_the_shape():
 def test_extended_runs_at_one_seed_and_the_transfer_task_is_one_the_teachers_never_saw(tmp_path):
     from jobs.demo import main
     from rlt_ray.errors import ConfigError
-    from rlt_ray.demo_task import write_task
+    from rlt_ray.data.demo_task import write_task
 
     with pytest.raises(ConfigError, match="--extended and --seeds"):
         main(["--extended", "--seeds", "1,2"])

@@ -1,10 +1,10 @@
-"""The demo's task family (rlt_ray.demo_task) and its models: traces correct but long-winded, splits disjoint,
+"""The demo's task family (rlt_ray.data.demo_task) and its models: traces correct but long-winded, splits disjoint,
 digits one token each."""
 
 import json
 import re
 
-from rlt_ray.demo_task import chain, make_rows, write_task
+from rlt_ray.data.demo_task import chain, make_rows, write_task
 
 
 def test_reference_traces_are_correct_and_long_winded():
@@ -23,7 +23,7 @@ def test_reference_traces_are_correct_and_long_winded():
 
 
 def test_write_task_splits_are_disjoint_and_loadable(tmp_path, cfg):
-    from rlt_ray.data import load_rows
+    from rlt_ray.data.sources import load_rows
 
     files = write_task(tmp_path, 200, 50, 0)
     train = [json.loads(line) for line in files["train"].read_text().splitlines()]
@@ -35,7 +35,7 @@ def test_write_task_splits_are_disjoint_and_loadable(tmp_path, cfg):
 
 
 def test_demo_tokenizer_has_one_token_per_digit():
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.models.registry import load_tokenizer
 
     tok = load_tokenizer("demo-student")
     pieces = tok.convert_ids_to_tokens(tok("12+345=357.", add_special_tokens=False)["input_ids"])
@@ -43,7 +43,7 @@ def test_demo_tokenizer_has_one_token_per_digit():
 
 
 def test_explanation_features_count_what_a_student_can_learn():
-    from rlt_ray.demo_task import describe_explanations, explanation_features
+    from rlt_ray.data.demo_task import describe_explanations, explanation_features
 
     clean = explanation_features("What is 2+1+5+4?", "12", "Alright. 2+1=3. 3+5=8. 8+4=12. So the answer is 12.")
     assert clean == {"answer_last": 1.0, "answer_anywhere": 1.0, "steps_right": 1.0, "any_step_right": 1.0,
@@ -76,7 +76,7 @@ def test_explanation_dependence_compares_own_shuffled_reference_and_no_explanati
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rlt_ray.models import resolve_model
+    from rlt_ray.models.registry import resolve_model
 
     run = tmp_path / "run"
     shutil.copytree(resolve_model("demo-student"), run / "student_b" / "final")

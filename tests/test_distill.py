@@ -1,4 +1,4 @@
-"""Distillation's pure parts (rlt_ray.distill): the keep rule, the records, and resume from an output folder."""
+"""Distillation's pure parts (rlt_ray.data.distill_rows): the keep rule, the records, and resume from an output folder."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlt_ray.distill import choose, distilled, done_rows
-from rlt_ray.formats import Row
+from rlt_ray.data.distill_rows import choose, distilled, done_rows
+from rlt_ray.method.formats import Row
 
 
 def _scored(totals, match, failed=None):
@@ -48,7 +48,7 @@ def _record(i: int, explanation: str) -> dict:
 
 
 def test_rows_repeating_across_questions_are_a_warning_naming_the_key_and_the_commonest_text():
-    from rlt_ray.distill import repeated_explanations
+    from rlt_ray.data.distill_rows import repeated_explanations
 
     honest = [_record(i, f"{i} and 1 make {i + 1}.") for i in range(8)]
     assert repeated_explanations(honest, 0.25) is None

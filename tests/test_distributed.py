@@ -27,9 +27,9 @@ def actors(ray_local):
 
 
 def _prompts(cfg, k=2):
-    from rlt_ray.data import load_rows
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.data.sources import load_rows
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.models.registry import load_tokenizer
 
     tok = load_tokenizer("tiny-teacher")
     rows = load_rows(cfg.data.source, size=8, seed=cfg.data.seed, fmt_cfg=cfg.format)[:k]
@@ -54,7 +54,7 @@ def test_sync_then_greedy_logprobs_match_learner(actors):
     import ray
 
     from actors.rollout import StaleWeightsError
-    from rlt_ray.weight_sync import bucket_nbytes, CollectiveSync, ObjectStoreSync
+    from rlt_ray.infra.weight_sync import bucket_nbytes, CollectiveSync, ObjectStoreSync
 
     cfg, learners, worker, scorer = actors
     rows, prompts = _prompts(cfg)
@@ -104,7 +104,7 @@ def test_bad_update_is_refused_and_engine_survives(actors):
     import ray
 
     from rlt_ray.errors import WeightSyncError
-    from rlt_ray.weight_sync import layout_for
+    from rlt_ray.infra.weight_sync import layout_for
 
     cfg, learners, worker, _ = actors
     spec = ray.get(worker.weight_spec.remote())
@@ -149,7 +149,7 @@ def test_streamed_update_equals_the_one_call_update(actors, tmp_path):
     import ray
     from safetensors.torch import load_file
 
-    from rlt_ray.batch import loss_denominator
+    from rlt_ray.data.rollout_batch import loss_denominator
 
     cfg, learners, worker, scorer = actors
     rows, prompts = _prompts(cfg, 2)  # questions_per_step: the batch the learners were set up for

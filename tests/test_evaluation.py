@@ -2,8 +2,8 @@
 
 import pytest
 
-from rlt_ray.evaluation import AnswerChecker, boxed_content, predicted_solution, summarize_results, wilson_interval
-from rlt_ray.formats import Row
+from rlt_ray.method.answers import AnswerChecker, boxed_content, predicted_solution, summarize_results, wilson_interval
+from rlt_ray.method.formats import Row
 
 # (gold answer, predicted solution, hand-checked verdict)
 MATH_CASES = [
@@ -26,7 +26,7 @@ def test_math_verify_checker_agrees_with_hand_checks(gold, prediction, verdict):
 
 
 def test_reasoning_gym_checkers_agree_with_hand_checks():
-    from rlt_ray.data import reasoning_gym_rows
+    from rlt_ray.data.sources import reasoning_gym_rows
 
     gsm = AnswerChecker("reasoning_gym:gsm_symbolic", 4, 7)
     rows = reasoning_gym_rows("gsm_symbolic", 4, 7)
@@ -72,7 +72,7 @@ def test_the_check_stage_checks_off_the_main_thread_and_a_raising_check_fails_it
     import threading
 
     from rlt_ray.config import load_config
-    from rlt_ray.evaluation import CheckStage
+    from actors.verifier import CheckStage
 
     rows = [Row(question="q", solution="\\boxed{70}", answer=a) for a in ("70", "71", "x")]
     stage = CheckStage(load_config("configs/tiny_cpu.yaml", []), "tiny-student", "data/math.jsonl", rows)

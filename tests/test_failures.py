@@ -31,7 +31,7 @@ def uninterrupted(ray_local, tmp_path_factory):
 def test_a_failure_at_step_k_leaves_a_checkpoint_of_k_steps_that_resumes_exactly(
         ray_local, tmp_path, monkeypatch, capsys, uninterrupted, fault):
     from jobs.train_rlt import main
-    from rlt_ray.checkpoint import read_state
+    from rlt_ray.infra.checkpoint import read_state
     from rlt_ray.errors import RunStopped
 
     monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
@@ -106,9 +106,9 @@ def test_a_sample_that_cannot_be_scored_gets_the_penalty_and_the_batch_goes_on(r
     import numpy as np
 
     from actors.student import StudentScorer
-    from rlt_ray.formats import RLTFormat, Row
-    from rlt_ray.models import load_tokenizer
-    from rlt_ray.scoring import prompt_key
+    from rlt_ray.method.formats import RLTFormat, Row
+    from rlt_ray.models.registry import load_tokenizer
+    from rlt_ray.method.scoring import prompt_key
 
     tok = load_tokenizer("tiny-teacher")
     fmt = RLTFormat(cfg.format, tok)

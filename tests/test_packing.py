@@ -1,4 +1,4 @@
-"""Packed micro-batches by a token budget (rlt_ray.packing, token_logprobs(packed=True), learner.max_tokens_per_micro_batch):
+"""Packed micro-batches by a token budget (rlt_ray.method.packing, token_logprobs(packed=True), learner.max_tokens_per_micro_batch):
 the plan's arithmetic without Ray, the packed forward against the padded one, and a whole learner step on the real
 stack (Ray, DeepSpeed ZeRO-2 and ZeRO-3 over gloo, 2 ranks) equal to the padded step on very uneven lengths."""
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlt_ray.errors import BudgetError
-from rlt_ray.packing import balance_over_ranks, budget_bins, plan
+from rlt_ray.method.packing import balance_over_ranks, budget_bins, plan
 
 LONG_TAIL = [5, 7, 9, 12, 15, 20, 22, 30, 35, 41, 48, 60, 75, 90, 120, 160, 220, 330, 500, 900]
 
@@ -45,7 +45,7 @@ def test_every_rank_runs_as_many_micro_batches_and_every_row_is_planned_once():
 
 
 def test_the_packed_forward_equals_the_padded_one_values_and_gradients(teacher):
-    from rlt_ray.logprobs import pad_batch, token_logprobs
+    from rlt_ray.method.logprobs import pad_batch, token_logprobs
 
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (5, 300, 17, 120, 2, 64)]
@@ -89,7 +89,7 @@ def test_a_packed_learner_step_equals_the_padded_one(ray_local, zero_stage):
     from rlt_ray.config import load_config
 
     def full_state(learner):  # nested: Ray pickles it by value into the ranks (every rank gathers, rank 0 keeps)
-        from rlt_ray.learner_model import full_state
+        from rlt_ray.models.deepspeed_engine import full_state
 
         return full_state(learner.hf_model, learner.rank, learner.cfg.learner.zero_stage)
 
@@ -123,7 +123,7 @@ def test_every_rank_makes_as_many_output_projection_calls_as_the_rank_with_the_m
     """Under ZeRO-3 each call of the output projection gathers its weight (a collective): the paper presets' 16k-token
     completions on one rank against short ones on another made the ranks call it a different number of times and
     hang. The count per micro-batch position is the most any rank needs, computed alike on every rank."""
-    from rlt_ray.packing import head_chunks
+    from rlt_ray.method.packing import head_chunks
 
     per_rank = [[[0], [1, 2]], [[3], []]]
     targets = {0: 3000, 1: 10, 2: 20, 3: 100}

@@ -42,7 +42,7 @@ def _mlflow_run(work: Path, output_dir: Path):
 
 
 def test_sft_teacher_learns_and_saves_a_loadable_model(warm_teacher):
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.models.registry import load_causal_lm
 
     metrics = _metrics(warm_teacher)
     assert len(metrics) == 4 * (64 // 8)
@@ -59,7 +59,7 @@ def test_sft_teacher_learns_and_saves_a_loadable_model(warm_teacher):
 
 def _bad_data(work: Path) -> Path:
     """Six gsm rows plus one whose prompt is far over rollout.max_prompt_tokens."""
-    from rlt_ray.data import reasoning_gym_rows
+    from rlt_ray.data.sources import reasoning_gym_rows
 
     path = work / "questions.jsonl"
     rows = reasoning_gym_rows("gsm_symbolic", 6, 5)
@@ -76,7 +76,7 @@ def _stage_starts(ray_local, tmp_path, hold: bool) -> tuple[list[float], list[fl
 
     import ray.data
 
-    from rlt_ray.backpressure import hold_one_batch_between_stages
+    from rlt_ray.data.backpressure import hold_one_batch_between_stages
 
     class Stamp:  # defined here: Ray pickles it by value
         def __init__(self, log: str, seconds: float):
@@ -108,7 +108,7 @@ def _stage_starts(ray_local, tmp_path, hold: bool) -> tuple[list[float], list[fl
 
 
 def test_a_fast_stage_holds_at_most_one_batch_for_a_slow_one(ray_local, tmp_path):
-    """rlt_ray.backpressure: the fast stage starts its k-th batch only once the slow one has taken the batches
+    """rlt_ray.data.backpressure: the fast stage starts its k-th batch only once the slow one has taken the batches
     before it (up to one being handed over), so a stop loses at most one batch per replica. Without the rule, Ray
     Data lets it run ahead (the control shows the check can fail)."""
     def ahead(fast, slow):  # the most batches the fast stage had started beyond the slow one's, plus one
@@ -141,7 +141,7 @@ def _outcome(out: Path) -> tuple[list[int], list[int]]:
 def test_distill_writes_bespoke_parts_that_round_trip(distilled, cfg, fmt):
     import datasets
 
-    from rlt_ray.data import load_rows
+    from rlt_ray.data.sources import load_rows
 
     out, _ = distilled
     parts = sorted((out / "data").glob("part-*.parquet"))
@@ -239,7 +239,7 @@ def test_distill_survives_killed_replicas_and_a_row_that_always_fails(ray_local,
     killed = []
 
     def kill_mid_run():
-        from rlt_ray.distill import done_rows
+        from rlt_ray.data.distill_rows import done_rows
 
         deadline = time.time() + 600
         for stage, after in (("SampleStage", 2), ("ScoreStage", 3)):
@@ -269,7 +269,7 @@ def test_submitted_distill_survives_a_killed_replica_and_resumes_after_job_stop(
 
     from helpers.cluster import loopback_cluster
 
-    from rlt_ray.distill import done_rows
+    from rlt_ray.data.distill_rows import done_rows
 
     root = Path(__file__).resolve().parent.parent
     n_rows = 48  # with 24, all of them were once written before `ray job stop` took effect
@@ -304,7 +304,7 @@ def test_submitted_distill_survives_a_killed_replica_and_resumes_after_job_stop(
                 started.update(int(i) for i in rows.split(",") if i.strip())
         redone = started - done_rows(out)
         print(f"ray job stop after {written} rows: {len(redone)} rows to redo {sorted(redone)}")
-        # at most one batch of 2 rows per replica (one teacher, one scorer): rlt_ray.backpressure keeps a sampled
+        # at most one batch of 2 rows per replica (one teacher, one scorer): rlt_ray.data.backpressure keeps a sampled
         # batch from waiting for the scorer while the teacher starts another (3 batches before it, session 12)
         assert len(redone) <= 2 * (1 + 1)
         second = submit(wait=True)

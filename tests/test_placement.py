@@ -1,11 +1,11 @@
-"""Placement by role (rlt_ray.placement): label selectors, custom resources, and the start-up check that names the
+"""Placement by role (rlt_ray.config.placement): label selectors, custom resources, and the start-up check that names the
 key of a layout the cluster cannot place. Pure, no Ray."""
 
 import pytest
 
 from rlt_ray.errors import ConfigError
 from rlt_ray.config import load_config
-from rlt_ray.placement import check_placement, node_fits, role_options
+from rlt_ray.config.placement import check_placement, node_fits, role_options
 
 
 def _node(cpus, labels=None, **resources):

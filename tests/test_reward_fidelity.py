@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 
 from reference_alignment import reference_spans
-from rlt_ray.data import rows_from_records
-from rlt_ray.formats import RLTFormat, Row
-from rlt_ray.spans import build_reward_sequence
+from rlt_ray.data.sources import rows_from_records
+from rlt_ray.method.formats import RLTFormat, Row
+from rlt_ray.method.spans import build_reward_sequence
 
 BESPOKE = {
     "system": "You are a student. Think, then solve.",
@@ -152,7 +152,7 @@ def test_r1_tags(cfg, tok):
 
 
 def test_padded_custom_rows_are_unwrapped_and_counted():
-    from rlt_ray.data import LoadReport
+    from rlt_ray.data.sources import LoadReport
 
     report = LoadReport()
     rows = rows_from_records([
@@ -174,7 +174,7 @@ def test_smollm2_tokenizer_scores_the_references_text(cfg, row_name):
       the teacher was given and sampled, so the scored TEXT is compared, not token boundaries;
     - a closing padding before a tag is one token alone ("\n\n") but two in context ("\n", "\n"): the
       reference's sub-list search then trims it off (§3.3 step 3); the project keeps the padding's tokens."""
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.models.registry import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     fmt = RLTFormat(cfg.format, tok)

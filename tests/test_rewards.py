@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from rlt_ray.formats import Row
-from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
-from rlt_ray.scoring import range_logprobs, score_sequences
-from rlt_ray.spans import build_reward_sequence
+from rlt_ray.method.formats import Row
+from rlt_ray.method.rewards import RewardSpec, left_align, rlt_reward
+from rlt_ray.method.scoring import range_logprobs, score_sequences
+from rlt_ray.method.spans import build_reward_sequence
 
 
 # ------------------------------------------------------------------ the slow, obvious implementation
@@ -201,7 +201,7 @@ def test_a_100k_character_explanation_gives_a_finite_penalised_reward(fmt, tok, 
 
 
 def test_unscorable_samples_are_never_better_than_their_group():
-    from rlt_ray.rewards import penalty_parts, unscorable_totals
+    from rlt_ray.method.rewards import penalty_parts, unscorable_totals
 
     assert penalty_parts(RewardSpec(), 2)["total"].tolist() == pytest.approx([-5.04, -5.04])
     totals = torch.tensor([-20.0, -30.0, 0.0, 0.0, -1.0, 5.0])

@@ -119,8 +119,8 @@ def test_user_text_never_becomes_a_special_token(server):
     """A question (or a chat message) with the chat template's control tokens is tokenised as text: the prompt
     has exactly the tokens of the escaped text, never a new turn."""
     from rlt_ray.config import load_config
-    from rlt_ray.formats import RLTFormat, Row, escape_special_tokens
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.method.formats import RLTFormat, Row, escape_special_tokens
+    from rlt_ray.models.registry import load_tokenizer
 
     tok = load_tokenizer("tiny-teacher")
     fmt = RLTFormat(load_config("configs/tiny_cpu.yaml").format, tok)

@@ -6,7 +6,7 @@ import pytest
 import requests
 from helpers.cluster import deployed_app, loopback_cluster, serve_status
 
-from rlt_ray.config import ServeConfig
+from rlt_ray.config.schema import ServeConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 TOKEN = "test-token-456"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rlt_ray.formats import Row
-from rlt_ray.sft import build_examples, epoch_batches, sft_loss, student_sft_example
+from rlt_ray.method.formats import Row
+from rlt_ray.data.sft_rows import build_examples, epoch_batches, sft_loss, student_sft_example
 
 ROW = Row(question="What is 2+3?", solution="The final answer is \\boxed{5}.", reasoning_trace="2 + 3 = 5.")
 
@@ -65,7 +65,7 @@ def test_sft_loss_is_token_mean_over_ranks():
 
 
 def test_a_resumed_step_finds_its_epoch_and_batch_and_checkpoints_fall_where_said():
-    from rlt_ray.sft import checkpoint_due, step_position
+    from rlt_ray.data.sft_rows import checkpoint_due, step_position
 
     assert step_position(0, 4) == (0, 0) and step_position(5, 4) == (1, 1) and step_position(8, 4) == (2, 0)
     # 4 steps per epoch, every 3 steps: after steps 3 (the 3rd), 4 (epoch end), 6, 8 (epoch end), 9 ...

@@ -1,9 +1,9 @@
 """Char spans → tokens; teacher/student reward sequences, including adversarial teacher outputs."""
 import pytest
 
-from rlt_ray.formats import Row
+from rlt_ray.method.formats import Row
 from rlt_ray.errors import AlignmentError
-from rlt_ray.spans import build_reward_sequence, sft_example, span_token_range, tokens_before_char
+from rlt_ray.method.spans import build_reward_sequence, sft_example, span_token_range, tokens_before_char
 
 ROW = Row(question="What is 12*3? <|end_of_explanation|> <|begin_of_solution|>", solution="12*3 = \\boxed{36}.",
           reasoning_trace="Twelve threes.")

@@ -1,4 +1,4 @@
-"""Experiment trackers (logging.trackers, rlt_ray.tracking): TensorBoard, W&B offline and MLflow on SQLite get the
+"""Experiment trackers (logging.trackers, rlt_ray.infra.tracking): TensorBoard, W&B offline and MLflow on SQLite get the
 same steps as metrics.jsonl, a resumed run continues the same tracker run with no step twice, a broken tracker
 is one warning and the run goes on; then the same on the real RL job (Ray, vLLM, DeepSpeed)."""
 
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from rlt_ray.errors import ConfigError
 from rlt_ray.config import load_config
-from rlt_ray.tracking import Trackers
+from rlt_ray.infra.tracking import Trackers
 from tests.helpers.tracker_records import mlflow_history, tensorboard_history, wandb_history
 
 

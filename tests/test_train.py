@@ -21,15 +21,15 @@ def _metrics(out: Path) -> list[dict]:
 def _weights(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from rlt_ray.models import resolve_model
+    from rlt_ray.models.registry import resolve_model
 
     return load_file(str(Path(resolve_model(str(path))) / "model.safetensors"))
 
 
 def test_three_steps_zero2_then_checkpoint_loads_and_resumes(ray_local, tmp_path):
     from jobs.train_rlt import main
-    from rlt_ray.checkpoint import read_state
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.infra.checkpoint import read_state
+    from rlt_ray.models.registry import load_causal_lm
 
     out = tmp_path / "run"
     assert main([f"run.output_dir={out}", "run.steps=3", "run.checkpoint_every=2"]) == 0

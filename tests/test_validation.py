@@ -34,7 +34,7 @@ def test_rlt_validation_runs_at_the_first_every_nth_and_after_the_last_step_on_h
     for key in keys[:-1]:
         assert len({m[key] for m in validated}) == 1, key  # greedy: one answer per row, whatever the seed
     # the held-out rows (the data's last 4) were never trained on
-    from rlt_ray.data import load_rows
+    from rlt_ray.data.sources import load_rows
     from rlt_ray.config import load_config
 
     cfg = load_config(None, ["data.size=16"])

@@ -1,11 +1,11 @@
-"""model.attention=sdpa_varlen (rlt_ray.varlen_attention): a packed row runs as one causal attention per sequence,
+"""model.attention=sdpa_varlen (rlt_ray.models.varlen_attention): a packed row runs as one causal attention per sequence,
 never over the whole packed length, and gives what each row gives alone; a padded batch is transformers' SDPA."""
 
 import torch
 
-from rlt_ray.logprobs import pad_batch, token_logprobs
-from rlt_ray.models import load_causal_lm
-from rlt_ray.varlen_attention import sequence_bounds
+from rlt_ray.method.logprobs import pad_batch, token_logprobs
+from rlt_ray.models.registry import load_causal_lm
+from rlt_ray.models.varlen_attention import sequence_bounds
 
 LENGTHS = (5, 300, 17, 120, 2, 64)
 
@@ -26,7 +26,7 @@ def test_sequence_bounds_split_where_positions_restart():
 
 
 def test_packed_attention_never_spans_more_than_one_row(teacher, monkeypatch):
-    import rlt_ray.varlen_attention as va
+    import rlt_ray.models.varlen_attention as va
 
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention

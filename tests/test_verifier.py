@@ -1,4 +1,4 @@
-"""The outcome reward (rlt_ray.verifier): correct, wrong, unparsable, missing block, huge output, a verifier that
+"""The outcome reward (rlt_ray.method.verifier): correct, wrong, unparsable, missing block, huge output, a verifier that
 raises or hangs; the group's-worst rule; rows without a checkable answer."""
 
 import time
@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from rlt_ray.evaluation import AnswerChecker
-from rlt_ray.formats import Row
-from rlt_ray.verifier import Verdict, checkable, verdict, verifier_totals
+from rlt_ray.method.answers import AnswerChecker
+from rlt_ray.method.formats import Row
+from rlt_ray.method.verifier import Verdict, checkable, verdict, verifier_totals
 
 ROW = Row(question="What is 2+3?", solution="The final answer is \\boxed{5}.", answer="5")
 
@@ -102,7 +102,7 @@ def test_your_own_answer_check_scores_the_solution_block_and_a_bad_name_is_a_con
 
     from actors.verifier import Verify
     from rlt_ray.errors import ConfigError
-    from rlt_ray.evaluation import load_answer_check
+    from rlt_ray.method.answers import load_answer_check
 
     vcfg = OmegaConf.merge(cfg, {"reward": {"kind": "verifier",
                                             "answer_check": "tests.helpers.answer_checks:last_word_matches"}})

@@ -68,7 +68,7 @@ def test_a_row_without_an_answer_to_check_is_skipped_and_counted(tmp_path):
     kept, prompts, dropped, _, _ = load_prompts(cfg)
     assert len(kept) == 4 and dropped == {"without an answer to check": 1}
     assert "Prove it." not in [r.question for r in kept]
-    from rlt_ray.models import load_tokenizer
+    from rlt_ray.models.registry import load_tokenizer
 
     first = load_tokenizer(cfg.model.teacher).decode(prompts[0])
     assert "What is 0+1?" in first and "boxed{1}" not in first  # the student's prompt: the question alone

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlt_ray.weight_sync import bucket_nbytes, BufferMeter, check_layout, layout_for, pack_bucket, pack_to_host, spec_of, unpack
+from rlt_ray.infra.weight_sync import bucket_nbytes, BufferMeter, check_layout, layout_for, pack_bucket, pack_to_host, spec_of, unpack
 from rlt_ray.errors import WeightSyncError
 
 
@@ -119,7 +119,7 @@ def test_close_group_aborts_nccl_and_leaves_gloo_alone(tmp_path):
     must stay usable until dropped. A real single-rank gloo group; NCCL needs a GPU, so its side is a recorder."""
     import socket
 
-    from rlt_ray.weight_sync import broadcast, close_group, open_group
+    from rlt_ray.infra.weight_sync import broadcast, close_group, open_group
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -32,7 +32,7 @@ def write_task(path: Path) -> Path:
 
 
 def noisy_rows(correct_share: float, copies: int):
-    from rlt_ray.formats import Row
+    from rlt_ray.method.formats import Row
 
     rows = []
     for a, b in QUESTIONS:
@@ -47,10 +47,10 @@ def train_policy(cfg, out: Path, correct_share: float = 0.3, copies: int = 10, s
     """The demo student trained on the noisy rows (the student SFT's examples and loss); saved as an HF folder."""
     import torch
 
-    from rlt_ray.formats import RLTFormat
-    from rlt_ray.logprobs import pad_batch, token_logprobs
-    from rlt_ray.models import load_causal_lm, load_tokenizer, pad_token_id
-    from rlt_ray.sft import build_examples, sft_loss
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.method.logprobs import pad_batch, token_logprobs
+    from rlt_ray.models.registry import load_causal_lm, load_tokenizer, pad_token_id
+    from rlt_ray.data.sft_rows import build_examples, sft_loss
 
     torch.manual_seed(seed)
     tok = load_tokenizer(cfg.model.student)

@@ -1,7 +1,7 @@
 """Peak memory of a real learner's steady-state step on CPU, for the memory plan's formulas (tests/test_memory.py).
 
 A random-init Qwen2 model of the given shape, fp32, gradient checkpointing on, AdamW: two steps (forward/backward of
-the GRPO loss through the learner's own log-prob path (rlt_ray.logprobs.token_logprobs) on SEQ tokens, then the
+the GRPO loss through the learner's own log-prob path (rlt_ray.method.logprobs.token_logprobs) on SEQ tokens, then the
 optimizer step). Prints {"peak_bytes": peak RSS - RSS before the model was built, "params": ...} as JSON.
 """
 import json
@@ -15,7 +15,7 @@ import torch
 def main(hidden: int, layers: int, intermediate: int, vocab: int, seq: int) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlt_ray.logprobs import token_logprobs
+    from rlt_ray.method.logprobs import token_logprobs
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -1,5 +1,5 @@
 """Run in a fresh process (vLLM engines are per process): generate from a model with vLLM on this machine's
-device and compare the processed log-probs with rlt_ray.logprobs on the HF model. Prints one JSON line."""
+device and compare the processed log-probs with rlt_ray.method.logprobs on the HF model. Prints one JSON line."""
 import json
 import sys
 
@@ -8,10 +8,10 @@ import torch
 
 def main(model_name: str) -> None:
     from rlt_ray.config import load_config
-    from rlt_ray.engine import build_llm, completion_logprobs, sampling_params
-    from rlt_ray.formats import RLTFormat, Row
-    from rlt_ray.scoring import range_logprobs
-    from rlt_ray.models import load_causal_lm, load_tokenizer
+    from rlt_ray.models.vllm_engine import build_llm, completion_logprobs, sampling_params
+    from rlt_ray.method.formats import RLTFormat, Row
+    from rlt_ray.method.scoring import range_logprobs
+    from rlt_ray.models.registry import load_causal_lm, load_tokenizer
 
     cfg = load_config(None, [f"model.teacher={model_name}", "rollout.max_new_tokens=24", "rollout.max_prompt_tokens=512"])
     tok = load_tokenizer(model_name)

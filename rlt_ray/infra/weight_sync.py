@@ -237,7 +237,7 @@ class WeightSync:
         the error came from the broken transfer first) is lost too; one that answers raised a real error."""
         import ray
 
-        from rlt_ray.cluster import ALIVE, ping, who_is_alive, worker_lost
+        from rlt_ray.infra.cluster import ALIVE, ping, who_is_alive, worker_lost
 
         done, lost, errors = [], [], []
         for k, ref in enumerate(refs):

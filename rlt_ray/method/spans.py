@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlt_ray.formats import RLTFormat, Row
+from rlt_ray.method.formats import RLTFormat, Row
 from rlt_ray.errors import AlignmentError
 
 

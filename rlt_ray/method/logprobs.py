@@ -13,7 +13,7 @@ the reference model.
   mask, which transformers turns into attention that never crosses rows (SDPA and eager: a block-diagonal causal
   mask; flash-attention 2: its varlen kernel). Same inputs and outputs as the padded path, so every caller (the
   policy's forward and backward, the reference, the reward's teacher log-probs, the student scorer) switches with
-  one flag; the compute is the real tokens' only (rlt_ray.packing plans the micro-batches by a token budget).
+  one flag; the compute is the real tokens' only (rlt_ray.method.packing plans the micro-batches by a token budget).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def token_logprobs(
     (``attention_mask``); ``packed``: the forward runs on the real tokens only (module docstring). ``chunks``: call
     the output projection at least this many times (extra calls on one token, weighted 0): under ZeRO-3 each call
     gathers the projection's weight, a collective, so every rank must make as many calls as the rank with the most
-    targets (rlt_ray.packing.head_chunks), or the ranks hang."""
+    targets (rlt_ray.method.packing.head_chunks), or the ranks hang."""
     if target_mask[:, 0].any():
         raise ValueError("token_logprobs: position 0 has no context and cannot be a target")
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)

@@ -1,24 +1,13 @@
-"""The one config tree: OmegaConf structured dataclasses, YAML presets in configs/, dotted overrides, validated once.
-
-    cfg = load_config("configs/tiny_cpu.yaml", ["grpo.beta=0.02", "run.steps=5"])
-
-Unknown keys, wrong types and bad values raise ConfigError naming the full key.
-"""
+"""The config schema: one dataclass per section, each field with its type, default and a comment saying what
+it does."""
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from rlt_ray.errors import ConfigError
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # logging.trackers (rlt_ray.infra.tracking)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PRESET = REPO_ROOT / "configs" / "tiny_cpu.yaml"
 
 # Our own wording (the reference's prompts are not reproduced). {placeholders} are filled with the tag strings of
 # the configured style; any other text, braces included, is left alone.
@@ -29,6 +18,8 @@ DEFAULT_TEACHER_SYSTEM_PROMPT = (
     "start from what the question gives, take one small step per paragraph, check each step, and never rely on "
     "knowing the answer in advance."
 )
+
+
 DEFAULT_STUDENT_SYSTEM_PROMPT = (
     "Answer the question in two parts. First reason step by step between {think_open} and {think_close}, "
     "checking your work as you go. Then give the final, self-contained solution between {solution_open} and "
@@ -38,13 +29,13 @@ DEFAULT_STUDENT_SYSTEM_PROMPT = (
 
 @dataclass
 class ModelConfig:
-    teacher: str = "tiny-teacher"  # local folder, built-in name (rlt_ray.models) or hub id
+    teacher: str = "tiny-teacher"  # local folder, built-in name (rlt_ray.models.registry) or hub id
     student: str = "tiny-student"
     reference: Optional[str] = None  # None: a copy of the teacher at start (then mixed up, grpo.ref_mixup_*)
     tokenizer: Optional[str] = None  # None: the teacher's
     dtype: str = "float32"  # weights of every model: float32 | bfloat16 | float16
     # the HF models' attention (learner, reference, scorers): sdpa_varlen runs packed rows as one causal attention
-    # per row on any device (rlt_ray.varlen_attention); flash_attention_2 is the CUDA varlen kernel (flash-attn)
+    # per row on any device (rlt_ray.models.varlen_attention); flash_attention_2 is the CUDA varlen kernel (flash-attn)
     attention: str = "sdpa_varlen"
 
 
@@ -109,16 +100,16 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     # rlt: the RLT reward (a teacher writing explanations, scored by the student). verifier: ordinary outcome-reward
-    # GRPO of a student (question -> thought -> solution), rewarded for a correct answer (rlt_ray.verifier)
+    # GRPO of a student (question -> thought -> solution), rewarded for a correct answer (rlt_ray.method.verifier)
     kind: str = "rlt"
     format_bonus: float = 0.0  # verifier: added when the thought and solution blocks are both closed
     verifier_timeout_s: float = 10.0  # verifier: one sample's check; past it, the sample gets its group's worst
     # verifier: your own answer check, "package.module:function", called as function(row, prediction) -> bool with
-    # the row (rlt_ray.formats.Row: question, solution, answer) and the solution block's text. None: math-verify, or
+    # the row (rlt_ray.method.formats.Row: question, solution, answer) and the solution block's text. None: math-verify, or
     # reasoning-gym's own scorer for a reasoning_gym: source. It runs in the verifier actors (importable there)
     answer_check: Optional[str] = None
     # verifier: added to a completion cut at rollout.max_new_tokens or with text after its solution block; such a
-    # completion never earns the answer's reward (rlt_ray.verifier.runs_on). 0: no penalty beyond that
+    # completion never earns the answer's reward (rlt_ray.method.verifier.runs_on). 0: no penalty beyond that
     overlong_penalty: float = 0.0
     answer_log_prob_coeff: list[float] = field(default_factory=lambda: [1.0, 0.01])
     log_prob_reductions: list[str] = field(default_factory=lambda: ["mean", "min"])
@@ -172,7 +163,7 @@ class LearnerConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     micro_batch_size: int = 1  # sequences per rank per forward/backward (without max_tokens_per_micro_batch)
-    # Packed micro-batches (rlt_ray.packing): each rank's rows concatenated without padding, at most this many tokens
+    # Packed micro-batches (rlt_ray.method.packing): each rank's rows concatenated without padding, at most this many tokens
     # a forward, attention kept within each row; rows balanced over the ranks by tokens, not by count. The policy's
     # forward and backward, the reference's and the reward's teacher log-probs use it. None: micro_batch_size rows
     # a forward, padded. Must hold the longest row (rollout.max_prompt_tokens + rollout.max_new_tokens).
@@ -240,7 +231,7 @@ class RunConfig:
     # validate every N steps, and at the first and the last (0: never): the current policy answers the held-out
     # rows (data.eval_source, data.eval_size) greedily on the same engines; logged as val/* with the step's metrics
     eval_every: int = 0
-    # reward-hacking watch (rlt_ray.hacks): for run.hack_patience steps in a row, the closed-tag fraction under
+    # reward-hacking watch (rlt_ray.method.hack_watch): for run.hack_patience steps in a row, the closed-tag fraction under
     # run.min_closed_fraction, or the explanations' mean length under run.min_length_ratio x the first steps', or
     # more than run.max_shared_fraction of a step's explanations also written for another question (0 in a
     # healthy run: an explanation depends on its question; docs/demo.md, run 24) -> a `reward_hack_suspected`
@@ -304,7 +295,7 @@ class DistillConfig:
     teacher_replicas: Optional[int] = None  # the sampling stage's vLLM replicas; None: rollout.num_workers
     scorer_replicas: Optional[int] = None  # the scoring stage's student replicas; None: resources.scorer_workers
     # a console warning when more than this fraction of the distilled explanations were also written for another
-    # question (rlt_ray.distill.repeated_explanations); 1.0: never
+    # question (rlt_ray.data.distill_rows.repeated_explanations); 1.0: never
     max_shared_fraction: float = 0.25
     output_dir: str = "runs/distill"
 
@@ -355,12 +346,11 @@ class ServeConfig:
     # the tokens/s on 2 cores, docs/benchmarks.md); false: ray.serve.llm's layout, one ingress deployment in front
     # of the engine's (proxy -> ingress -> LLMServer), with the ingress scaled apart from the engines
     engine_in_ingress: bool = True
-    # the HTTP host and port are Ray Serve's own (serve/config.yaml http_options, or `serve start --http-host`)
 
 
 @dataclass
 class DemoConfig:
-    """jobs/demo.py only: the size of its task (rlt_ray.demo_task)."""
+    """jobs/demo.py only: the size of its task (rlt_ray.data.demo_task)."""
 
     train_questions: int = 1024  # with reference traces: the warm-up, RL and every student's data
     test_questions: int = 256  # held out, for the students' evaluation
@@ -388,7 +378,7 @@ class DemoConfig:
 
 @dataclass
 class LoggingConfig:
-    # experiment trackers, any of tensorboard, wandb, mlflow (rlt_ray.tracking); fed from the driver only
+    # experiment trackers, any of tensorboard, wandb, mlflow (rlt_ray.infra.tracking); fed from the driver only
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     project: str = "rlt-ray"  # the W&B project and the MLflow experiment
     group: Optional[str] = None  # a W&B group / MLflow tag tying runs together (the demo sets its stages')
@@ -415,352 +405,3 @@ class RLTConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-REDUCTIONS = ("mean", "sum", "min", "max", "median", "first_quartile", "last_quartile")
-NORMALIZERS = ("none", "exp", "exp_norm")
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.attention": ("sdpa_varlen", "sdpa", "eager", "flash_attention_2"),
-    "format.tag_style": ("bespoke", "r1"),
-    "reward.normalize_log_prob_fn": NORMALIZERS,
-    "reward.normalize_kl_fn": NORMALIZERS,
-    "reward.kl_estimator": ("k1", "k3"),
-    "reward.teacher_logprobs_from": ("rollout", "learner"),
-    "reward.solution_span": ("padded", "bare"),
-    "reward.explanation_span": ("with_prompt_pad", "sampled"),
-    "grpo.loss_aggregation": ("sequence_mean", "token_mean"),
-    "learner.dtype": ("float32", "bfloat16", "float16"),
-    "learner.lr_schedule": ("constant", "cosine"),
-    "learner.zero_stage": (0, 1, 2, 3),
-    "resources.device": ("cpu", "cuda"),
-    "resources.backend": ("gloo", "nccl"),
-    "resources.weight_sync": ("object_store", "collective"),
-    "resources.learner_strategy": ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"),
-    "distill.keep": ("best", "all"),
-    "grpo.max_staleness": (0, 1),
-}
-POSITIVE = (
-    "rollout.num_workers", "rollout.n", "rollout.max_prompt_tokens", "rollout.max_new_tokens",
-    "rollout.tensor_parallel_size", "learner.micro_batch_size", "resources.learner_ranks",
-    "resources.scorer_workers", "run.questions_per_step", "resources.sync_bucket_mb", "resources.placement_timeout_s", "resources.ready_timeout_s", "resources.liveness_timeout_s",
-    "resources.gpu_memory_gib", "resources.gpus_per_node",
-    "serve.num_replicas", "serve.max_tokens", "serve.max_n", "serve.max_body_bytes", "serve.max_field_chars",
-    "serve.max_ongoing_requests", "serve.request_timeout_s", "serve.body_timeout_s", "serve.max_json_depth",
-    "serve.scorer_replicas", "serve.scorer_batch_size", "sft.epochs", "sft.batch_size", "sft.max_seq_tokens", "sft.keep_checkpoints",
-    "distill.k", "distill.batch_rows", "eval.batch_rows", "eval.size", "data.eval_size",
-    "eval.max_new_tokens", "grpo.updates_per_batch", "data.size",
-    "reward.student_temperature", "rollout.kv_cache_gib", "run.max_nonfinite_steps",
-    "reward.max_batch_tokens", "run.hack_patience", "run.hack_window", "demo.train_questions", "demo.test_questions", "demo.student_rows", "demo.rl_lr",
-    "demo.cold_start_steps", "demo.cold_start_lr", "demo.transfer_terms", "demo.transfer_test_questions",
-)
-NON_NEGATIVE = (
-    "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
-    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "demo.rl_warmup_ratio",
-    "rollout.temperature",
-    "learner.lr",  # 0: the weights never move (a baseline of the sampling alone)
-    "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",
-    "reward.clip_log_prob", "reward.clip_kl",
-    "rollout.stream_groups", "run.eval_every", "run.keep_checkpoints", "run.max_restarts", "sft.checkpoint_every", "sft.max_failures",
-)
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key)
-
-
-def validate(cfg: DictConfig, job: str = "rl") -> None:
-    """Checks that span several keys or values; every message names the key(s). The RL batch's checks (how
-    completions split over ranks and workers) only for job="rl"."""
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {list(allowed)}")
-    for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
-    from rlt_ray.tracking import TRACKERS
-
-    for name in cfg.logging.trackers:
-        if name not in TRACKERS:
-            raise ConfigError(f"config key 'logging.trackers': {name!r} is not one of {list(TRACKERS)}")
-    if cfg.reward.kind not in ("rlt", "verifier"):
-        raise ConfigError(f"config key 'reward.kind': {cfg.reward.kind!r} is not rlt or verifier")
-    if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
-        raise ConfigError("config key 'reward.teacher_logprobs_from': a verifier needs no log-probs; leave it at rollout "
-                          "with reward.kind=verifier")
-    if not cfg.reward.overlong_penalty <= 0:
-        raise ConfigError(f"config key 'reward.overlong_penalty': must be <= 0 (a penalty), got "
-                          f"{cfg.reward.overlong_penalty}")
-    if not cfg.reward.verifier_timeout_s > 0:
-        raise ConfigError("config key 'reward.verifier_timeout_s': must be > 0")
-    for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
-        if _get(cfg, key) is not None and not _get(cfg, key) > 0:
-            raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
-    bind = cfg.rollout.cpu_threads_bind
-    if bind is not None and not re.fullmatch(r"auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*"
-                                             r"(\|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*", str(bind)):
-        raise ConfigError(f"config key 'rollout.cpu_threads_bind': {bind!r} is not auto, nobind or core ranges such as "
-                          "0-1 or 0-3|4-7 (one group per tensor-parallel rank)")
-    value = cfg.serve.stream_batching_interval_ms  # None: ray.serve.llm's default
-    if value is not None and not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"config key 'serve.stream_batching_interval_ms': must be a finite number >= 0 or null, "
-                          f"got {value!r}")
-    for key in NON_NEGATIVE:
-        value = _get(cfg, key)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ConfigError(f"config key '{key}': must be a finite number >= 0, got {value!r}")
-    for coeff, reds in (
-        ("reward.answer_log_prob_coeff", "reward.log_prob_reductions"),
-        ("reward.kl_penalty_coeff", "reward.kl_reductions"),
-    ):
-        if len(_get(cfg, coeff)) != len(_get(cfg, reds)):
-            raise ConfigError(f"config keys '{coeff}' and '{reds}' must have the same length")
-        for red in _get(cfg, reds):
-            if red not in REDUCTIONS:
-                raise ConfigError(f"config key '{reds}': {red!r} is not one of {list(REDUCTIONS)}")
-    if cfg.rollout.n < 2:
-        raise ConfigError("config key 'rollout.n': GRPO needs at least 2 completions per question")
-    for key in ("reward.teacher_temperature", "grpo.policy_temperature"):
-        if _get(cfg, key) is not None and not _get(cfg, key) > 0:
-            raise ConfigError(f"config key '{key}': must be > 0 or null")
-    if (cfg.reward.teacher_logprobs_from == "rollout" and cfg.reward.teacher_temperature is not None
-            and cfg.reward.teacher_temperature != cfg.rollout.temperature):
-        raise ConfigError(
-            "config keys 'reward.teacher_temperature'/'rollout.temperature': teacher log-probs taken from the rollout "
-            "are at the sampling temperature; make them equal, or set reward.teacher_logprobs_from=learner"
-        )
-    if not 0.0 <= cfg.grpo.ref_mixup_alpha <= 1.0:
-        raise ConfigError("config key 'grpo.ref_mixup_alpha': must be in [0, 1]")
-    if cfg.grpo.clip_eps is None and cfg.grpo.updates_per_batch != 1:
-        raise ConfigError("config key 'grpo.updates_per_batch': more than one update per batch needs grpo.clip_eps")
-    policy_t = cfg.grpo.policy_temperature
-    if cfg.grpo.clip_eps is not None and policy_t is not None and policy_t != cfg.rollout.temperature:
-        raise ConfigError("config keys 'grpo.policy_temperature'/'rollout.temperature': the clipped ratio compares "
-                          "the policy with the sampling-time log-probs, taken at rollout.temperature; make them "
-                          "equal (or null)")
-    if cfg.grpo.max_staleness and cfg.grpo.clip_eps is None:
-        raise ConfigError("config keys 'grpo.max_staleness'/'grpo.clip_eps': off-policy samples need the clipped "
-                          "importance ratio against their sampling-time log-probs: set grpo.clip_eps (e.g. 0.2)")
-    if cfg.grpo.max_staleness and cfg.reward.teacher_logprobs_from == "learner":
-        raise ConfigError("config keys 'grpo.max_staleness'/'reward.teacher_logprobs_from': with learner teacher "
-                          "log-probs the next step's scoring waits for this step's learning, so nothing overlaps; "
-                          "use reward.teacher_logprobs_from=rollout or grpo.max_staleness=0")
-    if len(cfg.learner.adam_betas) != 2:
-        raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
-    if cfg.resources.backend == "nccl" and cfg.resources.device != "cuda":
-        raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
-    if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
-        raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
-    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction",
-                "distill.max_shared_fraction"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
-    if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
-        raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
-    batch = cfg.run.questions_per_step * cfg.rollout.n
-    per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
-    if job == "rl" and batch % per_step:
-        raise ConfigError(
-            f"config keys 'run.questions_per_step' x 'rollout.n' = {batch} completions per step do not split into "
-            f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}: every rank needs the same number "
-            f"of whole micro-batches")
-    budget = cfg.learner.max_tokens_per_micro_batch
-    if budget is not None and budget <= 0:
-        raise ConfigError(f"config key 'learner.max_tokens_per_micro_batch': must be > 0 or null, got {budget}")
-    longest = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
-    if job == "rl" and budget is not None and budget < longest:
-        raise ConfigError(
-            f"config key 'learner.max_tokens_per_micro_batch': {budget} tokens cannot hold the longest row, "
-            f"{longest} tokens (rollout.max_prompt_tokens {cfg.rollout.max_prompt_tokens} + rollout.max_new_tokens "
-            f"{cfg.rollout.max_new_tokens}); a row is never cut: raise the budget or lower those keys")
-    if job == "rl" and cfg.rollout.num_workers > cfg.run.questions_per_step:
-        raise ConfigError(
-            f"config key 'rollout.num_workers': {cfg.rollout.num_workers} workers for "
-            f"{cfg.run.questions_per_step} questions per step would leave some idle (groups are not split)")
-    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_actor <= 0:
-        raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
-    if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
-        raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
-    if cfg.run.checkpoint_every_minutes is not None and not cfg.run.checkpoint_every_minutes > 0:
-        raise ConfigError("config key 'run.checkpoint_every_minutes': must be > 0 or null")
-    if cfg.rollout.max_num_seqs is not None and not cfg.rollout.max_num_seqs > 0:
-        raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
-    if cfg.run.fault_injection is not None:
-        import os
-
-        if os.environ.get("RLT_ALLOW_FAULT_INJECTION") != "1":
-            raise ConfigError("config key 'run.fault_injection': injects failures for tests; it is refused unless "
-                              "RLT_ALLOW_FAULT_INJECTION=1 is set")
-        kinds = ("rollout_error|controller_error|nan_loss|learner_hold|collective_error|sft_kill|distill_row_error|"
-                 "verifier_error")
-        if not re.fullmatch(rf"({kinds})@\d+", cfg.run.fault_injection):
-            raise ConfigError(f"config key 'run.fault_injection': {cfg.run.fault_injection!r} is not "
-                              f"<{kinds}>@<step>")
-    tags = [cfg.format.think_tag, cfg.format.solution_tag, cfg.format.explanation_tag]
-    if len(set(tags)) != 3 or not all(tags):
-        raise ConfigError("config keys 'format.*_tag': think, solution and explanation tags must be distinct, non-empty")
-
-
-def trained_model(cfg: DictConfig) -> str:
-    """The model the RL job trains, by reward kind: the teacher with the RLT reward (it writes explanations), the
-    student with a verifier (outcome-reward GRPO of a student, the paper's cold start). One key each, never both."""
-    return str(cfg.model.student if cfg.reward.kind == "verifier" else cfg.model.teacher)
-
-
-def trained_model_key(cfg: DictConfig) -> str:
-    return "model.student" if cfg.reward.kind == "verifier" else "model.teacher"
-
-
-def temperatures(cfg: DictConfig) -> dict[str, float]:
-    """The three scoring temperatures, with null resolved to the sampling temperature (the reference's
-    unbias_teacher_log_probs / unbias_log_probabilities): teacher (reward), student (reward), policy (GRPO loss)."""
-    sampling = float(cfg.rollout.temperature)
-    teacher = cfg.reward.teacher_temperature
-    policy = cfg.grpo.policy_temperature
-    return {
-        "teacher": sampling if teacher is None else float(teacher),
-        "student": float(cfg.reward.student_temperature),
-        "policy": sampling if policy is None else float(policy),
-    }
-
-
-def resource_needs(cfg: DictConfig, roles: tuple[str, ...] = ("learner", "rollout", "scorer")) -> dict[str, float]:
-    """CPUs and GPUs that the actors of ``roles`` ask Ray for."""
-    r = cfg.resources
-    counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
-    gpu_units = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size,
-                 "scorer": 0 if cfg.reward.kind == "verifier" else r.scorer_workers}  # a verifier loads no model
-    return {"CPU": r.cpus_per_actor * sum(counts[k] for k in roles),
-            "GPU": r.gpus_per_actor * sum(gpu_units[k] for k in roles)}
-
-
-def check_cluster(cfg: DictConfig, available: dict[str, float],
-                  roles: tuple[str, ...] = ("learner", "rollout", "scorer"), nodes: list[dict] | None = None) -> None:
-    """Fail at start, with the arithmetic, when the Ray cluster cannot hold the job's actors; with ``nodes``
-    (ray.nodes()) also when a role cannot fit on the nodes its resources.<role>_placement allows."""
-    r = cfg.resources
-    needs = resource_needs(cfg, roles)
-    names = {"learner": f"{r.learner_ranks} learner ranks",
-             "rollout": f"{cfg.rollout.num_workers} rollout workers (tensor parallel {cfg.rollout.tensor_parallel_size})",
-             "scorer": f"{r.scorer_workers} scorers"}
-    layout = " + ".join(names[k] for k in roles)
-    if needs["GPU"] > available.get("GPU", 0.0):
-        raise ConfigError(
-            f"config section 'resources': the run needs {needs['GPU']:g} GPUs ({layout}, "
-            f"resources.gpus_per_actor={r.gpus_per_actor:g}) but the Ray cluster has {available.get('GPU', 0.0):g}")
-    if needs["CPU"] > available.get("CPU", 0.0):
-        raise ConfigError(
-            f"config section 'resources': the run needs {needs['CPU']:g} CPUs ({layout}, "
-            f"resources.cpus_per_actor={r.cpus_per_actor:g}) but the Ray cluster has {available.get('CPU', 0.0):g}")
-    if nodes is not None:  # the cluster's totals suffice: does each role fit on the nodes it may use?
-        from rlt_ray.placement import check_placement
-
-        tp = cfg.rollout.tensor_parallel_size
-        per_actor = {"learner": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor},
-                     "rollout": {"CPU": r.cpus_per_actor, "GPU": r.gpus_per_actor * tp},
-                     "scorer": {"CPU": r.cpus_per_actor,
-                                "GPU": 0.0 if cfg.reward.kind == "verifier" else r.gpus_per_actor}}
-        counts = {"learner": r.learner_ranks, "rollout": cfg.rollout.num_workers, "scorer": r.scorer_workers}
-        check_placement(cfg, nodes, per_actor, {k: counts[k] for k in roles})
-
-
-def check_sft_batch(cfg: DictConfig) -> None:
-    per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
-    if cfg.sft.batch_size % per_step:
-        raise ConfigError(
-            f"config key 'sft.batch_size': {cfg.sft.batch_size} sequences per step do not split into "
-            f"'resources.learner_ranks' x 'learner.micro_batch_size' = {per_step}")
-
-
-def deepspeed_config(cfg: DictConfig, world: int, batch: Optional[int] = None) -> dict[str, Any]:
-    """The DeepSpeed config of the learner group. One optimizer step per batch (RL: questions_per_step x n;
-    SFT: sft.batch_size): gradient accumulation over every micro-batch of the rank's shard."""
-    lc = cfg.learner
-    batch = cfg.run.questions_per_step * cfg.rollout.n if batch is None else int(batch)
-    gas = batch // (world * lc.micro_batch_size)
-    zero: dict[str, Any] = {"stage": int(lc.zero_stage)}
-    if lc.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    return {
-        "train_batch_size": batch,
-        "train_micro_batch_size_per_gpu": int(lc.micro_batch_size),
-        "gradient_accumulation_steps": gas,
-        "gradient_clipping": float(lc.max_grad_norm),
-        "zero_optimization": zero,
-        "bf16": {"enabled": lc.dtype == "bfloat16"},
-        "fp16": {"enabled": lc.dtype == "float16"},
-        # torch.optim.AdamW as the client optimizer: no DeepSpeed op to compile, works with every stage
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-
-
-def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or "?"
-    msg = str(exc).splitlines()[0]
-    return ConfigError(f"config key '{key}' ({where}): {msg}")
-
-
-# keys that were renamed: a config that still sets one is told where it went, not "not in the schema"
-RENAMED = {"logging.tensorboard": "'logging.trackers', a list of tensorboard, wandb, mlflow (e.g. logging.trackers=[])"}
-
-
-def load_config(preset: str | Path | None = None, overrides: list[str] | None = None, job: str = "rl") -> DictConfig:
-    """Schema ← preset YAML ← dotted overrides, then validate(). Returns a read-only DictConfig. ``job``: "rl"
-    (training, distillation, evaluation, Serve) or "sft" (the SFT jobs, which skip the checks of the RL batch)."""
-    cfg = OmegaConf.structured(RLTConfig)
-    layers: list[tuple[str, DictConfig]] = []
-    if preset is not None:
-        path = Path(preset)
-        if not path.exists() and (REPO_ROOT / "configs" / f"{preset}.yaml").exists():
-            path = REPO_ROOT / "configs" / f"{preset}.yaml"
-        if not path.exists():
-            raise ConfigError(f"config preset {str(preset)!r} does not exist")
-        try:
-            layers.append((str(path), OmegaConf.load(path)))
-        except Exception as exc:
-            raise ConfigError(f"config preset {path}: not valid YAML: {exc}") from exc
-    for item in overrides or []:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. grpo.beta=0.02")
-    if overrides:
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
-    for where, layer in layers:
-        for old, new in RENAMED.items():
-            if OmegaConf.select(layer, old, default=None) is not None:
-                raise ConfigError(f"{where}: config key '{old}' is now {new}")
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except OmegaConfBaseException as exc:
-            raise _wrap(exc, where) from exc
-    try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        raise _wrap(exc, "resolving") from exc
-    validate(cfg, job)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
-
-
-def split_argv(argv: list[str], default: str = str(DEFAULT_PRESET)) -> tuple[Optional[str], list[str]]:
-    """`[--config PRESET | --config=PRESET | -c PRESET] key=value ...` → (preset, overrides); without one, the
-    preset is ``default`` (configs/tiny_cpu.yaml; the demo's scripts pass "demo")."""
-    preset: Optional[str] = default
-    overrides = []
-    it = iter(argv)
-    for arg in it:
-        if arg in ("--config", "-c"):
-            preset = next(it, None)
-            if preset is None:
-                raise ConfigError("--config needs a preset path or name")
-        elif arg.startswith("--config="):
-            preset = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
-    return preset, overrides
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from rlt_ray.config import FormatConfig
+from rlt_ray.config.schema import FormatConfig
 from rlt_ray.errors import FormatError
-from rlt_ray.formats import RLTFormat, Row
+from rlt_ray.method.formats import RLTFormat, Row
 from rlt_ray.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,13 @@
 """The Grafana dashboard for the jobs' Prometheus metrics, generated from the one list of what they export.
 
-Every scalar a job logs (metrics.jsonl, the trackers) is also a Ray gauge, ``rlt_<key>`` (rlt_ray.metrics;
+Every scalar a job logs (metrics.jsonl, the trackers) is also a Ray gauge, ``rlt_<key>`` (rlt_ray.infra.metrics;
 "/" becomes "_"), tagged with the run's name; Ray's metrics agent exports it as ``ray_rlt_<key>`` to Prometheus,
 beside Ray's own ``ray_*`` series that its bundled Grafana dashboards read. ``ROWS`` below lists every key, grouped
 into the dashboard's rows and panels: the RL job's and the SFT jobs'. Tests check that what the jobs really log is
 in it, and that docs/grafana/rlt_dashboard.json is what it generates:
 
-    python -m rlt_ray.dashboard            # writes docs/grafana/rlt_dashboard.json
-    python -m rlt_ray.dashboard --check    # exit 1 if the file is out of date
+    python -m rlt_ray.infra.dashboard            # writes docs/grafana/rlt_dashboard.json
+    python -m rlt_ray.infra.dashboard --check    # exit 1 if the file is out of date
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from rlt_ray.metrics import metric_name
+from rlt_ray.infra.metrics import metric_name
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "rlt_dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "rlt_dashboard.json"
 
 
 def _summary(name: str) -> list[str]:
@@ -126,7 +126,7 @@ def render() -> str:
 def main(argv: list[str]) -> int:
     if "--check" in argv:
         if not DASHBOARD.exists() or DASHBOARD.read_text() != render():
-            print(f"{DASHBOARD} is out of date: run python -m rlt_ray.dashboard", file=sys.stderr)
+            print(f"{DASHBOARD} is out of date: run python -m rlt_ray.infra.dashboard", file=sys.stderr)
             return 1
         return 0
     DASHBOARD.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The demo's task family: chained sums of single digits, with R1-like reference traces generated in code.
 
-    python -m rlt_ray.demo_task OUT_DIR [--train N] [--test N] [--seed S]
+    python -m rlt_ray.data.demo_task OUT_DIR [--train N] [--test N] [--seed S]
 
 writes OUT_DIR/train.jsonl (question, solution, reasoning_trace), OUT_DIR/train_answer_only.jsonl (no trace: the
 student SFT then learns question -> solution) and OUT_DIR/test.jsonl (held-out questions, disjoint from train).
@@ -116,7 +116,7 @@ def describe_explanations(rows: list[dict]) -> dict[str, float]:
     import re
     from collections import Counter
 
-    from rlt_ray.hacks import shared_explanation_fraction
+    from rlt_ray.method.hack_watch import shared_explanation_fraction
 
     if not rows:
         return {}
@@ -162,7 +162,7 @@ def tokenizer_corpus() -> list[str]:
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m rlt_ray.demo_task")
+    p = argparse.ArgumentParser(prog="python -m rlt_ray.data.demo_task")
     p.add_argument("out", type=Path)
     p.add_argument("--train", type=int, default=1024)
     p.add_argument("--test", type=int, default=256)

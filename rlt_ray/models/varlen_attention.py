@@ -11,7 +11,7 @@ so each token attends to exactly the tokens it attends to when its row runs alon
 How it hooks in: the name is registered in transformers' AttentionInterface (the per-layer call) and
 AttentionMaskInterface (the mask builder). The mask builder makes SDPA's mask when there is a padding mask and
 none when there is not, so the layer sees either a padded batch with its mask (→ SDPA as before) or rows with no
-mask (→ one causal call per run of positions 0, 1, 2, ...). rlt_ray.models.load_causal_lm loads every learner,
+mask (→ one causal call per run of positions 0, 1, 2, ...). rlt_ray.models.registry.load_causal_lm loads every learner,
 reference and scorer model with it (``model.attention``).
 """
 
@@ -24,7 +24,7 @@ NAME = "sdpa_varlen"
 
 def sequence_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     """[(start, end)] of each sequence in a packed row: a new one starts wherever the position does not follow the
-    previous one by 1 (at a restart to 0, as rlt_ray.logprobs packs rows)."""
+    previous one by 1 (at a restart to 0, as rlt_ray.method.logprobs packs rows)."""
     pos = position_ids.reshape(-1)
     if pos.numel() == 0:
         return []

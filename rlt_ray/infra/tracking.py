@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
 STATE_FILE = "trackers.json"
 
 

@@ -73,7 +73,7 @@ def repeated_explanations(records: Sequence[dict[str, Any]], max_shared_fraction
     since a step has far fewer questions): the RL job's watch (run.max_shared_fraction) does not see it."""
     from collections import Counter
 
-    from rlt_ray.hacks import shared_explanation_fraction
+    from rlt_ray.method.hack_watch import shared_explanation_fraction
 
     pairs = [(r["id"], " ".join(str(r["explanation"]).split())) for r in records]
     shared = shared_explanation_fraction(pairs)

@@ -1,9 +1,9 @@
 """Sequences packed by a token budget, without padding: which rows go to which learner rank, and which rows share a
-micro-batch. Pure functions on lengths; the packed forward itself is rlt_ray.logprobs.token_logprobs(packed=True).
+micro-batch. Pure functions on lengths; the packed forward itself is rlt_ray.method.logprobs.token_logprobs(packed=True).
 
 - ``balance_over_ranks``: each rank gets about the same number of TOKENS (longest first, to the rank with the fewest
   tokens so far), not the same number of rows, so no rank carries most of the long rows while the others wait at the
-  gradient all-reduce. Any split is exact: the loss's denominator is the whole batch's (rlt_ray.batch.loss_denominator).
+  gradient all-reduce. Any split is exact: the loss's denominator is the whole batch's (rlt_ray.data.rollout_batch.loss_denominator).
 - ``budget_bins``: one rank's rows in micro-batches of at most ``budget`` tokens, first-fit decreasing.
 - ``plan``: both, with the same number of micro-batches on every rank (ZeRO's collectives run once per backward, so
   every rank must run as many): a rank with fewer bins splits its fullest ones, and a rank with fewer rows than
@@ -65,7 +65,7 @@ def split_to(bins: list[list[int]], count: int, lengths: Mapping[int, int]) -> l
 def head_chunks(per_rank: Sequence[Sequence[Sequence[int]]], targets: Mapping[int, int],
                 chunk_tokens: int = 1024) -> list[int]:
     """For each micro-batch position k, the most output-projection calls any rank's k-th micro-batch needs
-    (rlt_ray.logprobs.token_logprobs projects ``chunk_tokens`` targets a call; ``targets``: each row's target
+    (rlt_ray.method.logprobs.token_logprobs projects ``chunk_tokens`` targets a call; ``targets``: each row's target
     tokens). Under ZeRO-3 every call gathers the projection's weight, so every rank makes that many calls."""
     count = max((len(m) for m in per_rank), default=0)
     return [max(1, max(-(-sum(targets[i] for i in m[k]) // chunk_tokens) for m in per_rank if k < len(m)))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rlt_ray.logprobs import pad_batch
+from rlt_ray.method.logprobs import pad_batch
 
 
 def concat_rollouts(rollouts: Sequence[dict[str, Any]]) -> dict[str, Any]:

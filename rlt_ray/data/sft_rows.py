@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 
 from rlt_ray.errors import FormatError
-from rlt_ray.formats import RLTFormat, Row
-from rlt_ray.spans import encode_with_offsets, sft_example, span_token_mask
+from rlt_ray.method.formats import RLTFormat, Row
+from rlt_ray.method.spans import encode_with_offsets, sft_example, span_token_mask
 
 
 @dataclass
@@ -106,8 +106,8 @@ def sft_step(engine, examples: SFTExamples, batch: Sequence[int], rank: int, wor
     micro-batches, gradient accumulation, token-mean NLL over the whole batch. Returns this rank's sums."""
     import time
 
-    from rlt_ray.batch import micro_batches, rank_shard
-    from rlt_ray.logprobs import pad_batch
+    from rlt_ray.data.rollout_batch import micro_batches, rank_shard
+    from rlt_ray.method.logprobs import pad_batch
 
     t0 = time.perf_counter()
     targets = sum(sum(examples.masks[i][1:]) for i in batch)

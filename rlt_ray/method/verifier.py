@@ -1,5 +1,5 @@
 """The outcome reward (reward.kind=verifier): a student-format completion (thought block, then solution block) is
-worth 1 when its solution's answer is right (rlt_ray.evaluation.AnswerChecker: math-verify, or reasoning-gym's
+worth 1 when its solution's answer is right (rlt_ray.method.answers.AnswerChecker: math-verify, or reasoning-gym's
 own scorer), plus reward.format_bonus when both blocks are closed. Pure functions, unit-tested without Ray.
 
 What cannot earn the answer's reward, whatever its solution block says (the shapes that broke the extended demo's
@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from rlt_ray.errors import FormatError
-from rlt_ray.formats import RLTFormat, Row
+from rlt_ray.method.formats import RLTFormat, Row
 
 # the checker sees at most this many characters of a solution block: a 100k-character answer is checked in
 # bounded time (math-verify parses what it is given), and a real final answer is far shorter

@@ -72,12 +72,12 @@ def metric_name(key: str) -> str:
 
 class RunLog:
     """A run's record on the driver: metrics.jsonl, samples.jsonl, events.jsonl, the trackers
-    (rlt_ray.tracking) and Ray's Prometheus gauges, all fed the same scalars."""
+    (rlt_ray.infra.tracking) and Ray's Prometheus gauges, all fed the same scalars."""
 
     def __init__(self, output_dir: str | Path, cfg: Any, run_name: str, job: str):
         from omegaconf import OmegaConf
 
-        from rlt_ray.tracking import Trackers
+        from rlt_ray.infra.tracking import Trackers
 
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from rlt_ray.models import resolve_model
+from rlt_ray.models.registry import resolve_model
 
 
 def cpu_engine_env(rollout_cfg: Any) -> dict[str, str]:
@@ -101,7 +101,7 @@ def completion_logprobs(completion: Any) -> list[float]:
 
 
 class WeightUpdateExtension:
-    """Mixed into every vLLM worker (``worker_extension_cls="rlt_ray.engine.WeightUpdateExtension"``); reached
+    """Mixed into every vLLM worker (``worker_extension_cls="rlt_ray.models.vllm_engine.WeightUpdateExtension"``); reached
     through ``llm.collective_rpc("rlt_...")``. Loads HF-named weights in place with the worker's own
     ``reload_weights`` (``model.load_weights`` fails on CPU). The caller validates the layout first: a failed
     reload leaves the engine dead."""
@@ -113,7 +113,7 @@ class WeightUpdateExtension:
         """``buckets``: one per layout entry, each bytes (multi-process engines: RPC arguments are serialised),
         a uint8 tensor, or an object-store ref (in-process engines: fetched only when the loader reaches it).
         Returns the peak bytes of bucket buffers alive at once."""
-        from rlt_ray.weight_sync import BufferMeter, unpack
+        from rlt_ray.infra.weight_sync import BufferMeter, unpack
 
         meter = BufferMeter()
 
@@ -134,7 +134,7 @@ class WeightUpdateExtension:
         return {"peak_buffer_bytes": meter.peak, **self._rlt_reload(named())}
 
     def rlt_join_group(self, backend: str, host: str, port: int, rank_offset: int, world: int, timeout_s: float):
-        from rlt_ray.weight_sync import open_group
+        from rlt_ray.infra.weight_sync import open_group
 
         # one group rank per tensor-parallel worker of this engine
         self._rlt_backend = backend
@@ -144,7 +144,7 @@ class WeightUpdateExtension:
     def rlt_receive(self, layout) -> int:
         """Receive learner rank 0's broadcast of each bucket only when the loader reaches it; returns the peak
         bytes of bucket buffers alive at once."""
-        from rlt_ray.weight_sync import BufferMeter, broadcast, bucket_nbytes, unpack
+        from rlt_ray.infra.weight_sync import BufferMeter, broadcast, bucket_nbytes, unpack
 
         device = self.rlt_device()
         meter = BufferMeter()
@@ -162,7 +162,7 @@ class WeightUpdateExtension:
         return {"peak_buffer_bytes": meter.peak, **self._rlt_reload(named())}
 
     def rlt_leave_group(self) -> None:
-        from rlt_ray.weight_sync import close_group
+        from rlt_ray.infra.weight_sync import close_group
 
         group, self._rlt_group = getattr(self, "_rlt_group", None), None
         close_group(group, getattr(self, "_rlt_backend", "gloo"))

@@ -25,7 +25,7 @@ class PolicyLogprobs(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, target_mask, temperature: float, packed: bool = False,
                 chunks: int | None = None):
-        from rlt_ray.logprobs import token_logprobs
+        from rlt_ray.method.logprobs import token_logprobs
 
         return token_logprobs(self.model, input_ids, attention_mask, target_mask, temperature, packed=packed,
                               chunks=chunks)
@@ -69,8 +69,7 @@ def build_engine(cfg: Any, model_name: str, world: int, batch_size: Optional[int
     second alive as long as models are built under ZeRO-3 (transformers reads it)."""
     import deepspeed
 
-    from rlt_ray.config import deepspeed_config
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.models.registry import load_causal_lm
 
     lc = cfg.learner
     ds_config = deepspeed_config(cfg, world, batch_size)
@@ -101,8 +100,7 @@ def build_reference(cfg: Any, name: str, world: int, device: torch.device) -> to
     """The frozen reference model: a ZeRO-3 inference engine (1/N per rank) under ZeRO-3, else a full copy."""
     import deepspeed
 
-    from rlt_ray.config import deepspeed_config
-    from rlt_ray.models import load_causal_lm
+    from rlt_ray.models.registry import load_causal_lm
 
     lc = cfg.learner
     if lc.zero_stage == 3:
@@ -153,10 +151,35 @@ def load_rng(folder: Path, rank: int) -> None:
 def save_hf(cfg: Any, model: torch.nn.Module, tokenizer: Any, path: str, rank: int) -> None:
     """The model in HF format (config, safetensors in model.dtype, tokenizer); loads in transformers and vLLM.
     Every rank must call this."""
-    from rlt_ray.weight_sync import DTYPES
+    from rlt_ray.infra.weight_sync import DTYPES
 
     state = full_state(model, rank, cfg.learner.zero_stage, DTYPES[cfg.model.dtype])
     if rank == 0:
         model.save_pretrained(path, state_dict=state)
         tokenizer.save_pretrained(path)
     torch.distributed.barrier()
+
+
+def deepspeed_config(cfg: Any, world: int, batch: Optional[int] = None) -> dict[str, Any]:
+    """The DeepSpeed config of the learner group. One optimizer step per batch (RL: questions_per_step x n;
+    SFT: sft.batch_size): gradient accumulation over every micro-batch of the rank's shard."""
+    lc = cfg.learner
+    batch = cfg.run.questions_per_step * cfg.rollout.n if batch is None else int(batch)
+    gas = batch // (world * lc.micro_batch_size)
+    zero: dict[str, Any] = {"stage": int(lc.zero_stage)}
+    if lc.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": batch,
+        "train_micro_batch_size_per_gpu": int(lc.micro_batch_size),
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": float(lc.max_grad_norm),
+        "zero_optimization": zero,
+        "bf16": {"enabled": lc.dtype == "bfloat16"},
+        "fp16": {"enabled": lc.dtype == "float16"},
+        # torch.optim.AdamW as the client optimizer: no DeepSpeed op to compile, works with every stage
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }

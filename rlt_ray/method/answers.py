@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from rlt_ray.errors import FormatError
-from rlt_ray.formats import RLTFormat, Row
+from rlt_ray.method.formats import RLTFormat, Row
 
 
 def predicted_solution(fmt: RLTFormat, completion: str) -> Optional[str]:
@@ -53,7 +53,7 @@ class AnswerChecker:
 
     def __init__(self, source: str, size: int, seed: int, own_timeouts: bool = True, function: Optional[str] = None):
         """``own_timeouts=False``: math-verify without its signal-based timeouts (for a caller that bounds the
-        whole check itself: rlt_ray.verifier.time_limit; two alarms would cancel each other). ``function``
+        whole check itself: rlt_ray.method.verifier.time_limit; two alarms would cancel each other). ``function``
         (reward.answer_check): "module:function", your own check, called as function(row, prediction) -> bool."""
         self.timeout = 5 if own_timeouts else None
         self.function = load_answer_check(function) if function else None
@@ -85,57 +85,6 @@ class AnswerChecker:
             gold = f"${gold}$"
         return bool(verify(parse(gold, parsing_timeout=self.timeout), parse(prediction, parsing_timeout=self.timeout),
                            timeout_seconds=self.timeout))
-
-
-CHECK_TIMEOUT_S = 10.0  # one answer's check (math-verify's parse of a pathological answer can take minutes)
-
-
-class CheckStage:
-    """A Ray Data stage of jobs/evaluate.py: decode each sampled answer, take its solution block and check it
-    (AnswerChecker). Columns in: ``index``, ``completion_ids``, ``finish_reason`` (one completion per row)."""
-
-    def __init__(self, cfg: Any, model: str, source: str, rows: list[Row]):
-        from rlt_ray.models import load_tokenizer
-
-        self.tokenizer = load_tokenizer(model)
-        self.fmt = RLTFormat(cfg.format, self.tokenizer)
-        # math-verify's own timeouts are signal alarms, which raise off the main thread, and Ray Data may run
-        # this stage there: the check is bounded by time_limit where it can be, and by the answer's length
-        self.checker = AnswerChecker(source, cfg.eval.size, cfg.eval.seed, own_timeouts=False)
-        self.rows = rows
-
-    def check(self, index: int, prediction: Optional[str]) -> tuple[bool, str]:
-        """(correct, why the check failed or ""): a check that raises or runs past CHECK_TIMEOUT_S counts as
-        wrong, and the evaluation goes on."""
-        from rlt_ray.verifier import MAX_SOLUTION_CHARS, CheckTimeout, time_limit
-
-        if prediction is not None:
-            prediction = prediction[-MAX_SOLUTION_CHARS:]
-        try:
-            with time_limit(CHECK_TIMEOUT_S):
-                return bool(self.checker.check(self.rows[index], index, prediction)), ""
-        except CheckTimeout:
-            return False, f"the check ran past {CHECK_TIMEOUT_S:g} s"
-        except Exception as exc:  # a checker's own bug, or an answer it cannot parse: this row only
-            return False, f"the check raised {type(exc).__name__}: {str(exc)[:200]}"
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, list] = {k: [] for k in ("index", "completion", "prediction", "has_prediction", "correct",
-                                                "check_error", "finish_reason", "tokens")}
-        for i, ids, reasons in zip(batch["index"], batch["completion_ids"], batch["finish_reason"]):
-            i, ids = int(i), [int(t) for t in ids[0]]
-            completion = self.tokenizer.decode(ids, skip_special_tokens=False)
-            prediction = predicted_solution(self.fmt, completion)
-            out["index"].append(i)
-            out["completion"].append(completion)
-            out["prediction"].append(prediction or "")
-            out["has_prediction"].append(prediction is not None)
-            correct, error = self.check(i, prediction)
-            out["correct"].append(correct)
-            out["check_error"].append(error)
-            out["finish_reason"].append(str(reasons[0]))
-            out["tokens"].append(len(ids))
-        return out
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -1,0 +1,2 @@
+"""The model engines, one builder each: the model registry, vLLM (with its weight-sync worker extension),
+the DeepSpeed learner model, the varlen attention."""
