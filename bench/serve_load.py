@@ -5,7 +5,7 @@
                                [--reward] [--model tiny-teacher]
 
 Every request asks for exactly --max-tokens new tokens where the route allows it (ignore_eos on the OpenAI
-routes), so tokens/s compare across routes and with the engine offline (bench/p7_serving.py). Prints one line,
+routes), so tokens/s compare across routes and with the engine offline (bench/serve_vs_offline.py). Prints one line,
 then a last JSON line: errors (goal 0), p50/p95/p99 seconds, requests/s, tokens/s, the machine. Exit code 1 when
 any request failed.
 """

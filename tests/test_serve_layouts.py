@@ -26,7 +26,7 @@ def test_the_other_layout_has_its_deployments_and_answers_every_route(other_layo
     env, url = other_layout
     deployments = set(serve_status(env)["applications"]["rlt-teacher"]["deployments"])
     if OTHER:  # the engine in the ingress's replica: no LLMServer deployment, no ingress of its own
-        assert deployments == {"TeacherReplica", "StudentScorer"}, deployments
+        assert deployments == {"TeacherReplica", "ScorerDeployment"}, deployments
     else:
         assert "TeacherIngress" in deployments and any(d.startswith("LLMServer") for d in deployments), deployments
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,4 +1,4 @@
-"""The SFT jobs on Ray Train (jobs/sft.py), on the real stack: a Train worker killed with SIGKILL mid-run, a run
+"""The SFT jobs on Ray Train (actors/sft_train.py), on the real stack: a Train worker killed with SIGKILL mid-run, a run
 that may not restart, a resume, bad storage. The weights at the end must equal an uninterrupted run's, bit for
 bit (one CPU, the same data order, the whole DeepSpeed state and the RNG in every checkpoint)."""
 
@@ -107,7 +107,7 @@ def test_resume_latest_refuses_another_shape(uninterrupted):
 
 
 def test_bad_storage_and_nothing_to_resume_fail_at_start_naming_the_key(tmp_path):
-    from jobs.sft import check_storage, plan_run
+    from actors.sft_train import check_storage, plan_run
     from rlt_ray.errors import ConfigError
     from rlt_ray.config import load_config
 

@@ -273,7 +273,7 @@ class SFTConfig:
     batch_size: int = 16  # sequences per optimizer step, over all ranks
     max_seq_tokens: int = 4096  # longer examples are skipped and counted (truncating would cut the target)
     output_dir: str = "runs/sft"  # metrics.jsonl, TensorBoard, the HF folders final/ and epoch_N/
-    # Ray Train (jobs/sft.py): where its checkpoints go, a folder or any URI pyarrow understands (s3://, gs://,
+    # Ray Train (actors/sft_train.py): where its checkpoints go, a folder or any URI pyarrow understands (s3://, gs://,
     # hdfs://); shared by every node on a cluster of several. None: <output_dir>/train
     storage_path: Optional[str] = None
     checkpoint_every: int = 100  # optimizer steps between checkpoints (0: only at each epoch's end)

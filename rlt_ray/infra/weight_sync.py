@@ -67,7 +67,7 @@ def pack_bucket(named: dict[str, torch.Tensor], metas: Sequence[TensorMeta],
     """Copy one bucket's tensors into a flat uint8 tensor (one copy per tensor, cast to the layout dtype). With
     ``out`` (a uint8 buffer of at least the bucket's bytes, on ``device``): into its first bytes, returned as a
     view. A buffer reused from sync to sync costs no allocation: on CPU a fresh buffer is paid in page faults,
-    which made packing 5x slower than the copy itself (bench/p3_weight_sync.py)."""
+    which made packing 5x slower than the copy itself (bench/weight_sync_vs_memcpy.py)."""
     nbytes = bucket_nbytes(metas)
     flat = torch.empty(nbytes, dtype=torch.uint8, device=device) if out is None else out[:nbytes]
     for name, dtype, shape, off, nbytes in metas:

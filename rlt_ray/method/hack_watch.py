@@ -2,7 +2,7 @@
 closing its explanation tag, its explanations collapse in length, or it writes the same explanation for different
 questions. Pure functions over the per-step metrics (``closed_tag_fraction``, ``completion_tokens_mean``,
 ``truncated_fraction``, ``reward_mean``, ``shared_explanation_fraction``, ``r_ss_mean``), used by the RL job
-(jobs/rl_step.py) after every step."""
+(actors/rl_step.py) after every step."""
 
 from __future__ import annotations
 

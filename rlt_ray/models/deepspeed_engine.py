@@ -1,5 +1,5 @@
 """The one builder of the DeepSpeed model that learns: the RL learner ranks (actors.learner) and Ray Train's SFT
-workers (jobs/sft.py) both call ``build_engine``, and save HF folders with ``save_hf``.
+workers (actors/sft_train.py) both call ``build_engine``, and save HF folders with ``save_hf``.
 
 One code path for CPU (gloo) and GPU (nccl): ``resources.device`` and ``resources.backend`` decide. The process
 group is the caller's when it already exists (Ray Train sets one up), else DeepSpeed opens it over TCP.

@@ -1,7 +1,7 @@
 """P2: student scoring, batched and packed by length (rlt_ray.method.scoring) ÷ the reference's one-sequence-at-a-time
 loop, on the same RewardSequences in one run; the rewards must be equal (fp32).
 
-    python bench/p2_scoring.py [--model tiny-student] [--sequences 64] [--max-new 128] [--device cpu] [--rounds 5]
+    python bench/scoring_batched_vs_loop.py [--model tiny-student] [--sequences 64] [--max-new 128] [--device cpu] [--rounds 5]
 
 The two sides run in interleaved rounds (bench/common.py): min and median of each, the ratios of the minima and
 of the medians, and a last JSON line with the machine. Target (issue 7): speed-up >= 5x with max |reward difference| <= 1e-4.

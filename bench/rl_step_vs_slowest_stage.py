@@ -6,7 +6,7 @@ side by side in one run of this script:
 - streamed:   rollout.stream_groups=1 — each finished group is scored at once and learned as it arrives;
 - off-policy: grpo.max_staleness=1 — the next step samples while this one learns (the optional mode).
 
-    python bench/p1_step.py [--steps 12] [--config configs/tiny_cpu.yaml] [--modes sequential,streamed,off_policy]
+    python bench/rl_step_vs_slowest_stage.py [--steps 12] [--config configs/tiny_cpu.yaml] [--modes sequential,streamed,off_policy]
                             [--rounds 2] [key=value ...]
 
 A stage's time is its busy time in the step (a worker's generation, a scorer's and a learner rank's summed calls).

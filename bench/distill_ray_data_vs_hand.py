@@ -1,7 +1,7 @@
 """P8: distillation throughput, the hand-made scheduler (actors split rows by hand) against the Ray Data pipeline,
 on the same rows, model and machine, in interleaved rounds.
 
-    python bench/p8_distill.py [--teacher tiny-teacher] [--student tiny-student] [--data reasoning_gym:gsm_symbolic]
+    python bench/distill_ray_data_vs_hand.py [--teacher tiny-teacher] [--student tiny-student] [--data reasoning_gym:gsm_symbolic]
                                [--rows 48] [--k 2] [--max-new 128] [--batch-rows 16] [--rounds 3]
                                [--baseline 4cf9b9a] [--config PRESET] [--extra key=value ...]
 

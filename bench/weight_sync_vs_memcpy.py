@@ -1,7 +1,7 @@
 """P3: weight-sync time ÷ a plain memcpy of the same bytes, and RPC calls per sync, for both transports (object
 store, collective broadcast), in one run on real actors (learner group + rollout workers).
 
-    python bench/p3_weight_sync.py [--model smollm2-135m-instruct] [--workers 1] [--rounds 5]
+    python bench/weight_sync_vs_memcpy.py [--model smollm2-135m-instruct] [--workers 1] [--rounds 5]
                                    [--config configs/tiny_cpu.yaml] [--across-nodes] [key=value ...]
 
 --across-nodes: on a two-node Ray cluster started here (ray.cluster_utils.Cluster, one raylet and object store per

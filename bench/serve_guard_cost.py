@@ -1,6 +1,6 @@
 """P7's guard lever: what the Serve app's own checks cost per request, measured apart from Ray and the engine.
 
-    python bench/p7_guard.py [--model tiny-teacher] [--requests 2000] [--rounds 5] [--prompt-chars 900]
+    python bench/serve_guard_cost.py [--model tiny-teacher] [--requests 2000] [--rounds 5] [--prompt-chars 900]
 
 Sides, each over the same ``--requests`` chat-completion requests (a ~200-token prompt, the headers P7's load
 sends), in interleaved rounds:

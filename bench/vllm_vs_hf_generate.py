@@ -1,6 +1,6 @@
 """P4: vLLM rollout tokens/s ÷ HF ``generate`` tokens/s, same model, same prompts, same n, same length, one run.
 
-    python bench/p4_rollout.py [--model tiny-teacher] [--prompts 16] [--n 4] [--max-new 128] [--device cpu]
+    python bench/vllm_vs_hf_generate.py [--model tiny-teacher] [--prompts 16] [--n 4] [--max-new 128] [--device cpu]
                                [--rounds 5] [key=value ...]
 
 Sampling at the rollout temperature with min_tokens = max_tokens (both sides produce exactly the same number of

@@ -1,6 +1,6 @@
 """P7: served tokens/s ÷ the engine's offline tokens/s, same model, prompts, concurrency and length.
 
-    python bench/p7_serving.py [--model tiny-teacher] [--requests 256] [--concurrency 32] [--max-tokens 32]
+    python bench/serve_vs_offline.py [--model tiny-teacher] [--requests 256] [--concurrency 32] [--max-tokens 32]
                                [--rounds 3] [--sides offline,vllm_server,serve_completions,serve_explain]
                                [--env NAME=VALUE ...] [--serve-set KEY=VALUE ...]
 
@@ -11,7 +11,7 @@ round's tokens/s, best and median); half of the served requests are streamed:
   serve_completions   our Serve app's /v1/completions (proxy -> ingress -> LLMServer; proxy -> TeacherReplica with
                       --serve-set serve.engine_in_ingress=true)
   serve_explain       our Serve app's /v1/explain without a student (ingress builds the prompt, calls the teacher)
-  serve_explain_reward  /v1/explain with serve.student: every explanation scored by the StudentScorer deployment
+  serve_explain_reward  /v1/explain with serve.student: every explanation scored by the ScorerDeployment deployment
 The prompts are the teacher prompts /v1/explain builds for bench/serve_load.py's questions, sent as token ids to
 the completions routes; every request generates exactly --max-tokens tokens (min_tokens / ignore_eos) except on
 /v1/explain, whose tokens are counted as they come. Goal (issue 16): serve_completions / offline >= 0.5.
@@ -80,7 +80,7 @@ def offline(a, cfg, prompts) -> list[float]:
     return out
 
 
-KINDS = ("ProxyActor", "TeacherIngress", "TeacherReplica", "StudentScorer", "LLMServer", "EngineCore", "VLLM::Worker",
+KINDS = ("ProxyActor", "TeacherIngress", "TeacherReplica", "ScorerDeployment", "LLMServer", "EngineCore", "VLLM::Worker",
          "vllm.entrypoints.openai.api_server", "raylet", "gcs_server", "ServeController")
 
 
