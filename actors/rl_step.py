@@ -11,7 +11,8 @@
     log_step(...)                   6. metrics, events, the console line
 and ``Checkpoints`` saves (7). ``stop_with_checkpoint`` turns any failure while the learners live into a checkpoint
 of the completed steps and an ``error`` event. Stages pass ObjectRefs to each other's actors: the controller never
-carries a batch. It drives actors, so it lives in jobs/, not in rlt_ray/ (pure functions only).
+carries a batch. It drives actors, so it lives in actors/ beside them, not in rlt_ray/ (pure functions only).
+One idea, in more than 400 lines: the streamed step and what it does when an actor fails.
 """
 
 from __future__ import annotations
@@ -20,137 +21,13 @@ import collections
 import math
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-
-class Prompts(NamedTuple):
-    rows: list  # the training rows
-    prompts: list  # their tokenized prompts
-    dropped: dict  # why rows were dropped -> how many
-    eval_rows: list  # the held-out rows of run.eval_every (empty when it is off)
-    eval_prompts: list
-
-
-def load_prompts(cfg: Any) -> Prompts:
-    """Rows and their tokenized prompts: the teacher's (question and solution; reward.kind=rlt) or the student's
-    (the question; reward.kind=verifier). Dropped and counted: prompts over rollout.max_prompt_tokens, and with a
-    verifier the rows without an answer to check (never scored 0 in silence). With run.eval_every, the held-out
-    rows too: data.eval_source's, or the last data.eval_size rows of data.source (then not trained on)."""
-    from rlt_ray.errors import ConfigError
-    from rlt_ray.data.sources import load_rows
-    from rlt_ray.method.answers import load_answer_check
-
-    dc = cfg.data
-    if cfg.reward.kind == "verifier" and cfg.reward.answer_check:  # your own check decides what it can check: load
-        load_answer_check(cfg.reward.answer_check)  # it here, so a bad name stops the job before any actor starts
-    rows, prompts, dropped = _prompts_of(cfg, load_rows(dc.source, split=dc.split, size=dc.size, seed=dc.seed,
-                                                         max_rows=dc.max_rows, fmt_cfg=cfg.format), str(dc.source))
-    eval_rows: list = []
-    eval_prompts: list = []
-    if cfg.run.eval_every:
-        if dc.eval_source:
-            held = load_rows(dc.eval_source, split=dc.eval_split, size=dc.eval_size, seed=dc.seed,
-                             max_rows=dc.eval_size, fmt_cfg=cfg.format)
-            eval_rows, eval_prompts, _ = _prompts_of(cfg, held, str(dc.eval_source))
-            if not eval_rows:
-                raise ConfigError(f"config key 'data.eval_source': no row of {dc.eval_source} is usable "
-                                  f"(prompt length or answer to check; see rollout.max_prompt_tokens)")
-        else:
-            if len(rows) <= dc.eval_size:
-                raise ConfigError(f"config key 'data.eval_size': {dc.eval_size} held-out rows leave no training row "
-                                  f"of data.source's {len(rows)}; lower it or set data.eval_source")
-            rows, eval_rows = rows[:-dc.eval_size], rows[-dc.eval_size:]
-            prompts, eval_prompts = prompts[:-dc.eval_size], prompts[-dc.eval_size:]
-    if len(rows) < cfg.run.questions_per_step:
-        raise ConfigError(f"config key 'rollout.max_prompt_tokens': only {len(rows)} rows have a prompt of at most "
-                          f"{cfg.rollout.max_prompt_tokens} tokens"
-                          + (" and an answer to check" if cfg.reward.kind == "verifier" else "")
-                          + (f" (after data.eval_size={dc.eval_size} held out)" if eval_rows and not dc.eval_source
-                             else "")
-                          + f", fewer than run.questions_per_step={cfg.run.questions_per_step}")
-    return Prompts(rows, prompts, dropped, eval_rows, eval_prompts)
-
-
-def _prompts_of(cfg: Any, rows: list, source: str) -> tuple[list, list, dict]:
-    """The rows that can be prompted (and, with a verifier, checked) with their prompt ids, and the dropped counts."""
-    from rlt_ray.config import trained_model
-    from rlt_ray.method.answers import AnswerChecker
-    from rlt_ray.method.formats import RLTFormat, prompt_ids
-    from rlt_ray.models.registry import load_tokenizer
-    from rlt_ray.method.verifier import checkable
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer or trained_model(cfg))
-    fmt = RLTFormat(cfg.format, tokenizer)
-    dropped = {}
-    if cfg.reward.kind == "verifier":
-        # reasoning-gym's scorer, or your own check, gets every item
-        every = cfg.reward.answer_check or AnswerChecker.method_for(source) == "reasoning_gym"
-        usable = [r for r in rows if checkable(r, bool(every))]
-        if len(usable) < len(rows):
-            dropped["without an answer to check"] = len(rows) - len(usable)
-        rows = usable
-        texts = [fmt.student_prompt(r) for r in rows]
-    else:
-        texts = [fmt.teacher_prompt(r) for r in rows]
-    ids = prompt_ids(tokenizer, texts, cfg.rollout.max_prompt_tokens)
-    kept = [(row, p) for row, p in zip(rows, ids) if p is not None]
-    if len(kept) < len(rows):
-        dropped[f"over rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}"] = len(rows) - len(kept)
-    return [r for r, _ in kept], [p for _, p in kept], dropped
-
-
-def reward_part_metrics(rollouts, scored) -> dict[str, float]:
-    """The reward, its parts (the RLT reward's, or the verifier's: correct is accuracy, formatted both blocks
-    closed) and the completions' lengths, over a step's or a validation's samples."""
-    from rlt_ray.infra.metrics import summarize
-
-    lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
-    finish = [f for r in rollouts for f in r["finish_reason"]]
-    m: dict[str, float] = dict(summarize("reward", np.concatenate([s["total"] for s in scored])))
-    for key in ("r_ss", "r_kl", "match", "explanation_tokens", "solution_tokens", "correct", "formatted", "overlong"):
-        if key in scored[0]:
-            m[f"{key}_mean"] = float(np.concatenate([s[key] for s in scored]).mean())
-    if "correct" in scored[0]:
-        m["accuracy"], m["format_rate"] = m.pop("correct_mean"), m.pop("formatted_mean")
-        m["overlong_fraction"] = m.pop("overlong_mean")  # cut at the token limit or run on: no answer reward
-    m["closed_tag_fraction"] = float(np.mean(np.concatenate([s["match"] for s in scored]) == 0.0))
-    m.update(summarize("completion_tokens", lengths))
-    m["truncated_fraction"] = float(np.mean([f == "length" for f in finish]))
-    return m
-
-
-def step_metrics(rollouts, scored, trained, sync_stats, t_step) -> dict[str, float]:
-    from rlt_ray.method.grpo import signal_fraction
-
-    total = np.concatenate([s["total"] for s in scored])
-    lengths = [len(c) for r in rollouts for c in r["completion_ids"]]
-    # busy time per stage: a worker's chunks each count from its call's start; a scorer's and a rank's add up
-    gen_s = max(r["seconds"] for r in rollouts)
-    per_scorer: dict[int, float] = {}
-    for s in scored:
-        per_scorer[s["scorer"]] = per_scorer.get(s["scorer"], 0.0) + s["seconds"]
-    score_s = max(per_scorer.values())
-    learn_s = max(t["seconds"] for t in trained)
-    m = reward_part_metrics(rollouts, scored)
-    m["signal_fraction"] = signal_fraction(total, int(rollouts[0]["n"]))  # groups with a non-zero advantage
-    m["loss"] = float(np.mean([t["loss"] for t in trained]))
-    m["policy_kl"] = float(np.mean([t["kl"] for t in trained]))
-    m["clip_fraction"] = float(np.mean([t["clip_fraction"] for t in trained]))  # grpo.clip_eps: tokens clipped
-    m["grad_norm"] = float(trained[0]["grad_norm"])
-    m["update_ratio"] = float(trained[0]["update_ratio"])  # ||Δθ|| / ||θ|| of the step's last optimizer step
-    m["lr"] = float(trained[0]["lr"])
-    m["sync_seconds"] = sync_stats.seconds if sync_stats else 0.0
-    m["sync_bytes"] = float(sync_stats.bytes) if sync_stats else 0.0
-    m["sync_engine_reload_seconds"] = sync_stats.engine_reload_s if sync_stats else 0.0  # vLLM's own part
-    m["sync_engine_post_seconds"] = sync_stats.engine_post_s if sync_stats else 0.0  # of it: post-load processing
-    m["generate_seconds"], m["score_seconds"], m["learn_seconds"] = gen_s, score_s, learn_s
-    m["generate_tokens_per_s"] = sum(lengths) / max(gen_s, 1e-9)
-    m["score_tokens_per_s"] = sum(s["tokens"] for s in scored) / max(score_s, 1e-9)
-    m["learn_tokens_per_s"] = sum(t["tokens"] for t in trained) / max(learn_s, 1e-9)
-    m["step_seconds"] = time.perf_counter() - t_step
-    return m
+from actors.rl_checkpoints import Checkpoints
+from actors.rl_prompts import Prompts
+from rlt_ray.infra.step_metrics import reward_part_metrics, sample_records, step_metrics
 
 
 def prompt_tail_tokens(cfg) -> int:
@@ -182,16 +59,6 @@ def learner_get(ray, refs):
         done, pending = ray.wait(pending, num_returns=1)
         ray.get(done)
     return ray.get(list(refs))
-
-
-def sample_records(rows, chunks, scored) -> list[dict[str, Any]]:
-    records = []
-    for chunk, part in zip(chunks, scored):
-        n = chunk["sequences"] // len(chunk["rows"])
-        for j, (explanation, reward) in enumerate(zip(part["explanations"], part["total"])):
-            records.append({"row": rows[chunk["rows"][j // n]].id, "explanation": explanation,
-                            "reward": float(reward)})
-    return records
 
 
 class BatchFeed:
@@ -680,36 +547,6 @@ class RLStep:
                 slots.kill_all()
         if self.learners is not None:
             self.learners.shutdown()
-
-
-class Checkpoints:
-    """7. HF teacher + full training state, every run.checkpoint_every steps or run.checkpoint_every_minutes
-    (whichever comes first) and at the end; COMPLETE is written last; then the oldest beyond
-    run.keep_checkpoints are deleted (never the newest complete one)."""
-
-    def __init__(self, ray: Any, cfg: Any, out: Path, step: RLStep):
-        self.ray, self.cfg, self.out, self.step = ray, cfg, out, step
-        self.last = time.monotonic()
-
-    def due(self, steps_done: int) -> bool:
-        every, minutes = self.cfg.run.checkpoint_every, self.cfg.run.checkpoint_every_minutes
-        return bool((every and steps_done % every == 0) or steps_done == self.cfg.run.steps
-                    or (minutes and time.monotonic() - self.last >= 60 * minutes))
-
-    def save(self, steps_done: int) -> None:
-        from rlt_ray.infra.checkpoint import prune, step_dir, write_state
-        from rlt_ray.config import to_yaml
-
-        t0, cfg = time.perf_counter(), self.cfg
-        ckpt = step_dir(self.out, steps_done)
-        self.ray.get(self.step.learners.call("save_checkpoint", str(ckpt)))
-        write_state(ckpt, {"step": steps_done, "weights_version": steps_done, "data_seed": cfg.data.seed,
-                           "questions_per_step": cfg.run.questions_per_step, "config": to_yaml(cfg)})
-        self.last = time.monotonic()
-        self.step.log.trackers.artifact("checkpoint", ckpt)  # the newest one; the path, not an upload
-        pruned = prune(self.out, cfg.run.keep_checkpoints)
-        print(f"train_rlt: checkpoint {ckpt} ({time.perf_counter() - t0:.1f} s)"
-              + (f"; deleted {', '.join(p.name for p in pruned)}" if pruned else ""), flush=True)
 
 
 def describe_error(exc: BaseException) -> str:

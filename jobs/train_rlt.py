@@ -27,7 +27,7 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv: list[str]) -> int:
-    from actors.rl_step import load_prompts
+    from actors.rl_prompts import load_prompts
     from rlt_ray.infra.checkpoint import latest, resolve_resume
     from rlt_ray.errors import RunStopped
     from rlt_ray.infra.cluster import connect_ray, restartable
@@ -95,7 +95,8 @@ def summarize_run(cfg, out: Path) -> int:
 def train(ray, cfg, data, out: Path, resume: Path | None, attempt: int = 0) -> int:
     """One attempt of the run: start the actors, (resume,) step to run.steps, checkpoint; any failure ends in
     RLStep.stop_with_checkpoint."""
-    from actors.rl_step import Checkpoints, RLStep, inject_fault
+    from actors.rl_checkpoints import Checkpoints
+    from actors.rl_step import inject_fault, RLStep
     from rlt_ray.infra.metrics import RunLog
 
     log = RunLog(out, cfg, out.name, "train_rlt")

@@ -47,9 +47,9 @@ def test_the_result_is_the_last_stdout_line_and_names_the_machine(capsys):
 
 
 def test_p7_guard_passes_every_request_and_costs_more_than_the_bare_route(capsys):
-    import p7_guard
+    import serve_guard_cost
 
-    assert p7_guard.main(["--requests", "100", "--rounds", "3"]) == 0  # exits if the guard refused a request
+    assert serve_guard_cost.main(["--requests", "100", "--rounds", "3"]) == 0  # exits if the guard refused a request
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     per = result["us_per_request"]
     assert result["bench"] == "P7_guard" and result["specials"] > 0

@@ -9,7 +9,8 @@ from pathlib import Path
 from rlt_ray.infra.dashboard import DASHBOARD, ROWS, metric_keys, render, series
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "jobs" / "rl_step.py", ROOT / "jobs" / "sft.py"]
+SOURCES = [ROOT / "rlt_ray" / "infra" / "step_metrics.py", ROOT / "actors" / "rl_step.py",
+           ROOT / "actors" / "sft_train.py"]
 
 
 def test_the_shipped_dashboard_is_the_generated_one():

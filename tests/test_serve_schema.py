@@ -147,7 +147,7 @@ def test_the_guard_checks_token_size_deadline_and_json_before_the_route(monkeypa
 def test_readiness_waits_for_a_real_answer_never_blocks_the_prober_and_retries_a_failed_check():
     import asyncio
 
-    from serve.app import ReadyProbe
+    from serve.engine import ReadyProbe
 
     async def scenario():
         gate, calls = asyncio.Event(), []
@@ -181,7 +181,7 @@ def test_the_probes_are_the_only_paths_without_the_token(monkeypatch):
 
 def test_the_served_model_id_names_the_checkpoint(tmp_path):
     from rlt_ray.config import load_config
-    from serve.app import served_model_id
+    from serve.engine import served_model_id
 
     ckpt = tmp_path / "run" / "checkpoints" / "step_000040" / "hf"
     ckpt.mkdir(parents=True)
@@ -196,7 +196,7 @@ def test_the_teacher_engine_skips_the_librarys_download_task():
     import asyncio
 
     from rlt_ray.config import load_config
-    from serve.app import LocalFolderInit, llm_config
+    from serve.engine import llm_config, LocalFolderInit
 
     config = llm_config(load_config(None, []))
     assert Path(config.model_loading_config.model_source).is_dir()

@@ -57,7 +57,7 @@ def test_verifier_run_logs_accuracy_survives_a_killed_worker_and_a_raising_verif
 
 
 def test_a_row_without_an_answer_to_check_is_skipped_and_counted(tmp_path):
-    from actors.rl_step import load_prompts
+    from actors.rl_prompts import load_prompts
     from rlt_ray.config import load_config
 
     data = tmp_path / "rows.jsonl"
