@@ -1,11 +1,12 @@
 """The learner: N Ray actors (one per rank) in a placement group, forming their own torch.distributed group
 (gloo on CPU, nccl on GPU) and one DeepSpeed engine (ZeRO stage and dtype from config).
 
-A rank owns the policy (DeepSpeed, built by rlt_ray.models.deepspeed_engine as Ray Train's SFT workers build
-it), the reference model and its mixup; it runs the GRPO loss over its share of the step's batch as the batch
-arrives (begin_step / accumulate / finish_step: gradient accumulation, one optimizer step per batch; train_step does all three for a batch at hand), exports HF-named weights for the
-weight sync (under ZeRO-3 every rank joins the gather) and writes/reads checkpoints. ``LearnerGroup`` starts
-the ranks and fans calls out to all of them. One idea, in more than 400 lines: the learner group.
+A rank owns the policy (DeepSpeed, built by rlt_ray.models.deepspeed_engine as Ray Train's SFT workers build it),
+the reference model and its mixup; it runs the GRPO loss over its share of the step's batch as the batch arrives
+(begin_step / accumulate / finish_step: gradient accumulation, one optimizer step per batch; train_step does all
+three for a batch at hand), exports HF-named weights for the weight sync (under ZeRO-3 every rank joins the gather)
+and writes/reads checkpoints. ``LearnerGroup`` starts the ranks and fans calls out to all of them. One idea, in more
+than 400 lines: the learner group.
 """
 
 from __future__ import annotations

@@ -242,6 +242,11 @@ def check_cluster(cfg: DictConfig, available: dict[str, float],
              "rollout": f"{cfg.rollout.num_workers} rollout workers (tensor parallel {cfg.rollout.tensor_parallel_size})",
              "scorer": f"{r.scorer_workers} scorers"}
     layout = " + ".join(names[k] for k in roles)
+    if r.device == "cpu" and available.get("GPU", 0.0) > 0 and not r.allow_cpu_preset:
+        raise ConfigError(
+            f"config key 'resources.device': this config runs on CPU (as the toy presets tiny_cpu and demo do) but "
+            f"the Ray cluster has {available['GPU']:g} GPUs: pass --config with a GPU preset (configs/paper_7b.yaml) "
+            f"or set resources.device=cuda, or pass --allow-cpu-preset to run it on the CPUs anyway")
     if needs["GPU"] > available.get("GPU", 0.0):
         raise ConfigError(
             f"config section 'resources': the run needs {needs['GPU']:g} GPUs ({layout}, "

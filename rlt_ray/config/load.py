@@ -7,6 +7,7 @@ Unknown keys, wrong types and bad values raise ConfigError naming the full key.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -69,9 +70,11 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
 
 
 def split_argv(argv: list[str], default: str = str(DEFAULT_PRESET)) -> tuple[Optional[str], list[str]]:
-    """`[--config PRESET | --config=PRESET | -c PRESET] key=value ...` → (preset, overrides); without one, the
-    preset is ``default`` (configs/tiny_cpu.yaml; the demo's scripts pass "demo")."""
-    preset: Optional[str] = default
+    """`[--config PRESET | --config=PRESET | -c PRESET] [--allow-cpu-preset] key=value ...` → (preset, overrides).
+    Without --config the preset is ``default`` (configs/tiny_cpu.yaml, a CPU toy; the demo's scripts pass "demo"),
+    and a line on the console says so: a job never trains the toy in silence. --allow-cpu-preset lets a CPU
+    config run on a cluster that has GPUs (resources.allow_cpu_preset; refused otherwise, checks.check_cluster)."""
+    preset: Optional[str] = None
     overrides = []
     it = iter(argv)
     for arg in it:
@@ -81,8 +84,15 @@ def split_argv(argv: list[str], default: str = str(DEFAULT_PRESET)) -> tuple[Opt
                 raise ConfigError("--config needs a preset path or name")
         elif arg.startswith("--config="):
             preset = arg.split("=", 1)[1]
+        elif arg == "--allow-cpu-preset":
+            overrides.append("resources.allow_cpu_preset=true")
         else:
             overrides.append(arg)
+    if preset is None:
+        preset = default
+        job = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "rlt-ray"
+        print(f"{job}: no --config given: using the preset {preset} (pass --config PRESET, e.g. "
+              f"configs/paper_7b.yaml; --help lists the presets)", flush=True)
     return preset, overrides
 
 

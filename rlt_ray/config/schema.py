@@ -194,6 +194,9 @@ class ResourcesConfig:
     scorer_workers: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0  # with device=cuda: 1 per learner rank / rollout worker / scorer
+    # a resources.device=cpu config on a Ray cluster that has GPUs is refused (a toy preset by mistake) unless this
+    # is set: the jobs' --allow-cpu-preset flag
+    allow_cpu_preset: bool = False
     weight_sync: str = "object_store"  # object_store | collective
     sync_bucket_mb: int = 256  # flat buckets of at most this size per weight sync
     placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group

@@ -183,11 +183,31 @@ def library_log_dir(copy_to: Optional[Path] = None) -> Optional[Path]:
     return copy_to
 
 
+def job_help(main: Callable, name: str) -> str:
+    """A job's --help: what it does (its module's docstring), the presets, the flags, and where the keys are."""
+    from rlt_ray.config import REPO_ROOT
+
+    doc = (sys.modules[main.__module__].__doc__ or "").strip()
+    presets = []
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        presets.append(f"  {path.relative_to(REPO_ROOT)!s:36} {first[:80]}")
+    return "\n".join([
+        f"usage: {name} [--config PRESET] [key=value ...] [--allow-cpu-preset] [--verbose]", "", doc, "",
+        "presets (--config; without it the CPU toy configs/tiny_cpu.yaml, and a line says so):", *presets, "",
+        "  --allow-cpu-preset   run a resources.device=cpu config on a cluster that has GPUs",
+        "  --verbose            Ray's, vLLM's and DeepSpeed's own logs on the console too", "",
+        "every key, its default and what it does: python -m rlt_ray.config [SECTION] (or docs/config.md)"])
+
+
 def run_cli(main: Callable[[list[str]], int], argv: list[str], name: str) -> int:
     """Run a job's main; errors of the user's making (config, data, models, checkpoints, weights) print one
     line naming the problem and exit 2."""
     from rlt_ray.errors import USER_ERRORS
 
+    if "--help" in argv or "-h" in argv:
+        print(job_help(main, name))
+        return 0
     if "--verbose" in argv:  # the libraries' logs back on the console (connect_ray)
         os.environ["RLT_VERBOSE"] = "1"
         argv = [a for a in argv if a != "--verbose"]
