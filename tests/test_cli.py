@@ -49,6 +49,6 @@ def test_the_config_reference_in_docs_is_the_generated_one_and_lists_every_key()
 
     def leaves(node, prefix=""):
         for k, v in node.items():
-            yield from (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"])
+            yield from (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"])
     # section.key for every leaf (a nested section, like resources.learner_placement, is one row)
     assert listed == {".".join(leaf.split(".")[:2]) for leaf in leaves(OmegaConf.to_container(cfg))}
