@@ -99,7 +99,7 @@ def rows_per_arm(sizes: dict[str, int], student_rows: int, out: Path, min_rows: 
                 f"{out / 'rl' / 'metrics.jsonl'} shows when, and its reward_hack_suspected event names the likely "
                 "cause). The KL term can pay more than the unclosed-tag penalty costs: with the reference's span "
                 "(reward.explanation_span=with_prompt_pad) the prompt's padding weighs more in a shorter "
-                "explanation (docs/demo.md, run 4); explanations cut off at rollout.max_new_tokens lower the mean "
+                "explanation; explanations cut off at rollout.max_new_tokens lower the mean "
                 "log-ratio. Try reward.explanation_span=sampled, a more negative reward.not_matched_penalty, or "
                 "reward.kl_estimator=k3")
         raise RunStopped(head + "the warm-up is too short for the teacher to learn the format: raise sft.epochs or "

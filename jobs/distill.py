@@ -1,4 +1,4 @@
-"""Distil a teacher's explanations into an SFT data set (METHOD.md §1 step 3), as a Ray Data pipeline.
+"""Distil a teacher's explanations into an SFT data set, as a Ray Data pipeline.
 
 The rows stream through two actor-pool stages: the teacher's vLLM engine samples ``distill.k`` explanations per
 row (``actors.rollout.SampleStage``, ``distill.teacher_replicas`` replicas), and the student scorer gives each its

@@ -1,4 +1,4 @@
-"""The teacher's supervised warm-up in the teacher format (METHOD.md §4.8): the model sees the question and the
+"""The teacher's supervised warm-up in the teacher format: the model sees the question and the
 solution and learns to write the explanation (the row's reasoning trace), its close tag and the end of turn.
 The loss covers only those tokens, masked by character spans.
 

@@ -1,4 +1,4 @@
-"""The reference's alignment rules (METHOD.md §3.3 steps 1-5), written from the spec as a test oracle: which tokens
+"""The reference's alignment rules, written from the spec as a test oracle: which tokens
 the reference scores for one completion, found by re-tokenising texts and searching token sub-lists.
 
 It is deliberately the reference's algorithm, traps included (first occurrence for the think span, sub-list search,

@@ -1,4 +1,4 @@
-"""Formats: the METHOD.md §2.7 worked example with our prompts, custom rows, both tag styles, spans."""
+"""Formats: the the reference implementation (SakanaAI/RLT) worked example with our prompts, custom rows, both tag styles, spans."""
 from dataclasses import replace
 
 import pytest

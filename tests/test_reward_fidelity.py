@@ -1,4 +1,4 @@
-"""Reward fidelity: the tokens the project scores equal those the reference's alignment rules give (METHOD.md §3.3,
+"""Reward fidelity: the tokens the project scores equal those the reference's alignment rules give (the reference implementation (SakanaAI/RLT),
 tests/reference_alignment.py), for every row type, with the default (reference) span options; the deliberate
 differences (docs/design.md, "Where the reward differs from the reference") are pinned as such."""
 from dataclasses import replace

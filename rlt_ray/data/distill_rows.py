@@ -83,9 +83,9 @@ def repeated_explanations(records: Sequence[dict[str, Any]], max_shared_fraction
     return (f"warning: {shared:.0%} of the {len(pairs)} distilled explanations were also written for another "
             f"question (over distill.max_shared_fraction={max_shared_fraction}; the commonest, {count} times: "
             f"{text[:80]!r}): students trained on them learn text that does not depend on the question. The "
-            f"teacher writes what the student finds likely whatever the question (docs/demo.md, runs 24 and 26): "
-            f"check its RL run, distil an earlier checkpoint, or train it with a larger grpo.beta (run 29: that "
-            f"removed the copies, and in the demo the RL teacher's gain with them)")
+            f"teacher writes what the student finds likely whatever the question: check its RL run (docs/monitoring.md, "
+            f"the reward-hacking watch), distil an earlier checkpoint, or train it with a larger grpo.beta (in the "
+            f"demo that removed the copies, and the RL teacher's gain with them)")
 
 
 def folder_explanations(out: Path) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning data and loss: the teacher warm-up and the student's SFT on distilled explanations.
 
 Loss masks come from character spans (never a token template: the reference's template masking silently drops
-examples on a BPE merge, METHOD.md §8.4):
+examples on a BPE merge, the reference implementation (SakanaAI/RLT)):
 - teacher: the explanation, its close tag and the end-of-turn token; the question and the solution are context;
 - student: the whole assistant turn (thought + solution blocks) and the end-of-turn token.
 """
@@ -32,7 +32,7 @@ class SFTExamples:
 
 def trace_explanation(fmt: RLTFormat, row: Row) -> tuple[str, bool]:
     """The explanation a row teaches, and whether it had to fall back to the solution: a row without a reasoning
-    trace uses its solution as the trace, as the reference does for custom rows (METHOD.md §2.1)."""
+    trace uses its solution as the trace, as the reference does for custom rows."""
     explanation = fmt.reference_explanation(row)
     if explanation is None:
         return fmt.explanation_from_trace(row.solution), True

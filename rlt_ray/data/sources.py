@@ -113,7 +113,7 @@ def rows_from_records(records: Iterable[dict], columns: list[str], fmt_cfg: Any 
 def _row_from_plain(rec: dict, qcol: str, fmt: RLTFormat, i: int, report: LoadReport) -> Row:
     solution = _text(rec, "solution")
     trace = _opt_text(rec, "reasoning_trace")
-    # The reference needs custom rows wrapped as "\n\n" + text + "\n\n" (METHOD.md §2.1); rows stored that way
+    # The reference needs custom rows wrapped as "\n\n" + text + "\n\n"; rows stored that way
     # are unwrapped here, or the padding would be there twice.
     padded = fmt.is_padded(solution) or (trace is not None and fmt.is_padded(trace))
     if padded:

@@ -1,4 +1,4 @@
-"""The RLT texts and the character spans inside them (METHOD.md §2).
+"""The RLT texts and the character spans inside them.
 
 Every builder returns the text AND the character spans of the parts later code scores or trains on, so nothing
 downstream searches for token sub-lists (the reference's §8.9-8.10 traps). Spans are half-open [start, end).

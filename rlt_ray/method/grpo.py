@@ -1,4 +1,4 @@
-"""GRPO as the reference runs it (METHOD.md §4), plus the options a user expects. Pure tensor functions.
+"""GRPO as the reference runs it, plus the options a user expects. Pure tensor functions.
 
 - advantages: (r − group mean) / (unbiased group std + eps), groups of ``group_size`` consecutive completions;
 - per-token loss: −ratio·A + β·KL_k3(π_θ ‖ π_ref), with ratio = exp(ℓ − stopgrad(ℓ)) ≡ 1 for one update per batch

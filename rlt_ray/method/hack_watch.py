@@ -91,14 +91,14 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
         seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
         anchor = (f"a larger grpo.beta than this run's {grpo_beta:g} (the loss's KL to the warm-up teacher, whose "
                   "explanations depend on the question: in the demo 0.2 against the reference's 0.04 removed it at "
-                  "all five seeds where it appeared under k3, and the RL teacher's gain with it; 0.1 delayed it, "
-                  "docs/demo.md run 29)" if grpo_beta < 0.2 else
+                  "all five seeds where it appeared under k3, and the RL teacher's gain with it; 0.1 delayed it; "
+                  "docs/monitoring.md, the reward-hacking watch)" if grpo_beta < 0.2 else
                   f"grpo.beta above this run's {grpo_beta:g} (the loss's KL to the warm-up teacher; 0.2 removed it "
-                  "at five seeds in the demo, and the RL teacher's gain with it, docs/demo.md run 29)")
+                  "at five seeds in the demo, and the RL teacher's gain with it; docs/monitoring.md)")
         cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
                  f"for, instead of explaining this question's solution. Try {anchor}; reward.kl_estimator=k3 or a "
                  "smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it at some seeds, not all "
-                 "(runs 26 and 28)")
+                 "in the demo")
     elif unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
         cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
                  "(more sft.epochs or data), or rollout.max_new_tokens cuts explanations off "

@@ -1,4 +1,4 @@
-"""The RLT reward (METHOD.md §3), batched and in fp32, on per-token log-probs. Pure tensor functions, no models.
+"""The RLT reward, batched and in fp32, on per-token log-probs. Pure tensor functions, no models.
 
     r = r_SS − r_KL + m
     r_SS = Σ_a c_a · R_a(g_lp(ℓ))     ℓ_j  = log π_S^(τ_S)(s_j | sys_S, q, t, s_<j)   on the solution tokens

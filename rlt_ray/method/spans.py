@@ -10,7 +10,7 @@ Rules (fixing the reference's §8.9-8.11 traps):
   checked). The solution span comes from the offsets of the text after the explanation, so a copy of the solution
   inside the explanation can never be taken for it.
 
-Which tokens are scored follows the reference by default (METHOD.md §3.3 step 5; options in config `reward`):
+Which tokens are scored follows the reference by default (options in config `reward`):
 - ``solution_span="padded"``: the solution with its padding on both sides (the reference's ``solutions_content``);
   ``"bare"``: the solution text only.
 - ``explanation_span="with_prompt_pad"``: the explanation starts with the padding that ends the RL prompt (the
