@@ -40,7 +40,9 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     if preset is not None:
         path = Path(preset)
         if not path.exists() and (REPO_ROOT / "configs" / f"{preset}.yaml").exists():
-            path = REPO_ROOT / "configs" / f"{preset}.yaml"
+            path = REPO_ROOT / "configs" / f"{preset}.yaml"  # a preset's name: "paper_7b"
+        elif not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
+            path = REPO_ROOT / path  # "configs/paper_7b.yaml" from another folder than the repo's
         if not path.exists():
             raise ConfigError(f"config preset {str(preset)!r} does not exist")
         try:
