@@ -52,3 +52,11 @@ def test_the_config_reference_in_docs_is_the_generated_one_and_lists_every_key()
             yield from (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"])
     # section.key for every leaf (a nested section, like resources.learner_placement, is one row)
     assert listed == {".".join(leaf.split(".")[:2]) for leaf in leaves(OmegaConf.to_container(cfg))}
+
+
+def test_a_preset_path_relative_to_the_repo_is_found_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/demo.yaml").model.teacher == "demo-teacher"
+    assert load_config("demo").model.teacher == "demo-teacher"
+    with pytest.raises(ConfigError, match="config preset 'configs/nope.yaml' does not exist"):
+        load_config("configs/nope.yaml")
