@@ -66,7 +66,9 @@ def _hf(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "hf" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("packing", [[], ["learner.max_tokens_per_micro_batch=1088"]], ids=["padded", "packed"])
+# packed: the slow suite (the packed step's exactness is CI's tests/test_packing.py; this adds the resume on top)
+@pytest.mark.parametrize("packing", [[], pytest.param(["learner.max_tokens_per_micro_batch=1088"], marks=pytest.mark.slow)],
+                         ids=["padded", "packed"])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(ray_local, tmp_path, packing):
     """Also with packed micro-batches (learner.max_tokens_per_micro_batch), through the streamed step."""
     from jobs.train_rlt import main
