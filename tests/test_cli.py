@@ -44,6 +44,7 @@ def test_the_config_reference_in_docs_is_the_generated_one_and_lists_every_key()
 
     assert DOC.read_text() == render(), "run: python -m rlt_ray.config --write"
     listed = {key for rows in keys().values() for key, *_ in rows}
+    assert not [key for rows in keys().values() for key, _, _, help_text in rows if not help_text], "keys with no help"
     cfg = load_config(None, [])
     from omegaconf import OmegaConf
 

@@ -30,7 +30,7 @@ DEFAULT_STUDENT_SYSTEM_PROMPT = (
 @dataclass
 class ModelConfig:
     teacher: str = "tiny-teacher"  # local folder, built-in name (rlt_ray.models.registry) or hub id
-    student: str = "tiny-student"
+    student: str = "tiny-student"  # the frozen student that scores explanations (RLT reward); the policy with reward.kind=verifier
     reference: Optional[str] = None  # None: a copy of the teacher at start (then mixed up, grpo.ref_mixup_*)
     tokenizer: Optional[str] = None  # None: the teacher's
     dtype: str = "float32"  # weights of every model: float32 | bfloat16 | float16
@@ -59,27 +59,27 @@ class DataConfig:
 class FormatConfig:
     tag_style: str = "bespoke"  # bespoke: <|begin_of_X|>...<|end_of_X|>; r1: <X>...</X>
     think_tag: str = "thought"  # the student's reasoning block
-    solution_tag: str = "solution"
+    solution_tag: str = "solution"  # the solution block
     explanation_tag: str = "explanation"  # the teacher's block
     padding: str = "\n\n"  # inside every tag, and between the blocks
-    teacher_system_prompt: str = DEFAULT_TEACHER_SYSTEM_PROMPT
+    teacher_system_prompt: str = DEFAULT_TEACHER_SYSTEM_PROMPT  # the teacher's instructions; {placeholders} take the tags
     # used when a data row carries no system prompt of its own (Bespoke-Stratos rows do)
     student_system_prompt: str = DEFAULT_STUDENT_SYSTEM_PROMPT
 
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = 1
+    num_workers: int = 1  # vLLM rollout workers (each one engine)
     n: int = 4  # completions per question: the GRPO group size
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    max_prompt_tokens: int = 1024
-    max_new_tokens: int = 128
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = True
-    gpu_memory_utilization: float = 0.45
+    temperature: float = 0.7  # sampling temperature of the rollouts
+    top_p: float = 1.0  # nucleus sampling (1.0: off)
+    top_k: int = -1  # top-k sampling (-1: off)
+    min_p: float = 0.0  # min-p sampling (0: off)
+    max_prompt_tokens: int = 1024  # longer prompts are dropped and counted, never cut
+    max_new_tokens: int = 128  # the completion's token limit
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine
+    enforce_eager: bool = True  # no CUDA graphs in vLLM
+    gpu_memory_utilization: float = 0.45  # vLLM's share of its GPU (weights, activations, KV cache)
     kv_cache_gib: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     # CPU only: VLLM_CPU_OMP_THREADS_BIND, the cores the engine computes on ("0-1", "0-3|4-7" per TP rank); None:
     # vLLM's "auto", which keeps one core for the engine's own process (on 2 cores the engine computes on one).
@@ -139,9 +139,9 @@ class RewardConfig:
 class GRPOConfig:
     beta: float = 0.04  # k3 KL to the reference model
     loss_aggregation: str = "sequence_mean"  # sequence_mean (reference) | token_mean (DAPO-style)
-    advantage_eps: float = 1e-4
+    advantage_eps: float = 1e-4  # added to the group's std before dividing
     clip_eps: Optional[float] = None  # None: one update per batch, ratio == 1 (reference); else PPO clipping
-    updates_per_batch: int = 1
+    updates_per_batch: int = 1  # optimizer steps per sampled batch (1: on-policy)
     policy_temperature: Optional[float] = None  # None: rollout.temperature (logits / T in the loss, as the reference)
     ref_mixup_alpha: float = 0.9  # ref <- alpha * policy + (1 - alpha) * ref ...
     ref_mixup_every: int = 32  # ... every N optimizer steps; 0 turns it off
@@ -153,15 +153,15 @@ class GRPOConfig:
 
 @dataclass
 class LearnerConfig:
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
     dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
-    lr: float = 1e-6
+    lr: float = 1e-6  # peak learning rate (0: the weights never move)
     lr_schedule: str = "constant"  # constant | cosine
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0  # linear warm-up over this share of the optimizer steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    adam_eps: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # gradient clipping by global norm
     micro_batch_size: int = 1  # sequences per rank per forward/backward (without max_tokens_per_micro_batch)
     # Packed micro-batches (rlt_ray.method.packing): each rank's rows concatenated without padding, at most this many tokens
     # a forward, attention kept within each row; rows balanced over the ranks by tokens, not by count. The policy's
@@ -190,9 +190,9 @@ class PlacementConfig:
 class ResourcesConfig:
     device: str = "cpu"  # cpu | cuda
     backend: str = "gloo"  # gloo | nccl (the collective backend of the learner group and the weight sync)
-    learner_ranks: int = 2
-    scorer_workers: int = 1
-    cpus_per_actor: float = 1.0
+    learner_ranks: int = 2  # DeepSpeed ranks of the learner group (one GPU each on GPUs)
+    scorer_workers: int = 1  # student scorer actors (verifiers with reward.kind=verifier)
+    cpus_per_actor: float = 1.0  # CPUs Ray reserves per actor
     gpus_per_actor: float = 0.0  # with device=cuda: 1 per learner rank / rollout worker / scorer
     # a resources.device=cpu config on a Ray cluster that has GPUs is refused (a toy preset by mistake) unless this
     # is set: the jobs' --allow-cpu-preset flag
@@ -219,14 +219,14 @@ class ResourcesConfig:
 
 @dataclass
 class RunConfig:
-    steps: int = 3
+    steps: int = 3  # RL steps (one optimizer step per batch each)
     questions_per_step: int = 2  # completions per step = questions_per_step * rollout.n
-    seed: int = 42
-    output_dir: str = "runs/latest"
+    seed: int = 42  # sampling seeds and the learners' init
+    output_dir: str = "runs/latest"  # metrics, events, samples, checkpoints, trackers
     checkpoint_every: int = 0  # 0: only at the end
     checkpoint_every_minutes: Optional[float] = None  # also checkpoint when this long has passed since the last
     keep_checkpoints: int = 0  # keep the newest N complete checkpoints (0: all); the newest is never deleted
-    resume_from: Optional[str] = None
+    resume_from: Optional[str] = None  # a checkpoint folder, or "latest" in run.output_dir
     checkpoint_on_interrupt: bool = True  # Ctrl-C / `ray job stop` (SIGTERM): checkpoint the completed steps
     # a step whose reward or gradient is not finite is skipped (no update, an event); this many in a row stop the
     # run with a checkpoint of the completed steps
@@ -272,7 +272,7 @@ class SFTConfig:
     The optimizer settings are learner.*; the data is data.*."""
 
     model: Optional[str] = None  # None: model.teacher (sft_teacher) or model.student (sft_student)
-    epochs: int = 1
+    epochs: int = 1  # passes over the SFT rows
     batch_size: int = 16  # sequences per optimizer step, over all ranks
     max_seq_tokens: int = 4096  # longer examples are skipped and counted (truncating would cut the target)
     output_dir: str = "runs/sft"  # metrics.jsonl, TensorBoard, the HF folders final/ and epoch_N/
@@ -310,13 +310,13 @@ class EvalConfig:
 
     model: Optional[str] = None  # None: model.student
     source: Optional[str] = None  # None: data.source
-    split: str = "test"
+    split: str = "test"  # the split of a hub source
     size: int = 64  # rows for reasoning_gym sources (seeded by eval.seed)
-    max_rows: Optional[int] = None
+    max_rows: Optional[int] = None  # cap on the evaluated rows of a file or hub source
     seed: int = 1234  # different from data.seed: held-out questions
     batch_rows: int = 64  # questions per Ray Data batch
-    max_new_tokens: int = 512
-    output_dir: str = "runs/eval"
+    max_new_tokens: int = 512  # the answer's token limit
+    output_dir: str = "runs/eval"  # results.jsonl and summary.json
 
 
 @dataclass
@@ -325,12 +325,12 @@ class ServeConfig:
 
     model: Optional[str] = None  # teacher checkpoint (HF folder, built-in name, hub id); None: model.teacher
     student: Optional[str] = None  # set to return each explanation's RLT reward and allow best_of
-    num_replicas: int = 1
+    num_replicas: int = 1  # teacher replicas
     model_id: Optional[str] = None  # the name clients pass as "model"; None: serve.model's name (or folder name)
     cpus_per_replica: float = 1.0  # the teacher replica on CPU; on GPUs it takes rollout.tensor_parallel_size GPUs
     max_tokens: int = 512  # cap on a request's max_tokens (and the default when it gives none)
     max_n: int = 8  # cap on explanations per request
-    max_body_bytes: int = 65536
+    max_body_bytes: int = 65536  # a larger request body is refused (413)
     max_field_chars: int = 20000  # question and solution, each
     auth_token_env: Optional[str] = None  # name of an environment variable holding a bearer token; None: no auth
     # (read in each replica's own environment: set it where the Ray nodes start, never in a config file)
