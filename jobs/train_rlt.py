@@ -3,6 +3,7 @@
     python jobs/train_rlt.py [--config PRESET] [key=value ...]          # starts a local Ray
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/train_rlt.py --config configs/paper_7b.yaml         # on a running cluster
+    python jobs/train_rlt.py --config configs/paper_7b.yaml --dry-run   # the config and the memory plan only
 
 One step: sync → generate → score → learn → log (→ checkpoint), streamed: every worker hands over finished GRPO
 groups as they complete (rollout.stream_groups), each chunk is scored at once, and scored chunks go straight into
@@ -34,11 +35,20 @@ def main(argv: list[str]) -> int:
     from rlt_ray.config import check_cluster, load_config, split_argv, to_yaml, trained_model, trained_model_key
     from rlt_ray.memory import check_memory
 
-    preset, overrides = split_argv(argv)
+    dry_run = "--dry-run" in argv  # check the config and the memory plan, start nothing
+    preset, overrides = split_argv([a for a in argv if a != "--dry-run"])
     cfg = load_config(preset, overrides)
     out = Path(cfg.run.output_dir)
-    resume = resolve_resume(cfg.run.resume_from, out)
+    resume = resolve_resume(cfg.run.resume_from, out) if not dry_run else None
     check_memory(cfg)  # GPU layouts: refuse one whose peak does not fit (rlt_ray.memory), before any start-up
+    if dry_run:
+        r = cfg.resources
+        print(f"train_rlt: dry run: the config loads and the memory plan fits; reward {cfg.reward.kind}, trains "
+              f"{trained_model_key(cfg)}={trained_model(cfg)}, {cfg.run.steps} steps of "
+              f"{cfg.run.questions_per_step} x {cfg.rollout.n} completions on {r.learner_ranks} learner ranks, "
+              f"{cfg.rollout.num_workers} rollout workers and {r.scorer_workers} scorers ({r.device}); "
+              f"output {out}. Nothing was started.", flush=True)
+        return 0
     data = load_prompts(cfg)  # the training rows and prompts, and the held-out ones of run.eval_every
     ray = connect_ray()
     check_cluster(cfg, ray.cluster_resources(), nodes=ray.nodes())  # placement by role (rlt_ray.config.placement)
