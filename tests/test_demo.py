@@ -111,8 +111,13 @@ def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questi
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     summary = json.loads((out / "summary.json").read_text())
     steps = summary["rl"]["steps"]
-    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in records if "loss" in m]  # the steps; the last record holds the final validation alone
     assert [m["step"] for m in metrics] == list(range(steps))
+    # validation (run.eval_every) before the first step and after the last, on the task's held-out questions
+    validated = [m["step"] for m in records if "val/r_ss_mean" in m]
+    assert validated[0] == 0 and validated[-1] == steps and records[-1]["step"] == steps
+    assert summary["rl"]["validation"]["count"] == len(validated)
     assert all(m["reward_mean"] is not None and m["grad_norm"] > 0 for m in metrics)
     assert max(m["policy_kl"] for m in metrics) > 0  # the teacher moved away from its warm-up reference
     assert isinstance(summary["rl"]["reward_rose"], bool) and isinstance(summary["shape"], bool)
