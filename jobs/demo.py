@@ -39,7 +39,7 @@ ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up
 
 def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out: Path | None = None,
                seed: int | None = None, student_epochs: int | None = None,
-               rl_warmup_ratio: float = 0.1) -> dict[str, list[str]]:
+               rl_warmup_ratio: float = 0.1, rl_eval_every: int = 10) -> dict[str, list[str]]:
     """The overrides of each stage (added to the preset and the user's own overrides). The RL teacher's arm (the
     RL stage, its distillation, student (d)) goes under ``seed_out`` (default ``out``); ``seed`` is the RL stage's
     seed (run.seed: sampling, the learners' init; data.seed: the order of the questions) for a replicate
@@ -59,7 +59,8 @@ def stage_args(out: Path, steps: int, student_rows: int, rl_lr: float, seed_out:
                       f"model.teacher={out / 'teacher_sft' / 'final'}",
                       f"model.student={out / 'student_b' / 'final'}", f"run.steps={steps}", "run.checkpoint_every=0",
                       f"run.output_dir={seed_out / 'rl'}", f"learner.lr={rl_lr}",
-                      "learner.lr_schedule=constant", f"learner.warmup_ratio={rl_warmup_ratio}"]
+                      "learner.lr_schedule=constant", f"learner.warmup_ratio={rl_warmup_ratio}",
+                      f"run.eval_every={rl_eval_every}"]
                      + ([f"run.seed={seed}", f"data.seed={seed}"] if seed is not None else []),
         "distill_c": distill + [f"model.teacher={out / 'teacher_sft' / 'final'}",
                                 f"distill.output_dir={out / 'distill_warmup'}"],
@@ -326,7 +327,7 @@ def main(argv: list[str]) -> int:
         base.append(f"logging.group={out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     student_epochs = cfg.demo.student_epochs
     args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs,
-                      rl_warmup_ratio=float(cfg.demo.rl_warmup_ratio))
+                      rl_warmup_ratio=float(cfg.demo.rl_warmup_ratio), rl_eval_every=int(cfg.demo.rl_eval_every))
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows",
                    "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
@@ -340,7 +341,8 @@ def main(argv: list[str]) -> int:
     rl_arms = [(None, out, args)] if seeds is None else [
         (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
                                                      out / "seeds" / str(seed), seed, student_epochs,
-                                                     float(cfg.demo.rl_warmup_ratio))) for seed in seeds]
+                                                     float(cfg.demo.rl_warmup_ratio), int(cfg.demo.rl_eval_every)))
+              for seed in seeds]
 
     def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
         """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
@@ -536,7 +538,7 @@ def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, row
             "reward.kind=verifier",
             f"model.student={weights}", f"run.steps={steps}", "run.checkpoint_every=0", f"run.output_dir={folder}",
             f"learner.lr={cfg.demo.cold_start_lr}", "learner.lr_schedule=constant", "grpo.ref_mixup_every=0",
-            f"learner.warmup_ratio={cfg.demo.rl_warmup_ratio}",
+            f"learner.warmup_ratio={cfg.demo.rl_warmup_ratio}", f"run.eval_every={cfg.demo.rl_eval_every}",
             f"rollout.max_new_tokens={cfg.eval.max_new_tokens}"], show=("step ",))
         arms[arm] = evaluate_arm(arm, f"evaluate_{arm}", folder / "checkpoints" / f"step_{steps:06d}" / "hf",
                                  out / "eval" / arm, rows)

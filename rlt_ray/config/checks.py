@@ -56,7 +56,7 @@ POSITIVE = (
 
 NON_NEGATIVE = (
     "run.steps", "run.checkpoint_every", "grpo.beta", "grpo.ref_mixup_every", "grpo.advantage_eps",
-    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "demo.rl_warmup_ratio",
+    "learner.weight_decay", "learner.max_grad_norm", "learner.warmup_ratio", "demo.rl_warmup_ratio", "demo.rl_eval_every",
     "rollout.temperature",
     "learner.lr",  # 0: the weights never move (a baseline of the sampling alone)
     "resources.cpus_per_actor", "resources.gpus_per_actor", "serve.cpus_per_replica", "serve.scorer_cpus", "serve.scorer_gpus",

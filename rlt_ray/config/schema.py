@@ -366,6 +366,7 @@ class DemoConfig:
     # the RL stages' (and the cold start's) linear warm-up, a share of their steps: a fresh AdamW's first step moves
     # every weight by about the learning rate. The reference has none (constant; its warmup_ratio 0.03 is ignored)
     rl_warmup_ratio: float = 0.1
+    rl_eval_every: int = 10  # the RL stage's and the cold start's run.eval_every, on the task's held-out questions
     # every student's sft.epochs ((a)-(d), (b) also the reward's student); None: sft.epochs, as the teacher's warm-up
     student_epochs: Optional[int] = None
     # --extended (docs/demo.md): the cold start, (e) = student (b) and (f) = student (d) each after this many
