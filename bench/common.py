@@ -19,6 +19,11 @@ from typing import Any, Callable
 # importing this module first; actors get it through the environment too)
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
+# the benchmarks import actors/, jobs/ and serve/, the repo's folders (rlt_ray.infra.cluster.use_project_root)
+from rlt_ray.infra.cluster import use_project_root  # noqa: E402
+
+use_project_root(__file__)
+
 
 def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, packages_distributions, version

@@ -32,6 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)  # actors/, serve/, jobs/: the repo's folders, not installed packages
+
 ARMS = {"a": "question -> solution only", "b": "reference traces", "c": "warm-up teacher's explanations",
         "d": "RL teacher's explanations",
         "e": "(b) + outcome-reward RL", "f": "(d) + outcome-reward RL"}  # --extended: the cold start

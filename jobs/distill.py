@@ -26,6 +26,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)  # actors/, serve/, jobs/: the repo's folders, not installed packages
+
 
 def write_part(folder: Path, records: list[dict[str, Any]]) -> Path:
     """One part file, written under a temporary name and renamed: a part file that exists is whole. Its rows

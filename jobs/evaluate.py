@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)  # actors/, serve/, jobs/: the repo's folders, not installed packages
+
 
 def evaluate(cfg: Any, model: str, source: str, out: Path) -> dict[str, Any]:
     """Generate and check; returns the summary (also written under ``out``)."""

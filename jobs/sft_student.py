@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import sys
 
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)  # actors/, serve/, jobs/: the repo's folders, not installed packages
+
 from actors.sft_train import run_sft
 
 

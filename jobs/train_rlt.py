@@ -22,6 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)  # actors/, serve/, jobs/: the repo's folders, not installed packages
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")

@@ -67,6 +67,10 @@ b is None or b.load()" >>"$log" 2>&1 ||
 fi
 export PATH="$RLT_VENV/bin:$PATH"
 export RLT_DEVICE RLT_ROOT RLT_VENV
+# Only rlt_ray is installed; actors/, serve/ and jobs/ are the repo's folders. A Ray started from this shell
+# (scripts/cluster.sh, cluster.yaml's `ray start`) gives its workers this path: `serve deploy`'s replicas,
+# which get no working_dir, import serve/ from here.
+case ":${PYTHONPATH:-}:" in *":$RLT_ROOT:"*) ;; *) export PYTHONPATH="$RLT_ROOT${PYTHONPATH:+:$PYTHONPATH}" ;; esac
 # vLLM on CPU reserves 90% of RAM for its KV cache unless told otherwise (GiB).
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"

@@ -17,7 +17,9 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)
 
 
 def solution_logprobs(model, tokenizer, fmt, triples: list[tuple[str, str, str]]) -> list[float]:

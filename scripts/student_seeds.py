@@ -20,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlt_ray.infra.cluster import use_project_root
+
+use_project_root(__file__)
 
 
 def main(argv: list[str]) -> int:

@@ -14,8 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rlt_ray.infra.cluster import use_project_root
+
+ROOT = use_project_root(__file__)
 
 
 def window(metrics: list[dict], key: str, first: bool, k: int = 10) -> float:

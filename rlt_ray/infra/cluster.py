@@ -144,6 +144,21 @@ def quiet_library_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def use_project_root(entrypoint: str) -> Path:
+    """Put the project's root (the folder above ``entrypoint``'s) on the import path. actors/, serve/ and jobs/
+    are folders of the repo, not installed packages: generic names like these would collide in site-packages.
+    An entrypoint run as a script (python jobs/train_rlt.py, from any folder) calls this first. The root goes on
+    this process's sys.path and, through PYTHONPATH, on the path of what it starts: a local Ray and its workers,
+    vLLM's processes, subprocesses. On a running cluster, `ray job submit --working-dir .` does the same."""
+    root = Path(entrypoint).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(root) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *[p for p in paths if p]])
+    return root
+
+
 def connect_ray():
     """Inside `ray job submit` (RAY_ADDRESS set): the job's cluster. Otherwise a local Ray of our own, never
     someone else's cluster by accident. A caller that already called ray.init (tests, notebooks) keeps its own.
