@@ -89,6 +89,28 @@ def test_bad_config_names_the_key(override, key):
     assert key in str(err.value)
 
 
+@pytest.mark.parametrize("override, key, allowed", [
+    ("model.dtype=bf16", "model.dtype", "['float32', 'bfloat16', 'float16']"),
+    ("learner.zero_stage=4", "learner.zero_stage", "[0, 1, 2, 3]"),
+    ("reward.kind=outcome", "reward.kind", "['rlt', 'verifier']"),
+    ("reward.log_prob_reductions=[mean,avg]", "reward.log_prob_reductions[1]", "'first_quartile'"),
+    ("resources.learner_strategy=pack", "resources.learner_strategy", "'STRICT_PACK'"),
+])
+def test_an_enumerated_setting_is_checked_by_its_type_naming_the_values_it_takes(override, key, allowed, tmp_path):
+    """Enumerated settings are Literal types in the schema: a wrong value, from the command line or a preset,
+    names the key, the value and what the key takes."""
+    name, value = override.split("=")
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny_cpu.yaml", [override])
+    assert f"config key '{key}' (command line)" in str(err.value) and allowed in str(err.value)
+    section, field = name.split(".")
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"{section}:\n  {field}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(preset)
+    assert f"config key '{key}' ({preset})" in str(err.value) and allowed in str(err.value)
+
+
 def test_bad_preset_and_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -6,6 +6,7 @@ prints it (``python -m rlt_ray.config run`` one section); docs/config.md is the 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SCHEMA = Path(__file__).resolve().parent / "schema.py"
@@ -18,6 +19,13 @@ def keys() -> dict[str, list[tuple[str, str, str, str]]]:
     lines = source.splitlines()
     tree = ast.parse(source)
     classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+    # module-level type aliases (Dtype = Literal[...]) are shown expanded: the reader sees the allowed values
+    aliases = {a.targets[0].id: ast.unparse(a.value) for a in tree.body
+               if isinstance(a, ast.Assign) and isinstance(a.value, ast.Subscript)}
+
+    def type_text(annotation: ast.expr) -> str:
+        return re.sub(r"\b\w+\b", lambda m: aliases.get(m.group(0), m.group(0)), ast.unparse(annotation))
+
     sections = {}
     for field in classes["RLTConfig"].body:
         if isinstance(field, ast.AnnAssign):
@@ -50,7 +58,7 @@ def keys() -> dict[str, list[tuple[str, str, str, str]]]:
             default = ast.unparse(node.value) if node.value is not None else ""
             default = default.replace("field(default_factory=lambda: ", "").rstrip(")") if "lambda" in default \
                 else default
-            rows.append((key, ast.unparse(node.annotation), default, help_text))
+            rows.append((key, type_text(node.annotation), default, help_text))
         out[section] = rows
     return out
 

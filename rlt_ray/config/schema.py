@@ -4,9 +4,15 @@ it does. One idea, in more than 400 lines: the schema."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, get_args
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # logging.trackers (rlt_ray.infra.tracking)
+# Enumerated settings are Literal types: OmegaConf checks them when a preset or an override is merged, and the
+# error names the key and the allowed values. The ones used by more than one field:
+Dtype = Literal["float32", "bfloat16", "float16"]
+Normalizer = Literal["none", "exp", "exp_norm"]  # the reference's normalisation of a reward term
+Reduction = Literal["mean", "sum", "min", "max", "median", "first_quartile", "last_quartile"]  # over a span's tokens
+Tracker = Literal["tensorboard", "wandb", "mlflow"]  # logging.trackers (rlt_ray.infra.tracking)
+TRACKERS = get_args(Tracker)
 
 
 # Our own wording (the reference's prompts are not reproduced). {placeholders} are filled with the tag strings of
@@ -33,10 +39,10 @@ class ModelConfig:
     student: str = "tiny-student"  # the frozen student that scores explanations (RLT reward); the policy with reward.kind=verifier
     reference: Optional[str] = None  # None: a copy of the teacher at start (then mixed up, grpo.ref_mixup_*)
     tokenizer: Optional[str] = None  # None: the teacher's
-    dtype: str = "float32"  # weights of every model: float32 | bfloat16 | float16
+    dtype: Dtype = "float32"  # weights of every model
     # the HF models' attention (learner, reference, scorers): sdpa_varlen runs packed rows as one causal attention
     # per row on any device (rlt_ray.models.varlen_attention); flash_attention_2 is the CUDA varlen kernel (flash-attn)
-    attention: str = "sdpa_varlen"
+    attention: Literal["sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = "sdpa_varlen"
 
 
 @dataclass
@@ -44,7 +50,7 @@ class DataConfig:
     # a local file/folder (.parquet, .jsonl, .json, .arrow, a saved HF dataset), a hub id, or
     # reasoning_gym:<task> (gsm_symbolic, countdown, ...) generated offline with data.size and data.seed
     source: str = "reasoning_gym:gsm_symbolic"
-    split: str = "train"
+    split: str = "train"  # the split of a hub source
     size: int = 256  # rows generated for reasoning_gym sources
     max_rows: Optional[int] = None  # cap for file / hub sources
     seed: int = 42  # generation seed and the shuffle seed of the RL order
@@ -52,12 +58,12 @@ class DataConfig:
     # None: the last data.eval_size rows of data.source, which then are not trained on
     eval_source: Optional[str] = None
     eval_split: str = "test"  # for hub sources given as data.eval_source
-    eval_size: int = 64
+    eval_size: int = 64  # held-out rows answered at each validation
 
 
 @dataclass
 class FormatConfig:
-    tag_style: str = "bespoke"  # bespoke: <|begin_of_X|>...<|end_of_X|>; r1: <X>...</X>
+    tag_style: Literal["bespoke", "r1"] = "bespoke"  # bespoke: <|begin_of_X|>...<|end_of_X|>; r1: <X>...</X>
     think_tag: str = "thought"  # the student's reasoning block
     solution_tag: str = "solution"  # the solution block
     explanation_tag: str = "explanation"  # the teacher's block
@@ -101,7 +107,7 @@ class RolloutConfig:
 class RewardConfig:
     # rlt: the RLT reward (a teacher writing explanations, scored by the student). verifier: ordinary outcome-reward
     # GRPO of a student (question -> thought -> solution), rewarded for a correct answer (rlt_ray.method.verifier)
-    kind: str = "rlt"
+    kind: Literal["rlt", "verifier"] = "rlt"
     format_bonus: float = 0.0  # verifier: added when the thought and solution blocks are both closed
     verifier_timeout_s: float = 10.0  # verifier: one sample's check; past it, the sample gets its group's worst
     # verifier: your own answer check, "package.module:function", called as function(row, prediction) -> bool with
@@ -111,34 +117,36 @@ class RewardConfig:
     # verifier: added to a completion cut at rollout.max_new_tokens or with text after its solution block; such a
     # completion never earns the answer's reward (rlt_ray.method.verifier.runs_on). 0: no penalty beyond that
     overlong_penalty: float = 0.0
+    # the RLT reward's terms (rlt_ray.method.rewards): r_SS = sum of coeff x reduction of the student's solution
+    # log-probs, and the KL penalty = sum of coeff x reduction of the teacher-vs-student log-ratio on the explanation
     answer_log_prob_coeff: list[float] = field(default_factory=lambda: [1.0, 0.01])
-    log_prob_reductions: list[str] = field(default_factory=lambda: ["mean", "min"])
+    log_prob_reductions: list[Reduction] = field(default_factory=lambda: ["mean", "min"])
     kl_penalty_coeff: list[float] = field(default_factory=lambda: [3.0, 0.03])
-    kl_reductions: list[str] = field(default_factory=lambda: ["mean", "max"])
-    normalize_log_prob_fn: str = "none"  # none | exp | exp_norm
-    normalize_kl_fn: str = "none"
+    kl_reductions: list[Reduction] = field(default_factory=lambda: ["mean", "max"])
+    normalize_log_prob_fn: Normalizer = "none"  # of the solution log-prob terms
+    normalize_kl_fn: Normalizer = "none"  # of the KL terms
     clip_log_prob: float = 1e5  # log-probs clamped below at -clip
     clip_kl: float = 1e5  # KL terms clamped above at +clip
-    kl_estimator: str = "k1"  # k1: log-ratio on the sampled token; k3: Schulman's r - 1 - log r (>= 0)
+    kl_estimator: Literal["k1", "k3"] = "k1"  # k1: log-ratio on the sampled token; k3: Schulman's r - 1 - log r (>= 0)
     include_teacher_think_entropy: bool = True  # False: student NLL of the explanation instead of the log-ratio
     not_matched_penalty: float = -1.0  # added when the explanation's closing tag is missing
     nan_fill_log_prob: Optional[float] = None  # empty solution span; None: not_matched_penalty
     nan_fill_kl: Optional[float] = None  # empty explanation; None: -not_matched_penalty (a penalty either way)
     teacher_temperature: Optional[float] = None  # None: rollout.temperature (the reference's unbiasing)
-    student_temperature: float = 0.7
-    teacher_logprobs_from: str = "rollout"  # rollout (vLLM processed log-probs) | learner (an HF forward)
+    student_temperature: float = 0.7  # the student's logits / T when it scores (the reference's)
+    teacher_logprobs_from: Literal["rollout", "learner"] = "rollout"  # vLLM processed log-probs | an HF forward
     # Which tokens are scored (docs/design.md, "Where the reward differs from the reference"). The defaults are the
     # reference's: the solution WITH its padding on both sides (solutions_content), and the explanation from the
     # padding that ends the RL prompt (its think span starts with that padding).
-    solution_span: str = "padded"  # padded (reference) | bare: the solution text only
-    explanation_span: str = "with_prompt_pad"  # with_prompt_pad (reference) | sampled: sampled tokens only
+    solution_span: Literal["padded", "bare"] = "padded"  # padded (reference); bare: the solution text only
+    explanation_span: Literal["with_prompt_pad", "sampled"] = "with_prompt_pad"  # sampled: sampled tokens only
     max_batch_tokens: int = 8192  # the scorer's packed micro-batches: real tokens per student forward (no padding)
 
 
 @dataclass
 class GRPOConfig:
     beta: float = 0.04  # k3 KL to the reference model
-    loss_aggregation: str = "sequence_mean"  # sequence_mean (reference) | token_mean (DAPO-style)
+    loss_aggregation: Literal["sequence_mean", "token_mean"] = "sequence_mean"  # reference | DAPO-style
     advantage_eps: float = 1e-4  # added to the group's std before dividing
     clip_eps: Optional[float] = None  # None: one update per batch, ratio == 1 (reference); else PPO clipping
     updates_per_batch: int = 1  # optimizer steps per sampled batch (1: on-policy)
@@ -148,15 +156,15 @@ class GRPOConfig:
     # 0: on-policy (the reference). 1: one-step off-policy: step k+1's samples are generated (with the weights
     # of step k-1's end) while step k learns, and the loss corrects for it with the clipped importance ratio
     # against the sampling-time log-probs (needs grpo.clip_eps); samples are never older than this many steps.
-    max_staleness: int = 0
+    max_staleness: Literal[0, 1] = 0
 
 
 @dataclass
 class LearnerConfig:
-    zero_stage: int = 2  # DeepSpeed ZeRO stage: 0 | 1 | 2 | 3
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
+    zero_stage: Literal[0, 1, 2, 3] = 2  # DeepSpeed ZeRO stage
+    dtype: Dtype = "float32"  # DeepSpeed mixed precision
     lr: float = 1e-6  # peak learning rate (0: the weights never move)
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after the warm-up
     warmup_ratio: float = 0.0  # linear warm-up over this share of the optimizer steps
     weight_decay: float = 0.0  # AdamW weight decay
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
@@ -171,8 +179,8 @@ class LearnerConfig:
     # with max_tokens_per_micro_batch: rows over the ranks by tokens (True) or in equal contiguous counts (False,
     # the unbalanced layout, for comparison: bench/learner_packing.py)
     balance_ranks: bool = True
-    gradient_checkpointing: bool = False
-    offload_optimizer: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
+    offload_optimizer: bool = False  # ZeRO offload of the optimizer state to CPU memory
 
 
 @dataclass
@@ -188,8 +196,8 @@ class PlacementConfig:
 
 @dataclass
 class ResourcesConfig:
-    device: str = "cpu"  # cpu | cuda
-    backend: str = "gloo"  # gloo | nccl (the collective backend of the learner group and the weight sync)
+    device: Literal["cpu", "cuda"] = "cpu"  # where every model runs
+    backend: Literal["gloo", "nccl"] = "gloo"  # the collective backend of the learner group and the weight sync
     learner_ranks: int = 2  # DeepSpeed ranks of the learner group (one GPU each on GPUs)
     scorer_workers: int = 1  # student scorer actors (verifiers with reward.kind=verifier)
     cpus_per_actor: float = 1.0  # CPUs Ray reserves per actor
@@ -197,7 +205,7 @@ class ResourcesConfig:
     # a resources.device=cpu config on a Ray cluster that has GPUs is refused (a toy preset by mistake) unless this
     # is set: the jobs' --allow-cpu-preset flag
     allow_cpu_preset: bool = False
-    weight_sync: str = "object_store"  # object_store | collective
+    weight_sync: Literal["object_store", "collective"] = "object_store"  # how the rollout workers get the weights
     sync_bucket_mb: int = 256  # flat buckets of at most this size per weight sync
     placement_timeout_s: float = 120.0  # how long to wait for the learner group's placement group
     ready_timeout_s: float = 900.0  # how long a rollout worker or scorer may take to start (load its model)
@@ -213,7 +221,7 @@ class ResourcesConfig:
     learner_placement: PlacementConfig = field(default_factory=PlacementConfig)
     rollout_placement: PlacementConfig = field(default_factory=PlacementConfig)
     scorer_placement: PlacementConfig = field(default_factory=PlacementConfig)
-    learner_strategy: str = "PACK"
+    learner_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     gpus_per_node: int = 8  # for the memory plan's node count (python -m rlt_ray.memory)
 
 
@@ -292,7 +300,7 @@ class DistillConfig:
 
     teacher: Optional[str] = None  # None: model.teacher
     k: int = 4  # explanations sampled per row
-    keep: str = "best"  # best: the highest RLT reward of the k (needs the student); all: every closed one
+    keep: Literal["best", "all"] = "best"  # best: the highest RLT reward of the k (needs the student); all: every closed one
     # rows per Ray Data batch and per output part file (a stop redoes at most the batches in flight)
     batch_rows: int = 64
     teacher_replicas: Optional[int] = None  # the sampling stage's vLLM replicas; None: rollout.num_workers
@@ -300,7 +308,7 @@ class DistillConfig:
     # a console warning when more than this fraction of the distilled explanations were also written for another
     # question (rlt_ray.data.distill_rows.repeated_explanations); 1.0: never
     max_shared_fraction: float = 0.25
-    output_dir: str = "runs/distill"
+    output_dir: str = "runs/distill"  # the distilled dataset: parquet part files and summary.json
 
 
 @dataclass
@@ -339,7 +347,7 @@ class ServeConfig:
     body_timeout_s: float = 10.0  # a request body not fully received after this gets 408 (slow or short clients)
     max_json_depth: int = 32  # deeper nesting of JSON arrays/objects gets 422
     scorer_replicas: int = 1  # the student scorer deployment (with serve.student)
-    scorer_cpus: float = 1.0
+    scorer_cpus: float = 1.0  # CPUs per scorer replica
     scorer_gpus: float = 0.0  # 1 on a GPU node: the student gets a GPU of its own, beside the engine's
     scorer_batch_size: int = 16  # concurrent scoring requests batched into one student forward (@serve.batch)
     # a stream's tokens leave the engine in batches gathered over this many ms (to the proxy, or to the ingress)
@@ -383,12 +391,12 @@ class DemoConfig:
 @dataclass
 class LoggingConfig:
     # experiment trackers, any of tensorboard, wandb, mlflow (rlt_ray.infra.tracking); fed from the driver only
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    trackers: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
     project: str = "rlt-ray"  # the W&B project and the MLflow experiment
     group: Optional[str] = None  # a W&B group / MLflow tag tying runs together (the demo sets its stages')
     mlflow_tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else sqlite beside the run's folder
-    jsonl: bool = True
-    ray_metrics: bool = True
+    jsonl: bool = True  # metrics.jsonl and events.jsonl in run.output_dir
+    ray_metrics: bool = True  # export ray_rlt_* metrics to Ray's Prometheus endpoint (docs/monitoring.md)
     completions_fraction: float = 0.1  # share of completions written to the run's samples file
 
 
