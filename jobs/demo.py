@@ -521,7 +521,7 @@ def main(argv: list[str]) -> int:
           + (f" (Ray, vLLM, DeepSpeed: {library_logs})" if library_logs else ""))
     if not summary["rl"]["reward_rose"]:
         print(f"note: the RL reward did not rise (mean of the first {k} steps {first['reward_mean']:.3f}, of the last "
-              f"{k} {last['reward_mean']:.3f}); docs/demo.md discusses why it barely moves on this task")
+              f"{k} {last['reward_mean']:.3f}); docs/demo.md ('Reading the result') says what it does on this task")
     return 0
 
 
@@ -607,7 +607,7 @@ def report_replicates(out: Path, seeds: list[int], per_seed: dict, stopped: dict
     """<out>/replicates.json and replicates.png, and the table per seed (``distilled``: each seed's rows). A seed
     whose distilled rows repeat across questions more than ``max_shared`` (distill.max_shared_fraction) is
     counted as copying (``copied_at``) beside the seeds the RL watch stopped: the watch reads 64 explanations a
-    step and can miss what a whole data set shows (docs/demo.md, run 28: seed 57)."""
+    step and can miss what a whole data set shows (docs/lab-notes/demo-runs.md, run 28: seed 57)."""
     from rlt_ray.data.demo_task import describe_explanations
 
     entries = {}

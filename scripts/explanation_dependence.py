@@ -1,6 +1,6 @@
 """How much the reward's student depends on the explanation: its log-likelihood of each row's solution (r_SS, the
 mean over the solution's tokens) given the row's own explanation, another question's (shuffled), the reference
-trace, and none. (docs/demo.md, run 28)
+trace, and none. (docs/lab-notes/demo-runs.md, run 28)
 
     python scripts/explanation_dependence.py RUN_DIR DISTILL_DIR [--rows N]
 

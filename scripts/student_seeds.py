@@ -1,5 +1,5 @@
 """Students (b), (c), (d) retrained at other seeds on a finished demo's rows: is the table the teachers or the
-students' training? (docs/demo.md, run 22)
+students' training? (docs/lab-notes/demo-runs.md, run 22)
 
     python scripts/student_seeds.py RUN_DIR --seeds 43,44 [--rl SUBDIR] [--arms bcd] [--name NAME] [key=value ...]
 

@@ -48,7 +48,7 @@ class LocalFolderInit(CallbackBase):
     model from a cloud mirror (``initialize_node``); for a folder that task fetches nothing and returns the path
     it was given, yet it needs a worker process of its own per node (with the replica's runtime env). In the
     demo that overlapped the replica's own imports, so the replica started only ~1.5 s sooner on 2 cores (27.1 s
-    against 28.7 s, docs/demo.md); the process and the task are gone. Set through ``LLMConfig.callback_config``,
+    against 28.7 s, docs/lab-notes/demo-runs.md); the process and the task are gone. Set through ``LLMConfig.callback_config``,
     the library's hook for node initialisation."""
 
     async def on_before_node_init(self) -> None:

@@ -21,7 +21,7 @@ def test_every_arm_gets_the_rows_of_the_shortest_source_and_a_short_one_stops_th
     assert rows_per_arm({"a": 1024, "b": 1024, "c": 900, "d": 1001}, 960, tmp_path, 32) == 900
     with pytest.raises(RunStopped, match=r"arm\(s\) c, d \(c: 0 rows, d: 0 rows.*sft\.batch_size=32\).*sft\.epochs"):
         rows_per_arm({"a": 256, "b": 256, "c": 0, "d": 0}, 240, tmp_path, 32)
-    # the RL teacher stopped closing its tag (docs/demo.md, run 4; the Intel CI run kept 18 rows): not the
+    # the RL teacher stopped closing its tag (docs/lab-notes/demo-runs.md, run 4; the Intel CI run kept 18 rows): not the
     # warm-up's fault, and never a config error about sft.batch_size
     for kept in (0, 18):
         with pytest.raises(RunStopped, match=r"arm\(s\) d .*the warm-up teacher did, so RL taught it to stop.*"
@@ -92,7 +92,7 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
     # quarter of the rows and a quarter of the test questions (the teacher's warm-up keeps all 1,024 train
     # questions: with fewer, 3 epochs do not teach it to close its tag, and distillation keeps nothing)
     # (5 epochs, as the full demo: with 3 the warm-up teacher closes its tag only 78 % of the time and RL's
-    # first steps knock that down; docs/demo.md, runs 9-11). The reward-hacking watch reports but does not stop
+    # first steps knock that down; docs/lab-notes/demo-runs.md, runs 9-11). The reward-hacking watch reports but does not stop
     # it: its checks are the mechanics, whatever the 8 steps do to the teacher. Its students train the warm-up's
     # 5 epochs, not the full demo's 10 (demo.student_epochs), to keep the CI suite's time
     pytest.param(["run.steps=8", "demo.test_questions=64", "demo.student_rows=240", "run.stop_on_hack=false",
@@ -103,7 +103,7 @@ def test_the_rl_stage_takes_demo_rl_lr_and_the_sft_stages_keep_the_users_learner
 def test_demo_runs_every_stage_and_reports_the_table(tmp_path, size, test_questions):
     """Mechanics (every stage ran, the RL steps trained: finite rewards, the policy moved away from the warm-up;
     the four-student table is complete, the console is quiet and the library logs are in files), and for the full
-    demo at its default seed the paper's shape (docs/demo.md, run 12)."""
+    demo at its default seed the paper's shape (docs/lab-notes/demo-runs.md, run 12)."""
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RLT_VERBOSE")}
     proc = subprocess.run([sys.executable, "jobs/demo.py", f"run.output_dir={out}", *size], cwd=ROOT, env=env,

@@ -64,7 +64,7 @@ def test_explanation_features_count_what_a_student_can_learn():
 
 
 def test_explanation_dependence_compares_own_shuffled_reference_and_no_explanation(tmp_path):
-    """scripts/explanation_dependence.py (docs/demo.md, run 28) on the demo's untrained student: the four means
+    """scripts/explanation_dependence.py (docs/lab-notes/demo-runs.md, run 28) on the demo's untrained student: the four means
     are finite, a reference trace equal to the row's explanation scores as the row's own, and rows that all share
     one explanation score the same shuffled or not."""
     import math

@@ -59,7 +59,7 @@ def test_rows_repeating_across_questions_are_a_warning_naming_the_key_and_the_co
     warning = repeated_explanations(copied, 0.25)
     assert warning.startswith("warning: 44% of the 9 distilled explanations")
     assert "distill.max_shared_fraction=0.25" in warning and "4 times: 'Let me add: the total is 7.'" in warning
-    assert "grpo.beta" in warning  # the setting that removed it at five seeds (docs/demo.md, run 29)
+    assert "grpo.beta" in warning  # the setting that removed it at five seeds (docs/lab-notes/demo-runs.md, run 29)
     assert repeated_explanations(copied, 0.5) is None
 
 

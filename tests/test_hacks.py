@@ -24,7 +24,7 @@ def test_a_healthy_run_shows_no_sign():
 
 
 def test_short_unclosed_explanations_name_the_prompt_padding_and_the_settings():
-    # run 4 of docs/demo.md: closed 0.99 -> 0, explanations 48 -> 6 tokens, reward up
+    # run 4 of docs/lab-notes/demo-runs.md: closed 0.99 -> 0, explanations 48 -> 6 tokens, reward up
     history = [_step(0.99, 48, reward=-0.6)] * 5 + [_step(0.3, 12, reward=8.0), _step(0.1, 7, reward=12.0),
                                                     _step(0.0, 6, reward=15.0)]
     sign = hack_sign(history, 0.5, 3, 0.25)
@@ -63,7 +63,7 @@ def test_length_collapse_with_tags_still_closed():
 
 
 def test_the_same_explanation_for_different_questions_is_counted_and_the_same_question_s_repeats_are_not():
-    # run 24, seed 45 (docs/demo.md): one text for questions whose sums are 12, 23 and 21
+    # run 24, seed 45 (docs/lab-notes/demo-runs.md): one text for questions whose sums are 12, 23 and 21
     step = [("q1", "Hmm, let me think. 9+9=18. So the answer is 18.\n\n"),
             ("q2", "Hmm, let me think.  9+9=18.\nSo the answer is 18."),  # the same text, other whitespace
             ("q1", "Hmm, let me think. 9+9=18. So the answer is 18."),
@@ -83,7 +83,7 @@ def test_copied_explanations_with_tags_closed_are_a_sign_naming_the_kl_term():
     sign = hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25)
     assert sign.kind == "copied" and "run.max_shared_fraction=0.25" in sign.message and "55%" in sign.message
     assert "KL term" in sign.message and "r_SS -2.30 -> -3.20" in sign.message
-    assert "reward.kl_penalty_coeff=[1.0,0.01]" in sign.message  # prevented it at some seeds (docs/demo.md run 26)
+    assert "reward.kl_penalty_coeff=[1.0,0.01]" in sign.message  # prevented it at some seeds (docs/lab-notes/demo-runs.md run 26)
     # the loss's KL to the warm-up teacher removed it at five seeds (run 29): the message names the run's own weight
     assert "a larger grpo.beta than this run's 0.04" in sign.message
     assert "grpo.beta above this run's 0.2" in hack_sign(history, 0.5, 3, 0.25, "sampled", 0.25, grpo_beta=0.2).message

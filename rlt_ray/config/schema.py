@@ -242,18 +242,14 @@ class RunConfig:
     # validate every N steps, and at the first and the last (0: never): the current policy answers the held-out
     # rows (data.eval_source, data.eval_size) greedily on the same engines; logged as val/* with the step's metrics
     eval_every: int = 0
-    # reward-hacking watch (rlt_ray.method.hack_watch): for run.hack_patience steps in a row, the closed-tag fraction under
-    # run.min_closed_fraction, or the explanations' mean length under run.min_length_ratio x the first steps', or
-    # more than run.max_shared_fraction of a step's explanations also written for another question (0 in a
-    # healthy run: an explanation depends on its question; docs/demo.md, run 24) -> a `reward_hack_suspected`
-    # event and a console line naming the likely cause; run.stop_on_hack also stops the run there, with a
-    # checkpoint of the completed steps. Copies while r_SS rises (training, and validation when it is on) are a
-    # template the student shares: a `templated` warning, never a stop. A step has few questions, so a teacher that repeats itself now and then
-    # shows in a distilled data set long before in any one step: the watch also counts the copies across the last
-    # run.hack_window steps' explanations pooled (once it has that many; in the demo 80 questions x 8 samples, so
-    # each explanation meets about as many other questions' as in a 1,024-row distillation, though of ten steps'
-    # teachers: it reads lower than a distillation of the last one), against run.max_shared_fraction too
-    # (docs/demo.md, run 29: it stopped run 28's seed 57 at step 39, at no healthy seed; 1: a step alone)
+    # the reward-hacking watch (rlt_ray.method.hack_watch; docs/monitoring.md). A sign is reported when, for
+    # run.hack_patience steps in a row, the closed-tag fraction is under run.min_closed_fraction, or the
+    # explanations' mean length is under run.min_length_ratio x the first steps', or more than
+    # run.max_shared_fraction of the explanations were also written for another question, in one step or pooled
+    # over the last run.hack_window steps (1: a step alone). Copies while r_SS holds or rises (training, and
+    # validation when it is on) are a template the student shares: a `templated` warning. The others are a
+    # `reward_hack_suspected` event and a console line naming the likely cause; with run.stop_on_hack the run
+    # also stops there, with a checkpoint of the completed steps.
     min_closed_fraction: float = 0.5
     min_length_ratio: float = 0.25
     max_shared_fraction: float = 0.25

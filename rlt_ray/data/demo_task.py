@@ -80,7 +80,7 @@ EQUATION = r"(\d+)\+(\d+)=(\d+)"
 
 
 def explanation_features(question: str, solution: str, text: str) -> dict[str, float]:
-    """What a student can learn from one explanation of a chained sum (docs/demo.md, "Why (d) wins"): whether
+    """What a student can learn from one explanation of a chained sum (docs/lab-notes/demo-runs.md, "Why (d) wins"): whether
     the last number is the solution, every step is true, the solution appears at all, the first step adds the
     question's first two terms (its order), every term a step brings in is one of the question's, whether every
     step goes on from the previous step's result (a chain, no detour), its steps and words."""
@@ -112,7 +112,7 @@ def describe_explanations(rows: list[dict]) -> dict[str, float]:
     """The mean of each feature over distilled rows (question, solution, explanation), and how alike the rows
     are: the share of the most common opening (the text before the first step) and of the most common closing,
     and of the rows whose whole explanation was also written for another question (``shared``: copies that do
-    not depend on the question, docs/demo.md run 24)."""
+    not depend on the question, docs/lab-notes/demo-runs.md run 24)."""
     import re
     from collections import Counter
 

@@ -1,4 +1,4 @@
-"""Signs that RL found a way up the reward that is not teaching (docs/demo.md, runs 4 and 24): the teacher stops
+"""Signs that RL found a way up the reward that is not teaching (docs/lab-notes/demo-runs.md, runs 4 and 24): the teacher stops
 closing its explanation tag, its explanations collapse in length, or it writes the same explanation for different
 questions. Pure functions over the per-step metrics (``closed_tag_fraction``, ``completion_tokens_mean``,
 ``truncated_fraction``, ``reward_mean``, ``shared_explanation_fraction``, ``r_ss_mean``), used by the RL job
@@ -23,7 +23,7 @@ def _mean(rows: Sequence[dict], key: str) -> float:
 def shared_explanation_fraction(explanations: Iterable[tuple[Hashable, str]]) -> float:
     """The fraction of a step's explanations, given as (question id, text) pairs, whose text (whitespace
     normalised) was also written for another question of the step. An explanation depends on its question, so
-    this is 0 in a healthy run (run 24 of docs/demo.md: 0.000 at every step of its four healthy seeds); copies
+    this is 0 in a healthy run (run 24 of docs/lab-notes/demo-runs.md: 0.000 at every step of its four healthy seeds); copies
     of one text across questions mean the teacher writes what the student finds likely whatever the question
     (run 24, seed 45: up to 0.42)."""
     pairs = [(q, " ".join(text.split())) for q, text in explanations]
