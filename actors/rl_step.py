@@ -247,6 +247,51 @@ class RLStep:
         self.in_flight = None
         return chunks, trained
 
+    def replace_lost_worker(self, step: int, k: int, exc: BaseException, sync_to: int) -> int:
+        """After rollout worker k's error ``exc``: who died decides, not which error arrived first. A worker gone (its
+        actor, its engine or its node) is replaced by a new one, brought to weights ``sync_to`` before it samples (a
+        fresh engine holds the weights on disk); returns the version it holds. An error from a worker that answers
+        is a bug or a bad input: it is raised, and the run stops."""
+        from rlt_ray.infra.cluster import lost, worker_lost
+
+        if not (worker_lost(exc) or lost(self.workers.who_is_alive([k], self.cfg.resources.liveness_timeout_s))):
+            raise exc
+        new = self.workers.replace(k)
+        self.sync.replace_worker(k, new)
+        stats = self.sync.sync(sync_to)
+        self.replaced += 1
+        self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
+                       synced_to_version=stats.version, error=type(exc).__name__, node=node_ids(self.ray, [new])[0])
+        return stats.version
+
+    def replace_lost_scorer(self, step: int, slot: int, exc: BaseException, generation: int) -> None:
+        """After an error ``exc`` scoring a chunk sent to scorer ``slot`` at ``generation``: a scorer that answers
+        raised a bug or a bad input (or a learner's log-probs it was handed, when a learner died: classify_failure
+        sees that), which is raised. A dead scorer held several chunks: it is replaced once (the first of its
+        chunks to fail), and the caller scores each of them again on the new one."""
+        from rlt_ray.infra.cluster import lost, worker_lost
+
+        if self.scorers.generation[slot] != generation:  # replaced already, for another of its chunks
+            return
+        if not (worker_lost(exc) or lost(self.scorers.who_is_alive([slot], self.cfg.resources.liveness_timeout_s))):
+            raise exc
+        self.scorers.replace(slot)
+        self.replaced += 1
+        self.log.event(step, "scorer_replaced", scorer=slot, generation=self.scorers.generation[slot],
+                       error=type(exc).__name__, node=node_ids(self.ray, [self.scorers[slot]])[0])
+
+    def learner_teacher_logprobs(self, chunks: list[dict[str, Any]]) -> list:
+        """3. with reward.teacher_logprobs_from=learner: the teacher's log-probs from a forward of the learners'
+        policy on the complete batch (refs); each chunk's ``lp_offset`` says where its sequences start in them."""
+        from rlt_ray.config import temperatures
+
+        refs = self.learners.call("completion_logprobs", [c["ref"] for c in chunks], temperatures(self.cfg)["teacher"],
+                                  prompt_tail_tokens(self.cfg))
+        offset = 0
+        for chunk in chunks:
+            chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
+        return refs
+
     def stream(self, step: int, version: int, prompt_tails: list | None = None, feed: BatchFeed | None = None,
                learner_version: int | None = None) -> list[dict[str, Any]]:
         """Stages 2-4 (and, given a ``feed``, 5) of a step, streamed: each worker samples its groups in one engine
@@ -262,10 +307,6 @@ class RLStep:
         rollout log-probs). Returns the chunks:
         {"ref", "worker", "rows" (row indices), "sequences", "tokens", "scored"}."""
         from rlt_ray.data.rollout_batch import step_seeds
-        from rlt_ray.infra.cluster import lost, worker_lost
-        from rlt_ray.config import temperatures
-
-        timeout_s = self.cfg.resources.liveness_timeout_s
 
         pending: dict[Any, tuple] = {}
         chunks: list[dict[str, Any]] = []
@@ -296,20 +337,11 @@ class RLStep:
                     rollout = self.ray.get(ref)
                 except StopIteration:
                     continue
-                except Exception as exc:
-                    # who died decides, not which error arrived first: a worker gone (its actor, its engine or its
-                    # node) is replaced; an error from a worker that answers is a bug or a bad input: the run stops
-                    if not (worker_lost(exc) or lost(self.workers.who_is_alive([k], timeout_s))):
-                        raise
-                    new = self.workers.replace(k)
-                    self.sync.replace_worker(k, new)
-                    stats = self.sync.sync(version if learner_version is None else learner_version)
-                    self.replaced += 1
-                    self.log.event(step, "rollout_worker_replaced", worker=k, generation=self.workers.generation[k],
-                                   synced_to_version=stats.version, error=type(exc).__name__,
-                                   node=node_ids(self.ray, [new])[0])
+                except Exception as exc:  # a lost worker is replaced; any other error stops the run
+                    synced = self.replace_lost_worker(step, k, exc,
+                                                      version if learner_version is None else learner_version)
                     handed_over = {r for chunk in chunks if chunk["worker"] == k for r in chunk["rows"]}
-                    generate(k, [i for i in row_ids if i not in handed_over], stats.version)
+                    generate(k, [i for i in row_ids if i not in handed_over], synced)
                     continue
                 pending[ready] = ("generate", k, row_ids)  # more chunks to come
                 chunk_rows = [row_ids[i] for i in rollout["prompt_index"]]
@@ -323,30 +355,16 @@ class RLStep:
                         feed.all_generated(sum(c["tokens"] for c in chunks))
                     if self.cfg.reward.teacher_logprobs_from == "learner":
                         # 3. teacher log-probs from a forward of the learner's policy, on the complete batch
-                        teacher_lp = self.learners.call("completion_logprobs", [c["ref"] for c in chunks],
-                                                        temperatures(self.cfg)["teacher"], prompt_tail_tokens(self.cfg))
-                        offset = 0
-                        for c, chunk in enumerate(chunks):
-                            chunk["lp_offset"], offset = offset, offset + chunk["sequences"]
+                        teacher_lp = self.learner_teacher_logprobs(chunks)
+                        for c in range(len(chunks)):
                             score(c)
             else:
                 c, generation = what
                 slot = c % len(self.scorers)
                 try:
                     self.ray.get(ready)
-                except Exception as exc:
-                    # an error from a scorer that answers is a bug or a bad input (or a learner's log-probs it was
-                    # handed, when a learner died: classify_failure sees that): the run stops
-                    replaced = self.scorers.generation[slot] != generation  # its scorer was replaced already
-                    if not (replaced or worker_lost(exc) or lost(self.scorers.who_is_alive([slot], timeout_s))):
-                        raise
-                    # the dead scorer held several chunks: replace it once, then score each of them on the new one
-                    if not replaced:
-                        self.scorers.replace(slot)
-                        self.replaced += 1
-                        self.log.event(step, "scorer_replaced", scorer=slot,
-                                       generation=self.scorers.generation[slot], error=type(exc).__name__,
-                                       node=node_ids(self.ray, [self.scorers[slot]])[0])
+                except Exception as exc:  # a lost scorer is replaced and the chunk scored again; else: stop
+                    self.replace_lost_scorer(step, slot, exc, generation)
                     score(c)
                     continue
                 if feed is not None:

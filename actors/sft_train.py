@@ -109,25 +109,66 @@ def plan_run(cfg: Any, out: Path, role: str, shape: dict[str, int]) -> tuple[str
 
 
 def run_sft(argv: list[str], role: str) -> int:
-    from tqdm import tqdm
-
+    from rlt_ray.config import check_cluster, check_sft_batch, load_config, split_argv, to_yaml
     from rlt_ray.errors import RunStopped
     from rlt_ray.infra.cluster import connect_ray
-    from rlt_ray.errors import ConfigError
-    from rlt_ray.config import check_cluster, check_sft_batch, load_config, split_argv, to_yaml
-    from rlt_ray.data.sources import LoadReport, load_rows
-    from rlt_ray.method.formats import RLTFormat
     from rlt_ray.memory import check_memory
-    from rlt_ray.infra.metrics import RunLog
-    from rlt_ray.models.registry import load_tokenizer
-    from rlt_ray.config.placement import placement
-    from rlt_ray.data.sft_rows import build_examples
 
     preset, overrides = split_argv(argv)
     cfg = load_config(preset, overrides, job="sft")
     check_sft_batch(cfg)
     check_memory(cfg, roles=(f"sft_{role}",))  # GPU layouts: refuse one that will not fit, with the arithmetic
     model = cfg.sft.model or (cfg.model.teacher if role == "teacher" else cfg.model.student)
+    examples = load_examples(cfg, role, model)
+    total = cfg.sft.epochs * (len(examples.ids) // cfg.sft.batch_size)
+    out = Path(cfg.sft.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shape = {"examples": len(examples.ids), "batch_size": int(cfg.sft.batch_size), "epochs": int(cfg.sft.epochs),
+             "ranks": int(cfg.resources.learner_ranks)}
+    name, storage, start_from = plan_run(cfg, out, role, shape)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+
+    ray = connect_ray()
+    check_cluster(cfg, ray.cluster_resources(), roles=("learner",), nodes=ray.nodes())
+    from ray.util.queue import Queue
+
+    progress = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(cfg, {"cfg": cfg, "role": role, "model": model, "examples": ray.put(examples),
+                                 "out": str(out), "start_from": start_from, "progress": progress}, name, storage)
+    print(f"sft_{role}: Ray Train run {name}: {cfg.resources.learner_ranks} workers, {total} steps, checkpoints in "
+          f"{storage}/{name}", flush=True)
+    view = ProgressView(cfg, role, out, total, progress)
+    try:
+        trainer.fit()
+    except Exception as exc:
+        newest = (newest_checkpoint(Path(storage) / name, int(cfg.resources.learner_ranks))
+                  if "://" not in storage else None)
+        where = (f"its newest checkpoint is {newest[0]} (step {newest[1]}): resume with sft.resume_from=latest"
+                 if newest else "no checkpoint was written: start it again")
+        raise RunStopped(f"the Ray Train run {name} failed after sft.max_failures={cfg.sft.max_failures} "
+                         f"restarts ({_cause(exc)}); {where}") from exc
+    finally:
+        view.close()
+        ray.kill(progress.actor)
+    last = view.last
+    if last is None:
+        print(f"sft_{role}: nothing to do: the run had finished all {total} steps", flush=True)
+        return 0
+    since = f" (this run from step {view.first_step + 1})" if view.first_step else ""
+    print(f"sft_{role}: {cfg.sft.epochs} epochs, {total} steps{since}, nll {view.first_nll:.4f} -> "
+          f"{last['nll']:.4f}; saved {out / 'final'} (and epoch_N/)", flush=True)
+    return 0
+
+
+def load_examples(cfg: Any, role: str, model: str):
+    """The rows of data.source as the role's SFT examples (rlt_ray.data.sft_rows), with the console's account of
+    what was kept; too few for one batch is a config error naming sft.batch_size."""
+    from rlt_ray.data.sft_rows import build_examples
+    from rlt_ray.data.sources import LoadReport, load_rows
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.method.formats import RLTFormat
+    from rlt_ray.models.registry import load_tokenizer
+
     fmt = RLTFormat(cfg.format, load_tokenizer(cfg.model.tokenizer or model))
     report = LoadReport()
     rows = load_rows(cfg.data.source, split=cfg.data.split, size=cfg.data.size, seed=cfg.data.seed,
@@ -142,20 +183,15 @@ def run_sft(argv: list[str], role: str) -> int:
     if len(examples.ids) < cfg.sft.batch_size:
         raise ConfigError(f"config key 'sft.batch_size': {cfg.sft.batch_size} is more than the "
                           f"{len(examples.ids)} usable examples of data.source={cfg.data.source!r}")
-    steps_per_epoch = len(examples.ids) // cfg.sft.batch_size
-    total = cfg.sft.epochs * steps_per_epoch
-    out = Path(cfg.sft.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    shape = {"examples": len(examples.ids), "batch_size": int(cfg.sft.batch_size), "epochs": int(cfg.sft.epochs),
-             "ranks": int(cfg.resources.learner_ranks)}
-    name, storage, start_from = plan_run(cfg, out, role, shape)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    return examples
 
-    ray = connect_ray()
-    check_cluster(cfg, ray.cluster_resources(), roles=("learner",), nodes=ray.nodes())
+
+def make_trainer(cfg: Any, loop_config: dict[str, Any], name: str, storage: str):
+    """Ray Train's TorchTrainer for sft_worker: resources.learner_ranks workers placed as the RL learners."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
+
+    from rlt_ray.config.placement import placement
 
     # ray.train.report blocks until Train's controller polls the workers, every 2 s by default: 4x the demo's step.
     # Train passes this variable on from the driver to its controller (any cluster); an operator's value wins
@@ -167,11 +203,9 @@ def run_sft(argv: list[str], role: str) -> int:
     per_worker = {"CPU": float(r.cpus_per_actor), **custom}
     if r.gpus_per_actor:
         per_worker["GPU"] = float(r.gpus_per_actor)
-    progress = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
+    return TorchTrainer(
         sft_worker,
-        train_loop_config={"cfg": cfg, "role": role, "model": model, "examples": ray.put(examples),
-                           "out": str(out), "start_from": start_from, "progress": progress},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend=str(r.backend)),
         scaling_config=ScalingConfig(num_workers=int(r.learner_ranks), use_gpu=r.device == "cuda",
                                      resources_per_worker=per_worker, placement_strategy=str(r.learner_strategy),
@@ -179,70 +213,65 @@ def run_sft(argv: list[str], role: str) -> int:
         run_config=RunConfig(name=name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.sft.keep_checkpoints)),
                              failure_config=FailureConfig(max_failures=int(cfg.sft.max_failures))))
-    print(f"sft_{role}: Ray Train run {name}: {r.learner_ranks} workers, {total} steps, checkpoints in "
-          f"{storage}/{name}", flush=True)
-    log = RunLog(out, cfg, out.name, f"sft_{role}")
-    bar = tqdm(total=total, desc=f"sft_{role}", file=sys.stderr, leave=False)
-    state: dict[str, Any] = {"starts": 0, "first_nll": None, "first_step": 0, "last": None}
 
-    def show(item: dict) -> None:
+
+class ProgressView:
+    """The driver's side of rank 0's progress queue, read on a thread while the run goes: the progress bar, a
+    console line per epoch and per restart, metrics.jsonl and the trackers (rlt_ray.infra.metrics.RunLog)."""
+
+    def __init__(self, cfg: Any, role: str, out: Path, total: int, progress: Any):
+        from tqdm import tqdm
+
+        from rlt_ray.infra.metrics import RunLog
+
+        self.cfg, self.role, self.total, self.progress = cfg, role, total, progress
+        self.log = RunLog(out, cfg, out.name, f"sft_{role}")
+        self.bar = tqdm(total=total, desc=f"sft_{role}", file=sys.stderr, leave=False)
+        self.starts, self.first_nll, self.first_step, self.last = 0, None, 0, None
+        self.done = threading.Event()
+        self.reader = threading.Thread(target=self.consume, daemon=True)
+        self.reader.start()
+
+    def consume(self) -> None:
+        while not (self.done.is_set() and self.progress.empty()):
+            try:
+                self.show(self.progress.get(timeout=0.5))
+            except Exception:  # queue.Empty, or the queue actor gone at shutdown
+                continue
+
+    def show(self, item: dict) -> None:
         """One message from rank 0: the start of an attempt, a step's metrics, an epoch's end."""
+        from tqdm import tqdm
+
+        role, log, bar = self.role, self.log, self.bar
         if "start" in item:
-            state["starts"] += 1
+            self.starts += 1
             log.resume_at(item["start"])
-            bar.reset(total=total)
+            bar.reset(total=self.total)
             bar.update(item["start"])
-            if state["starts"] > 1 or item["start"]:
-                why = "after a lost worker" if state["starts"] > 1 else "sft.resume_from"
+            if self.starts > 1 or item["start"]:
+                why = "after a lost worker" if self.starts > 1 else "sft.resume_from"
                 log.event(item["start"], "restarted", echo=False, why=why, checkpoint=item.get("checkpoint"))
-                tqdm.write(f"sft_{role}: resumed at step {item['start'] + 1}/{total} from {item.get('checkpoint')} "
-                           f"({why})", file=sys.stdout)
+                tqdm.write(f"sft_{role}: resumed at step {item['start'] + 1}/{self.total} from "
+                           f"{item.get('checkpoint')} ({why})", file=sys.stdout)
             return
         m = item["metrics"]
         log.log(item["step"], m)
-        if state["first_nll"] is None:
-            state["first_nll"], state["first_step"] = m["nll"], item["step"]
-        state["last"] = m
+        if self.first_nll is None:
+            self.first_nll, self.first_step = m["nll"], item["step"]
+        self.last = m
         bar.update(1)
         bar.set_postfix(epoch=int(m["epoch"]) + 1, nll=f"{m['nll']:.4f}")
         if "saved" in item:
             log.trackers.artifact("checkpoint", item["saved"])
-            tqdm.write(f"sft_{role}: epoch {int(m['epoch']) + 1}/{cfg.sft.epochs}: nll {m['nll']:.4f}, "
+            tqdm.write(f"sft_{role}: epoch {int(m['epoch']) + 1}/{self.cfg.sft.epochs}: nll {m['nll']:.4f}, "
                        f"{m['tokens_per_s']:.0f} tokens/s; saved {item['saved']}", file=sys.stdout)
 
-    done = threading.Event()
-
-    def consume() -> None:
-        while not (done.is_set() and progress.empty()):
-            try:
-                show(progress.get(timeout=0.5))
-            except Exception:  # queue.Empty, or the queue actor gone at shutdown
-                continue
-
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
-    try:
-        trainer.fit()
-    except Exception as exc:
-        newest = newest_checkpoint(Path(storage) / name, int(r.learner_ranks)) if "://" not in storage else None
-        where = (f"its newest checkpoint is {newest[0]} (step {newest[1]}): resume with sft.resume_from=latest"
-                 if newest else "no checkpoint was written: start it again")
-        raise RunStopped(f"the Ray Train run {name} failed after sft.max_failures={cfg.sft.max_failures} "
-                         f"restarts ({_cause(exc)}); {where}") from exc
-    finally:
-        done.set()
-        reader.join(timeout=10)
-        bar.close()
-        log.close()
-        ray.kill(progress.actor)
-    last = state["last"]
-    if last is None:
-        print(f"sft_{role}: nothing to do: the run had finished all {total} steps", flush=True)
-        return 0
-    since = f" (this run from step {state['first_step'] + 1})" if state["first_step"] else ""
-    print(f"sft_{role}: {cfg.sft.epochs} epochs, {total} steps{since}, nll {state['first_nll']:.4f} -> "
-          f"{last['nll']:.4f}; saved {out / 'final'} (and epoch_N/)", flush=True)
-    return 0
+    def close(self) -> None:
+        self.done.set()
+        self.reader.join(timeout=10)
+        self.bar.close()
+        self.log.close()
 
 
 def _cause(exc: BaseException) -> str:

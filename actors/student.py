@@ -44,6 +44,27 @@ class Scorer:
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "pid": os.getpid()}
 
+    @staticmethod
+    def _teacher_logprobs(rollout: dict[str, Any], teacher_logprobs: Optional[Sequence[Any]], offset: int,
+                          prompt_tails: Optional[Sequence[Any]]) -> tuple[list, list]:
+        """Per completion: the teacher's log-probs of its tokens, and of its prompt's last tokens (None: not
+        given), from the rollout (with the learners' prompt tails) or from the learners' refs (score's docstring)."""
+        from rlt_ray.method.scoring import prompt_key
+
+        n, completions = int(rollout["n"]), rollout["completion_ids"]
+        if teacher_logprobs is None:
+            by_prompt: dict = {}
+            for part in ray.get(list(prompt_tails or [])):
+                by_prompt.update(part)
+            per_prompt = [by_prompt.get(prompt_key(p)) for p in rollout["prompt_ids"]]
+            return rollout["logprobs"], [per_prompt[i // n] for i in range(len(completions))]
+        merged: dict[int, np.ndarray] = {}
+        for part in ray.get(list(teacher_logprobs)):
+            merged.update(part)
+        both = [np.asarray(merged[offset + i]) for i in range(len(completions))]
+        heads = [len(b) - len(c) for b, c in zip(both, completions)]
+        return [b[h:] for b, h in zip(both, heads)], [b[:h] for b, h in zip(both, heads)]
+
     def score(self, rows: Sequence[Any], rollout: dict[str, Any],
               teacher_logprobs: Optional[Sequence[Any]] = None, offset: int = 0,
               prompt_tails: Optional[Sequence[Any]] = None, explanation_span: Optional[str] = None) -> dict[str, Any]:
@@ -59,29 +80,14 @@ class Scorer:
         the total of rlt_ray.method.rewards.unscorable_totals (below its group's worst), is flagged in ``failed`` and
         reported in ``errors``; the batch goes on."""
         from rlt_ray.method.rewards import penalty_parts, unscorable_totals
-        from rlt_ray.method.scoring import prompt_key, score_sequences
+        from rlt_ray.method.scoring import score_sequences
         from rlt_ray.method.spans import build_reward_sequence
 
         t0 = time.perf_counter()
         n = int(rollout["n"])
         completions = rollout["completion_ids"]
         span = explanation_span or self.cfg.reward.explanation_span
-        # per completion: the teacher log-probs of its tokens, and of its prompt's last tokens (None: not given)
-        if teacher_logprobs is None:
-            completion_lp = rollout["logprobs"]
-            by_prompt: dict = {}
-            for part in ray.get(list(prompt_tails or [])):
-                by_prompt.update(part)
-            per_prompt = [by_prompt.get(prompt_key(p)) for p in rollout["prompt_ids"]]
-            tail_lp = [per_prompt[i // n] for i in range(len(completions))]
-        else:
-            merged: dict[int, np.ndarray] = {}
-            for part in ray.get(list(teacher_logprobs)):
-                merged.update(part)
-            both = [np.asarray(merged[offset + i]) for i in range(len(completions))]
-            heads = [len(b) - len(c) for b, c in zip(both, completions)]
-            completion_lp = [b[h:] for b, h in zip(both, heads)]
-            tail_lp = [b[:h] for b, h in zip(both, heads)]
+        completion_lp, tail_lp = self._teacher_logprobs(rollout, teacher_logprobs, offset, prompt_tails)
         seqs, teacher_expl, kept, errors = [], [], [], []
         for i, comp in enumerate(completions):
             prompt = rollout["prompt_ids"][i // n]

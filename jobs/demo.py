@@ -20,6 +20,8 @@ the RL curves), TensorBoard logs and, under <out>/logs/, every stage's output an
 The output folder is runs/demo unless run.output_dir=... says otherwise. With --seeds, stages 4-7 of the RL
 teacher's arm run once per seed (main's docstring). An experiment: the table is printed as it
 comes out, and the exit code is 0 whenever every stage ran (the reward's rise, or not, is reported).
+
+One idea in more than 400 lines: the demo experiment (its stages, in class Demo, and its report).
 """
 
 from __future__ import annotations
@@ -302,177 +304,233 @@ def split_seeds(argv: list[str]) -> tuple[list[int] | None, list[str]]:
     return seeds, rest
 
 
+class Demo:
+    """One demo's run: its config, its stage overrides, the stages' log and times, and the RL teacher's arms (one,
+    or one per replicate seed). Each stage is a method, called in order by main()."""
+
+    def __init__(self, cfg, preset: str, overrides: list[str], seeds: list[int] | None, extended: bool):
+        from rlt_ray.infra.cluster import verbose
+
+        self.cfg, self.preset, self.overrides, self.seeds, self.extended = cfg, preset, overrides, seeds, extended
+        self.out = Path(cfg.run.output_dir)
+        self.steps = int(cfg.run.steps)
+        self.train_questions, self.test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
+        self.student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in the schema says why)
+        self.base = ["--config", preset] + overrides
+        if cfg.logging.group is None:  # the stages' tracker runs in one W&B group / under one MLflow tag
+            self.base.append(f"logging.group={self.out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.student_epochs = cfg.demo.student_epochs
+        self.args = self.arm_args(None)
+        self.logs = StageLog(self.out / "logs", verbose())
+        self.timings: dict[str, float] = {}
+        self.n_stages = (10 if extended else 8) if seeds is None else 7
+        # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
+        self.rl_arms = [(None, self.out, self.args)] if seeds is None else [
+            (seed, self.out / "seeds" / str(seed), self.arm_args(seed)) for seed in seeds]
+        self.stopped: dict = {}  # with replicates, a stopped seed (run.stop_on_hack) is a result, not the end
+
+    def arm_args(self, seed: int | None) -> dict[str, list[str]]:
+        cfg = self.cfg
+        return stage_args(self.out, self.steps, self.student_rows, float(cfg.demo.rl_lr),
+                          None if seed is None else self.out / "seeds" / str(seed), seed, self.student_epochs,
+                          float(cfg.demo.rl_warmup_ratio), int(cfg.demo.rl_eval_every))
+
+    def run(self, name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
+        """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
+        from rlt_ray.errors import RunStopped
+
+        t = time.time()
+        with self.logs.stage(name, show):
+            code = job.main(self.base + extra)
+        if code != 0:
+            raise RunStopped(f"stage {name} failed (exit {code}); see {self.out / 'logs' / (name + '.log')}")
+        self.timings[name] = time.time() - t
+
+    def stage(self, k: int, name: str, title: str, job, extra: list[str]) -> None:
+        print(f"[{k}/{self.n_stages}] {title} ...", flush=True)
+        self.run(name, job, extra)
+        print(f"      done in {self.timings[name]:.0f} s", flush=True)
+
+    def evaluate_arm(self, arm: str, name: str, model: Path, folder: Path, rows: int,
+                     source: Path | None = None) -> dict:
+        """``model``: an SFT output folder (its final/) or an HF folder; ``source``: the test set (the task's)."""
+        from jobs import evaluate
+
+        weights = model / "final" if (model / "final").is_dir() else model
+        test = [f"eval.source={source}"] if source else []
+        self.run(name, evaluate, self.args["evaluate"] + test + [f"eval.model={weights}", f"eval.output_dir={folder}"])
+        s = json.loads((folder / "summary.json").read_text())
+        return {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"], "n": s["n"],
+                "correct": s["correct"], "train_rows": rows, "no_solution_block": s["no_solution_block"]}
+
+    def task_and_warm_up(self) -> dict[str, Path]:
+        """Stages 1-3: the task's files, the teacher's warm-up, student (b)."""
+        from jobs import sft_student, sft_teacher
+        from rlt_ray.data.demo_task import write_task
+
+        print(f"[1/{self.n_stages}] task: chained sums, {self.train_questions} train questions with reference traces, "
+              f"{self.test_questions} held-out", flush=True)
+        files = write_task(self.out / "task", self.train_questions, self.test_questions, int(self.cfg.data.seed))
+        self.stage(2, "sft_teacher", "teacher warm-up on the reference traces", sft_teacher, self.args["sft_teacher"])
+        self.stage(3, "student_b", "student (b) on the reference traces (also the RL reward's student)", sft_student,
+                   self.args["student_b"])
+        return files
+
+    def rl(self) -> None:
+        """Stage 4: RL, once or per seed."""
+        from jobs import train_rlt
+        from rlt_ray.errors import RunStopped
+
+        print(f"[4/{self.n_stages}] RL: {self.steps} GRPO steps with the RLT reward"
+              + ("" if self.seeds is None else f", at seeds {', '.join(map(str, self.seeds))}") + " ...", flush=True)
+        t = time.time()
+        for seed, _, arm_args in self.rl_arms:
+            if seed is not None:
+                print(f"      seed {seed}", flush=True)
+            try:
+                self.run("train_rlt" + (f"_{seed}" if seed is not None else ""), train_rlt, arm_args["train_rlt"],
+                         show=("step ", "warning: "))
+            except RunStopped as exc:
+                if seed is None:
+                    raise
+                self.stopped[seed] = str(exc)
+                print(f"      seed {seed} stopped: {str(exc)[:300]}", flush=True)
+        print(f"      done in {time.time() - t:.0f} s", flush=True)
+
+    def distil(self) -> tuple[list[dict], dict]:
+        """Stage 5: the warm-up teacher's explanations, and each RL teacher's."""
+        from jobs import distill
+
+        print(f"[5/{self.n_stages}] distil the warm-up teacher's and the RL teacher's explanations ...", flush=True)
+        t = time.time()
+        self.run("distill_c", distill, self.args["distill_c"], show=("warning: ",))  # rows repeating across questions
+        warm = distilled_rows(self.out / "distill_warmup")
+        distilled = {}
+        for seed, folder, arm_args in self.rl_arms:
+            if seed not in self.stopped:
+                self.run("distill_d" + (f"_{seed}" if seed is not None else ""), distill, arm_args["distill_d"],
+                         show=("warning: ",))
+                distilled[seed] = distilled_rows(folder / "distill_rl")
+        print(f"      done in {time.time() - t:.0f} s", flush=True)
+        return warm, distilled
+
+    def students(self, sizes: dict[str, int], distilled: dict) -> tuple[int, dict]:
+        """Stage 6: students (a), (c), (d) on the same number of rows (distillation drops the rows whose
+        explanation never closed its tag); (b) again on as few, when fewer. Returns the rows and (d)'s per seed."""
+        from jobs import sft_student
+        from rlt_ray.errors import RunStopped
+
+        min_rows = int(self.cfg.sft.batch_size)
+        rows = rows_per_arm(sizes, self.student_rows, self.out, min_rows)
+        same = [f"data.max_rows={rows}"]
+        print(f"[6/{self.n_stages}] students (a), (c), (d): {rows} rows each "
+              f"({self.student_epochs or self.cfg.sft.epochs} epochs) ...", flush=True)
+        t = time.time()
+        for arm in "ac":
+            self.run(f"student_{arm}", sft_student, self.args[f"student_{arm}"] + same)
+        if rows < self.student_rows:  # (b) was trained before distillation; retrain it on as few rows as the others
+            self.run("student_b_same_rows", sft_student,
+                     self.args["student_b"] + same + [f"sft.output_dir={self.out / 'student_b_same_rows'}"])
+        d_rows = {}
+        for seed, folder, arm_args in self.rl_arms:
+            if seed in self.stopped:
+                continue
+            try:  # a replicate's RL teacher may keep fewer rows than the shared arms: (d) then trains on fewer
+                d_rows[seed] = rows_per_arm({**sizes, "d": len(distilled[seed])}, rows, self.out, min_rows)
+            except RunStopped as exc:
+                if seed is None:
+                    raise
+                self.stopped[seed] = str(exc)
+                continue
+            self.run("student_d" + (f"_{seed}" if seed is not None else ""), sft_student,
+                     arm_args["student_d"] + [f"data.max_rows={d_rows[seed]}"])
+        print(f"      done in {time.time() - t:.0f} s", flush=True)
+        return rows, d_rows
+
+    def evaluate(self, rows: int, d_rows: dict) -> tuple[dict, dict]:
+        """Stage 7: every student on the held-out questions. Returns the shared arms and, per seed, all four."""
+        print(f"[7/{self.n_stages}] evaluate the students on {self.test_questions} held-out questions ...",
+              flush=True)
+        t = time.time()
+        students = {}
+        for arm in "abc":
+            model = self.out / (f"student_{arm}" if arm != "b" or rows == self.student_rows else "student_b_same_rows")
+            students[arm] = self.evaluate_arm(arm, f"evaluate_{arm}", model, self.out / "eval" / arm, rows)
+        per_seed = {}
+        for seed, folder, _ in self.rl_arms:
+            if seed not in self.stopped:
+                per_seed[seed] = {**students, "d": self.evaluate_arm(
+                    "d", "evaluate_d" + (f"_{seed}" if seed is not None else ""), folder / "student_d",
+                    folder / "eval" / "d", d_rows[seed])}
+        print(f"      done in {time.time() - t:.0f} s", flush=True)
+        return students, per_seed
+
+    def serve(self, test_row: dict) -> dict:
+        """Stage 8: the RL teacher on Ray Serve, asked for one explanation."""
+        t = time.time()
+        print(f"[8/{self.n_stages}] serve the RL teacher on Ray Serve, POST /v1/explain ...", flush=True)
+        with self.logs.stage("serve"):
+            served = ask_the_endpoint(self.preset, self.overrides + self.args["serve"], test_row)
+        self.timings["serve"] = time.time() - t
+        best = served["explanations"][0]
+        print(f"      weights version {served['weights_version']}, best of 4 by RLT reward "
+              f"{best['reward']['total']:.3f}: {test_row['question']} -> {best['text'].strip()[:160]!r}", flush=True)
+        return served
+
+
 def main(argv: list[str]) -> int:
     """The demo; with ``--seeds 42,43,...`` its replicates: the stages that do not depend on the RL stage's seed
     (task, warm-up, students (a)-(c) and their evaluation) run once, and the RL teacher's arm (RL, distillation,
     student (d), its evaluation) once per seed, under <out>/seeds/<seed>/; writes <out>/replicates.json and
     <out>/replicates.png and prints the table per seed (no Serve stage)."""
-    from jobs import distill, evaluate, sft_student, sft_teacher, train_rlt
-    from rlt_ray.errors import RunStopped
-    from rlt_ray.infra.cluster import connect_ray, library_log_dir, quiet_library_bars, verbose
     from rlt_ray.config import load_config, split_argv
-    from rlt_ray.data.demo_task import write_task
+    from rlt_ray.errors import ConfigError
+    from rlt_ray.infra.cluster import connect_ray, quiet_library_bars
 
     seeds, argv = split_seeds(argv)
     extended = "--extended" in argv
     argv = [a for a in argv if a != "--extended"]
     if extended and seeds is not None:
-        from rlt_ray.errors import ConfigError
-
         raise ConfigError("--extended and --seeds: run the extended demo at one seed at a time (run.seed=...)")
     preset, overrides = split_argv(argv, default="demo")
-    cfg = load_config(preset, overrides)
-    out = Path(cfg.run.output_dir)
-    steps = int(cfg.run.steps)
-    train_questions, test_questions = int(cfg.demo.train_questions), int(cfg.demo.test_questions)
-    student_rows = int(cfg.demo.student_rows)  # every arm's rows (demo.* in rlt_ray/config.py says why)
-    base = ["--config", preset] + overrides
-    if cfg.logging.group is None:  # the stages' tracker runs in one W&B group / under one MLflow tag
-        base.append(f"logging.group={out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    student_epochs = cfg.demo.student_epochs
-    args = stage_args(out, steps, student_rows, float(cfg.demo.rl_lr), student_epochs=student_epochs,
-                      rl_warmup_ratio=float(cfg.demo.rl_warmup_ratio), rl_eval_every=int(cfg.demo.rl_eval_every))
+    demo = Demo(load_config(preset, overrides), preset, overrides, seeds, extended)
+    out = demo.out
     for folder in ("teacher_sft", "rl", "distill_warmup", "distill_rl", "eval", "seeds", "student_b_same_rows",
                    "cold_start", "transfer") + tuple(f"student_{a}" for a in ARMS):
         shutil.rmtree(out / folder, ignore_errors=True)  # a demo starts from scratch (distill would resume)
-    logs = StageLog(out / "logs", verbose())
     quiet_library_bars()
     t0 = time.time()
-    timings: dict[str, float] = {}
     connect_ray()
-    n_stages = (10 if extended else 8) if seeds is None else 7
-    # the RL teacher's arm: (seed, its folder, the stage overrides), once, or once per replicate seed
-    rl_arms = [(None, out, args)] if seeds is None else [
-        (seed, out / "seeds" / str(seed), stage_args(out, steps, student_rows, float(cfg.demo.rl_lr),
-                                                     out / "seeds" / str(seed), seed, student_epochs,
-                                                     float(cfg.demo.rl_warmup_ratio), int(cfg.demo.rl_eval_every)))
-              for seed in seeds]
-
-    def run(name: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
-        """One job, its output in <out>/logs/<name>.log, its time in ``timings``; a failure names the log."""
-        t = time.time()
-        with logs.stage(name, show):
-            code = job.main(base + extra)
-        if code != 0:
-            raise RunStopped(f"stage {name} failed (exit {code}); see {out / 'logs' / (name + '.log')}")
-        timings[name] = time.time() - t
-
-    def stage(k: int, name: str, title: str, job, extra: list[str], show: tuple[str, ...] = ()) -> None:
-        print(f"[{k}/{n_stages}] {title} ...", flush=True)
-        run(name, job, extra, show)
-        print(f"      done in {timings[name]:.0f} s", flush=True)
-
-    def evaluate_arm(arm: str, name: str, model: Path, folder: Path, rows: int, source: Path | None = None) -> dict:
-        """``model``: an SFT output folder (its final/) or an HF folder; ``source``: the test set (the task's)."""
-        weights = model / "final" if (model / "final").is_dir() else model
-        test = [f"eval.source={source}"] if source else []
-        run(name, evaluate, args["evaluate"] + test + [f"eval.model={weights}", f"eval.output_dir={folder}"])
-        s = json.loads((folder / "summary.json").read_text())
-        return {"arm": ARMS[arm], "accuracy": s["accuracy"], "low": s["low"], "high": s["high"], "n": s["n"],
-                "correct": s["correct"], "train_rows": rows, "no_solution_block": s["no_solution_block"]}
-
-    print(f"[1/{n_stages}] task: chained sums, {train_questions} train questions with reference traces, "
-          f"{test_questions} held-out", flush=True)
-    files = write_task(out / "task", train_questions, test_questions, int(cfg.data.seed))
-    stage(2, "sft_teacher", "teacher warm-up on the reference traces", sft_teacher, args["sft_teacher"])
-    stage(3, "student_b", "student (b) on the reference traces (also the RL reward's student)", sft_student,
-          args["student_b"])
-    # 4. RL, once or per seed: with replicates a stopped seed (run.stop_on_hack) is a result, not the end
-    stopped: dict = {}
-    print(f"[4/{n_stages}] RL: {steps} GRPO steps with the RLT reward"
-          + ("" if seeds is None else f", at seeds {', '.join(map(str, seeds))}") + " ...", flush=True)
-    t = time.time()
-    for seed, _, arm_args in rl_arms:
-        if seed is not None:
-            print(f"      seed {seed}", flush=True)
-        try:
-            run("train_rlt" + (f"_{seed}" if seed is not None else ""), train_rlt, arm_args["train_rlt"],
-                show=("step ", "warning: "))
-        except RunStopped as exc:
-            if seed is None:
-                raise
-            stopped[seed] = str(exc)
-            print(f"      seed {seed} stopped: {str(exc)[:300]}", flush=True)
-    print(f"      done in {time.time() - t:.0f} s", flush=True)
-    print(f"[5/{n_stages}] distil the warm-up teacher's and the RL teacher's explanations ...", flush=True)
-    t = time.time()
-    run("distill_c", distill, args["distill_c"], show=("warning: ",))  # rows repeating across questions
-    warm = distilled_rows(out / "distill_warmup")
-    distilled = {}
-    for seed, folder, arm_args in rl_arms:
-        if seed not in stopped:
-            run("distill_d" + (f"_{seed}" if seed is not None else ""), distill, arm_args["distill_d"],
-                show=("warning: ",))
-            distilled[seed] = distilled_rows(folder / "distill_rl")
-    print(f"      done in {time.time() - t:.0f} s", flush=True)
-    # the same number of rows for every arm: distillation drops rows whose explanation never closed its tag
-    min_rows = int(cfg.sft.batch_size)
-    sizes = {"a": train_questions, "b": train_questions, "c": len(warm)}
+    files = demo.task_and_warm_up()
+    demo.rl()
+    warm, distilled = demo.distil()
+    sizes = {"a": demo.train_questions, "b": demo.train_questions, "c": len(warm)}
     if seeds is None:
         sizes["d"] = len(distilled[None])
-    rows = rows_per_arm(sizes, student_rows, out, min_rows)
-    same = [f"data.max_rows={rows}"]
-    print(f"[6/{n_stages}] students (a), (c), (d): {rows} rows each ({student_epochs or cfg.sft.epochs} epochs) ...",
-          flush=True)
-    t = time.time()
-    for arm in "ac":
-        run(f"student_{arm}", sft_student, args[f"student_{arm}"] + same)
-    if rows < student_rows:  # (b) was trained before distillation; retrain it on as few rows as the others
-        run("student_b_same_rows", sft_student,
-            args["student_b"] + same + [f"sft.output_dir={out / 'student_b_same_rows'}"])
-    d_rows = {}
-    for seed, folder, arm_args in rl_arms:
-        if seed in stopped:
-            continue
-        try:  # a replicate's RL teacher may keep fewer rows than the shared arms: (d) then trains on fewer
-            d_rows[seed] = rows_per_arm({**sizes, "d": len(distilled[seed])}, rows, out, min_rows)
-        except RunStopped as exc:
-            if seed is None:
-                raise
-            stopped[seed] = str(exc)
-            continue
-        run("student_d" + (f"_{seed}" if seed is not None else ""), sft_student,
-            arm_args["student_d"] + [f"data.max_rows={d_rows[seed]}"])
-    print(f"      done in {time.time() - t:.0f} s", flush=True)
-
-    print(f"[7/{n_stages}] evaluate the students on {test_questions} held-out questions ...", flush=True)
-    t = time.time()
-    students = {}
-    for arm in "abc":
-        model = out / (f"student_{arm}" if arm != "b" or rows == student_rows else "student_b_same_rows")
-        students[arm] = evaluate_arm(arm, f"evaluate_{arm}", model, out / "eval" / arm, rows)
-    per_seed = {}
-    for seed, folder, _ in rl_arms:
-        if seed not in stopped:
-            per_seed[seed] = {**students, "d": evaluate_arm(
-                "d", "evaluate_d" + (f"_{seed}" if seed is not None else ""), folder / "student_d",
-                folder / "eval" / "d", d_rows[seed])}
-    print(f"      done in {time.time() - t:.0f} s", flush=True)
+    rows, d_rows = demo.students(sizes, distilled)
+    students, per_seed = demo.evaluate(rows, d_rows)
     if seeds is not None:
-        return report_replicates(out, seeds, per_seed, stopped, students, distilled, time.time() - t0,
-                                 float(cfg.distill.max_shared_fraction))
+        return report_replicates(out, seeds, per_seed, demo.stopped, students, distilled, time.time() - t0,
+                                 float(demo.cfg.distill.max_shared_fraction))
     students = per_seed[None]
-
-    test_row = json.loads(files["test"].read_text().splitlines()[0])
-    t = time.time()
-    print(f"[8/{n_stages}] serve the RL teacher on Ray Serve, POST /v1/explain ...", flush=True)
-    with logs.stage("serve"):
-        served = ask_the_endpoint(preset, overrides + args["serve"], test_row)
-    timings["serve"] = time.time() - t
-    best = served["explanations"][0]
-    print(f"      weights version {served['weights_version']}, best of 4 by RLT reward {best['reward']['total']:.3f}: "
-          f"{test_row['question']} -> {best['text'].strip()[:160]!r}", flush=True)
-
+    served = demo.serve(json.loads(files["test"].read_text().splitlines()[0]))
     cold = transfer = None
     if extended:
-        model_b = out / ("student_b" if rows == student_rows else "student_b_same_rows")
-        cold = cold_start(cfg, out, args, run, evaluate_arm, model_b, rows, n_stages)
+        model_b = out / ("student_b" if rows == demo.student_rows else "student_b_same_rows")
+        cold = cold_start(demo.cfg, out, demo.args, demo.run, demo.evaluate_arm, model_b, rows, demo.n_stages)
         students.update(cold)
-        transfer = transfer_arms(cfg, out, args, run, evaluate_arm, rows, n_stages)
+        transfer = transfer_arms(demo.cfg, out, demo.args, demo.run, demo.evaluate_arm, rows, demo.n_stages)
+    summary = write_summary(demo, files, students, sizes, warm, distilled[None], served, transfer, t0)
+    print_summary(demo, summary, cold, transfer)
+    return 0
 
+
+def write_summary(demo: Demo, files: dict[str, Path], students: dict, sizes: dict, warm: list[dict],
+                  rl: list[dict], served: dict, transfer: dict | None, t0: float) -> dict:
+    """<out>/summary.json and <out>/demo.png: the table, the RL curves, what the explanations contain, times."""
+    out = demo.out
     curve = rl_curve(out / "rl" / "metrics.jsonl")
-    k, step1, first, last = curve["window"], curve["step1"], curve["first"], curve["last"]
-    rl = distilled[None]
+    k = curve["window"]
     by_id = {r["id"]: r for r in rl}
     train_rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
     traces = {r["id"]: r["reasoning_trace"] for r in train_rows}
@@ -481,18 +539,26 @@ def main(argv: list[str]) -> int:
                 for r in warm if r["id"] in by_id][:3]
     features = explanation_table(train_rows, warm, rl)
     plot(out, {a: students[a] for a in "abcd"}, out / "rl" / "metrics.jsonl")
-    library_logs = library_log_dir(out / "logs" / "ray")
     summary = {"students": students, "shape": shape_holds(students), "cpu": cpu_name(),
-               "rl": {"steps": steps, "step1": step1, f"first{k}": first, f"last{k}": last,
-                      "reward_rose": last["reward_mean"] > first["reward_mean"],
+               "rl": {"steps": demo.steps, "step1": curve["step1"], f"first{k}": curve["first"],
+                      f"last{k}": curve["last"], "reward_rose": curve["last"]["reward_mean"] > curve["first"]["reward_mean"],
                       "reward_ended_above_step1": curve["reward_ended_above_step1"],
                       **({"validation": curve["validation"]} if "validation" in curve else {})},
                "distilled_rows": sizes, "explanations": features, "examples": examples,
                "served_weights_version": served["weights_version"],
                **({"transfer": transfer} if transfer is not None else {}),
-               "seconds": time.time() - t0, "stage_seconds": timings}
+               "seconds": time.time() - t0, "stage_seconds": demo.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {**summary, "curve": curve}
 
+
+def print_summary(demo: Demo, summary: dict, cold: dict | None, transfer: dict | None) -> None:
+    """The console's closing table and lines."""
+    from rlt_ray.infra.cluster import library_log_dir
+
+    cfg, out, students, curve = demo.cfg, demo.out, summary["students"], summary["curve"]
+    k, step1, first, last = curve["window"], curve["step1"], curve["first"], curve["last"]
+    library_logs = library_log_dir(out / "logs" / "ray")
     print("\n=== demo: students distilled four ways (the paper's Table 1 in miniature)")
     print_table({a: students[a] for a in "abcd"})
     if cold:
@@ -512,8 +578,8 @@ def main(argv: list[str]) -> int:
         for key, label in (("val/reward_mean", "reward"), ("val/r_ss_mean", "r_SS"),
                            ("val/closed_tag_fraction", "closed tag")):
             print(f"  {label:20} {v['first'][key]:9.3f} -> {v['last'][key]:9.3f}")
-    if examples:
-        e = examples[0]
+    if summary["examples"]:
+        e = summary["examples"][0]
         print(f"\n{e['question']}  (solution {e['solution']})\n  reference trace: {e['reference_trace']}\n"
               f"  warm-up teacher: {e['warm_up'].strip()}\n  RL teacher:      {e['rl'].strip()}")
     print(f"\ntotal {summary['seconds']:.0f} s; figures {out / 'demo.png'}, {out / 'summary.json'}; "
@@ -522,7 +588,6 @@ def main(argv: list[str]) -> int:
     if not summary["rl"]["reward_rose"]:
         print(f"note: the RL reward did not rise (mean of the first {k} steps {first['reward_mean']:.3f}, of the last "
               f"{k} {last['reward_mean']:.3f}); docs/demo.md ('Reading the result') says what it does on this task")
-    return 0
 
 
 def cold_start(cfg, out: Path, args: dict, run, evaluate_arm, model_b: Path, rows: int, n_stages: int) -> dict:

@@ -45,19 +45,20 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def validate(cfg: DictConfig, job: str = "rl") -> None:
     """Checks that span several keys or values; every message names the key(s). The RL batch's checks (how
-    completions split over ranks and workers) only for job="rl"."""
-    # enumerated settings (Literal types) were checked by the schema when the layers were merged
+    completions split over ranks and workers) only for job="rl". Enumerated settings (Literal types) were checked
+    by the schema when the layers were merged."""
+    _check_numbers(cfg)
+    _check_reward_and_grpo(cfg)
+    _check_devices(cfg)
+    _check_batch(cfg, job)
+    _check_fault_injection(cfg)
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Ranges of single keys: positive, non-negative and finite, fractions, optional positives, formats."""
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0, got {_get(cfg, key)!r}")
-    if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
-        raise ConfigError("config key 'reward.teacher_logprobs_from': a verifier needs no log-probs; leave it at rollout "
-                          "with reward.kind=verifier")
-    if not cfg.reward.overlong_penalty <= 0:
-        raise ConfigError(f"config key 'reward.overlong_penalty': must be <= 0 (a penalty), got "
-                          f"{cfg.reward.overlong_penalty}")
-    if not cfg.reward.verifier_timeout_s > 0:
-        raise ConfigError("config key 'reward.verifier_timeout_s': must be > 0")
     for key in ("distill.teacher_replicas", "distill.scorer_replicas"):  # None: the RL job's counts
         if _get(cfg, key) is not None and not _get(cfg, key) > 0:
             raise ConfigError(f"config key '{key}': must be > 0 or null, got {_get(cfg, key)!r}")
@@ -74,6 +75,28 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         value = _get(cfg, key)
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"config key '{key}': must be a finite number >= 0, got {value!r}")
+    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction",
+                "distill.max_shared_fraction"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
+    if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
+        raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
+    if cfg.run.checkpoint_every_minutes is not None and not cfg.run.checkpoint_every_minutes > 0:
+        raise ConfigError("config key 'run.checkpoint_every_minutes': must be > 0 or null")
+    if cfg.rollout.max_num_seqs is not None and not cfg.rollout.max_num_seqs > 0:
+        raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
+
+
+def _check_reward_and_grpo(cfg: DictConfig) -> None:
+    """The reward's and the GRPO loss's settings against each other and against the sampling temperature."""
+    if cfg.reward.kind == "verifier" and cfg.reward.teacher_logprobs_from != "rollout":
+        raise ConfigError("config key 'reward.teacher_logprobs_from': a verifier needs no log-probs; leave it at rollout "
+                          "with reward.kind=verifier")
+    if not cfg.reward.overlong_penalty <= 0:
+        raise ConfigError(f"config key 'reward.overlong_penalty': must be <= 0 (a penalty), got "
+                          f"{cfg.reward.overlong_penalty}")
+    if not cfg.reward.verifier_timeout_s > 0:
+        raise ConfigError("config key 'reward.verifier_timeout_s': must be > 0")
     for coeff, reds in (
         ("reward.answer_log_prob_coeff", "reward.log_prob_reductions"),
         ("reward.kl_penalty_coeff", "reward.kl_reductions"),
@@ -107,18 +130,24 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError("config keys 'grpo.max_staleness'/'reward.teacher_logprobs_from': with learner teacher "
                           "log-probs the next step's scoring waits for this step's learning, so nothing overlaps; "
                           "use reward.teacher_logprobs_from=rollout or grpo.max_staleness=0")
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    """Device, backend, dtype and GPU shares that go together."""
     if len(cfg.learner.adam_betas) != 2:
         raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
     if cfg.resources.backend == "nccl" and cfg.resources.device != "cuda":
         raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
     if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":
         raise ConfigError("config key 'learner.dtype': float16 training is not supported on CPU")
-    for key in ("run.min_closed_fraction", "run.min_length_ratio", "run.max_shared_fraction",
-                "distill.max_shared_fraction"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"config key '{key}': must be in [0, 1], got {_get(cfg, key)!r}")
-    if not 0.0 <= cfg.logging.completions_fraction <= 1.0:
-        raise ConfigError("config key 'logging.completions_fraction': must be in [0, 1]")
+    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_actor <= 0:
+        raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
+    if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
+        raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
+
+
+def _check_batch(cfg: DictConfig, job: str) -> None:
+    """How a step's completions split over the learner ranks, micro-batches and rollout workers."""
     batch = cfg.run.questions_per_step * cfg.rollout.n
     per_step = cfg.resources.learner_ranks * cfg.learner.micro_batch_size
     if job == "rl" and batch % per_step:
@@ -139,14 +168,10 @@ def validate(cfg: DictConfig, job: str = "rl") -> None:
         raise ConfigError(
             f"config key 'rollout.num_workers': {cfg.rollout.num_workers} workers for "
             f"{cfg.run.questions_per_step} questions per step would leave some idle (groups are not split)")
-    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_actor <= 0:
-        raise ConfigError("config key 'resources.gpus_per_actor': device=cuda needs a GPU share per actor (e.g. 1)")
-    if cfg.resources.device == "cpu" and cfg.resources.gpus_per_actor > 0:
-        raise ConfigError("config key 'resources.gpus_per_actor': must be 0 with resources.device=cpu")
-    if cfg.run.checkpoint_every_minutes is not None and not cfg.run.checkpoint_every_minutes > 0:
-        raise ConfigError("config key 'run.checkpoint_every_minutes': must be > 0 or null")
-    if cfg.rollout.max_num_seqs is not None and not cfg.rollout.max_num_seqs > 0:
-        raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
+
+
+def _check_fault_injection(cfg: DictConfig) -> None:
+    """run.fault_injection: only for tests that allow it, in its one format."""
     if cfg.run.fault_injection is not None:
         import os
 

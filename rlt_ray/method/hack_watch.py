@@ -89,17 +89,31 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
         r_ss = (f", r_SS {_mean(first, 'r_ss_mean'):+.2f} -> {_mean(recent, 'r_ss_mean'):+.2f}"
                 if all("r_ss_mean" in r for r in history) else "")
         seen = f"over run.max_shared_fraction={max_shared_fraction} for {patience} steps; {seen}{r_ss}"
-        anchor = (f"a larger grpo.beta than this run's {grpo_beta:g} (the loss's KL to the warm-up teacher, whose "
-                  "explanations depend on the question: in the demo 0.2 against the reference's 0.04 removed it at "
-                  "all five seeds where it appeared under k3, and the RL teacher's gain with it; 0.1 delayed it; "
-                  "docs/monitoring.md, the reward-hacking watch)" if grpo_beta < 0.2 else
-                  f"grpo.beta above this run's {grpo_beta:g} (the loss's KL to the warm-up teacher; 0.2 removed it "
-                  "at five seeds in the demo, and the RL teacher's gain with it; docs/monitoring.md)")
-        cause = ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
-                 f"for, instead of explaining this question's solution. Try {anchor}; reward.kl_estimator=k3 or a "
-                 "smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it at some seeds, not all "
-                 "in the demo")
-    elif unclosed and closed_then < min_closed_fraction:  # never closed: not RL's doing
+        cause = _copied_cause(grpo_beta)
+    else:
+        cause = _unclosed_cause(closed_then, min_closed_fraction, truncated, length_now, length_then,
+                                explanation_span, kl_estimator, kl_weight)
+    return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")
+
+
+def _copied_cause(grpo_beta: float) -> str:
+    """Why a teacher copies one text across questions, and the settings that addressed it in the demo."""
+    anchor = (f"a larger grpo.beta than this run's {grpo_beta:g} (the loss's KL to the warm-up teacher, whose "
+              "explanations depend on the question: in the demo 0.2 against the reference's 0.04 removed it at "
+              "all five seeds where it appeared under k3, and the RL teacher's gain with it; 0.1 delayed it; "
+              "docs/monitoring.md, the reward-hacking watch)" if grpo_beta < 0.2 else
+              f"grpo.beta above this run's {grpo_beta:g} (the loss's KL to the warm-up teacher; 0.2 removed it "
+              "at five seeds in the demo, and the RL teacher's gain with it; docs/monitoring.md)")
+    return ("the teacher writes text the student finds likely whatever the question, which the KL term pays "
+            f"for, instead of explaining this question's solution. Try {anchor}; reward.kl_estimator=k3 or a "
+            "smaller KL weight, reward.kl_penalty_coeff=[1.0,0.01], prevented it at some seeds, not all "
+            "in the demo")
+
+
+def _unclosed_cause(closed_then: float, min_closed_fraction: float, truncated: float, length_now: float,
+                    length_then: float, explanation_span: str, kl_estimator: str, kl_weight: float) -> str:
+    """Why explanations stopped closing their tag or collapsed, from which way their lengths went."""
+    if closed_then < min_closed_fraction:  # never closed: not RL's doing
         cause = ("the teacher did not close its tag from the first steps: its warm-up did not teach the format "
                  "(more sft.epochs or data), or rollout.max_new_tokens cuts explanations off "
                  f"({truncated:.0%} of the last steps' samples hit it)")
@@ -119,7 +133,7 @@ def hack_sign(history: Sequence[dict], min_closed_fraction: float, patience: int
             cause = (f"a short explanation saves more on the KL term ({kl_weight:g} x {kl_estimator}) than the "
                      f"unclosed-tag penalty costs;{span} make reward.not_matched_penalty more negative, or lower "
                      "reward.kl_penalty_coeff")
-    return HackSign(kind, f"reward hacking suspected: {what} ({seen}); likely cause: {cause}")
+    return cause
 
 
 def _validation_window(recent_start: int, validation: Sequence[dict]) -> list[dict]:
