@@ -75,7 +75,7 @@ class Shape:
         RMSNorm its input, its fp32 upcast (2 elements of w) and its output (4h each, 8h); q and k before the
         rotary embedding, after it and rotated by half (3h + 3kv); v and the attention output (kv + h; SDPA/flash:
         nothing quadratic); the MLP's gate, up, activation and product (4i). An H200 measured 1.18x the former
-        7h + 2kv + 4i without checkpointing, 0.97x this (scripts/gpu_check.py, docs/benchmarks.md)."""
+        7h + 2kv + 4i without checkpointing, 0.97x this (scripts/gpu_check.py, docs/lab-notes/benchmarks-record.md)."""
         return w * (12 * self.hidden + 4 * self.kv_dim + 4 * self.intermediate)
 
 
@@ -230,7 +230,7 @@ def scorer(cfg: Any, shape: Shape, role: str = "scorer") -> Device:
     # no gradient, no KV cache (use_cache=False): nothing is kept from layer to layer but the hidden states, and the
     # peak is the larger of a layer's transient tensors (the MLP's gate, up and product: 3i) and a logits chunk
     # (its fp32 logits and logsumexp's exponentials), not their sum. An H200 measured 0.40x the former sum of every
-    # layer's saved tensors and the chunk at 8,192 tokens (scripts/gpu_check.py, docs/benchmarks.md)
+    # layer's saved tensors and the chunk at 8,192 tokens (scripts/gpu_check.py, docs/lab-notes/benchmarks-record.md)
     d.add(f"forward at {tokens} tokens", tokens * 2 * shape.hidden * w
           + max(tokens * 3 * shape.intermediate * w, 2 * LOGIT_CHUNK * shape.vocab * 4))
     return d

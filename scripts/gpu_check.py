@@ -17,7 +17,7 @@ On one GPU it measures, and prints next to the memory plan's numbers (rlt_ray.me
    raw copies of one bucket between device and pinned / pageable host memory;
 4. bf16 vs fp32 reward error on the same tokens (rlt_ray.method.rewards.rlt_reward).
 The 7B model's weights and gradients (30 GB) fit one H200 with room for 32k tokens; --layers keeps fewer of its
-layers on a smaller GPU (the plan's numbers are then for the model as built). docs/benchmarks.md ("On a GPU") has
+layers on a smaller GPU (the plan's numbers are then for the model as built). docs/lab-notes/benchmarks-record.md ("On a GPU") has
 the results.
 """
 

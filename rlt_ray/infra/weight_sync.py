@@ -81,7 +81,7 @@ def pack_to_host(named: dict[str, torch.Tensor], metas: Sequence[TensorMeta], bu
     """One bucket for the object store: packed into ``buffer`` on the weights' device (one device-side copy per
     tensor), then, when that is a GPU, copied to ``host`` (pinned) in ONE transfer. Packing a GPU model straight
     into host memory moves each tensor across PCIe on its own through a pageable staging copy: 1.4 GB/s against
-    52 GB/s this way for a 7B model on an H200 (scripts/gpu_check.py, docs/benchmarks.md)."""
+    52 GB/s this way for a 7B model on an H200 (scripts/gpu_check.py, docs/lab-notes/benchmarks-record.md)."""
     flat = pack_bucket(named, metas, buffer.device, out=buffer)
     if host is None:
         return flat
