@@ -22,6 +22,7 @@ def other_layout(tmp_path_factory):
             yield env, url
 
 
+@pytest.mark.slow  # the default layout is CI's (tests/test_serve.py); this one costs 85 s of its budget
 def test_the_other_layout_has_its_deployments_and_answers_every_route(other_layout):
     env, url = other_layout
     deployments = set(serve_status(env)["applications"]["rlt-teacher"]["deployments"])
