@@ -520,14 +520,15 @@ def main(argv: list[str]) -> int:
         cold = cold_start(demo.cfg, out, demo.args, demo.run, demo.evaluate_arm, model_b, rows, demo.n_stages)
         students.update(cold)
         transfer = transfer_arms(demo.cfg, out, demo.args, demo.run, demo.evaluate_arm, rows, demo.n_stages)
-    summary = write_summary(demo, files, students, sizes, warm, distilled[None], served, transfer, t0)
-    print_summary(demo, summary, cold, transfer)
+    summary, curve = write_summary(demo, files, students, sizes, warm, distilled[None], served, transfer, t0)
+    print_summary(demo, summary, curve, cold, transfer)
     return 0
 
 
 def write_summary(demo: Demo, files: dict[str, Path], students: dict, sizes: dict, warm: list[dict],
-                  rl: list[dict], served: dict, transfer: dict | None, t0: float) -> dict:
-    """<out>/summary.json and <out>/demo.png: the table, the RL curves, what the explanations contain, times."""
+                  rl: list[dict], served: dict, transfer: dict | None, t0: float) -> tuple[dict, dict]:
+    """<out>/summary.json and <out>/demo.png: the table, the RL curves, what the explanations contain, times.
+    Returns the summary and the RL curve it was made from."""
     out = demo.out
     curve = rl_curve(out / "rl" / "metrics.jsonl")
     k = curve["window"]
@@ -549,14 +550,14 @@ def write_summary(demo: Demo, files: dict[str, Path], students: dict, sizes: dic
                **({"transfer": transfer} if transfer is not None else {}),
                "seconds": time.time() - t0, "stage_seconds": demo.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {**summary, "curve": curve}
+    return summary, curve
 
 
-def print_summary(demo: Demo, summary: dict, cold: dict | None, transfer: dict | None) -> None:
+def print_summary(demo: Demo, summary: dict, curve: dict, cold: dict | None, transfer: dict | None) -> None:
     """The console's closing table and lines."""
     from rlt_ray.infra.cluster import library_log_dir
 
-    cfg, out, students, curve = demo.cfg, demo.out, summary["students"], summary["curve"]
+    cfg, out, students = demo.cfg, demo.out, summary["students"]
     k, step1, first, last = curve["window"], curve["step1"], curve["first"], curve["last"]
     library_logs = library_log_dir(out / "logs" / "ray")
     print("\n=== demo: students distilled four ways (the paper's Table 1 in miniature)")

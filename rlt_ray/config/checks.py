@@ -85,6 +85,8 @@ def _check_numbers(cfg: DictConfig) -> None:
         raise ConfigError("config key 'run.checkpoint_every_minutes': must be > 0 or null")
     if cfg.rollout.max_num_seqs is not None and not cfg.rollout.max_num_seqs > 0:
         raise ConfigError("config key 'rollout.max_num_seqs': must be > 0 or null")
+    if len(cfg.learner.adam_betas) != 2:
+        raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
 
 
 def _check_reward_and_grpo(cfg: DictConfig) -> None:
@@ -134,8 +136,6 @@ def _check_reward_and_grpo(cfg: DictConfig) -> None:
 
 def _check_devices(cfg: DictConfig) -> None:
     """Device, backend, dtype and GPU shares that go together."""
-    if len(cfg.learner.adam_betas) != 2:
-        raise ConfigError("config key 'learner.adam_betas': needs exactly two values")
     if cfg.resources.backend == "nccl" and cfg.resources.device != "cuda":
         raise ConfigError("config keys 'resources.backend'/'resources.device': nccl needs device=cuda (use gloo)")
     if cfg.learner.dtype == "float16" and cfg.resources.device == "cpu":

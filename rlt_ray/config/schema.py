@@ -4,7 +4,7 @@ it does. One idea, in more than 400 lines: the schema."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from typing import Literal, Optional
 
 # Enumerated settings are Literal types: OmegaConf checks them when a preset or an override is merged, and the
 # error names the key and the allowed values. The ones used by more than one field:
@@ -12,7 +12,6 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 Normalizer = Literal["none", "exp", "exp_norm"]  # the reference's normalisation of a reward term
 Reduction = Literal["mean", "sum", "min", "max", "median", "first_quartile", "last_quartile"]  # over a span's tokens
 Tracker = Literal["tensorboard", "wandb", "mlflow"]  # logging.trackers (rlt_ray.infra.tracking)
-TRACKERS = get_args(Tracker)
 
 
 # Our own wording (the reference's prompts are not reproduced). {placeholders} are filled with the tag strings of
